@@ -1,0 +1,266 @@
+//! The request and response bodies of api.md, as serde types. The same types
+//! read JSON and msgpack; unknown fields are refused so that a misspelt filter
+//! never silently widens a match.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::descriptor::Binary;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewList {
+    pub account_id: Uuid,
+    #[serde(default)]
+    pub user_data: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedList {
+    pub list_id: Uuid,
+    pub url: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListView {
+    pub list_id: Uuid,
+    pub account_id: Uuid,
+    pub user_data: String,
+    pub create_time: String,
+    pub face_count: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipAction {
+    Attach,
+    Detach,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFacesPatch {
+    pub action: MembershipAction,
+    pub face_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptorInput {
+    pub data: Binary,
+    #[serde(default)]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewFace {
+    pub account_id: Uuid,
+    pub descriptor: DescriptorInput,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    #[serde(default)]
+    pub user_data: String,
+    #[serde(default)]
+    pub lists: Vec<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedFace {
+    pub face_id: Uuid,
+    pub url: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedFaces {
+    pub face_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaceView {
+    pub face_id: Uuid,
+    pub account_id: Uuid,
+    pub external_id: Option<String>,
+    pub user_data: String,
+    pub create_time: String,
+    pub lists: Vec<Uuid>,
+    pub descriptor_version: u32,
+}
+
+// ---- matching ----
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Reference {
+    Descriptor {
+        #[serde(default)]
+        id: Option<String>,
+        data: Binary,
+        #[serde(default)]
+        descriptor_version: Option<u32>,
+    },
+    Face {
+        id: Uuid,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Faces,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(non_snake_case)] // LUNA's field names: `create_time__gte` and the like
+pub struct FaceFilters {
+    pub origin: Origin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_ids: Option<Vec<Uuid>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ids: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time__gte: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time__lt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_id__gte: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub face_id__lt: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    FaceId,
+    Similarity,
+    UserData,
+    ExternalId,
+    CreateTime,
+    AccountId,
+    Lists,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateSet {
+    pub filters: FaceFilters,
+    #[serde(default)]
+    pub targets: Option<Vec<Target>>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFacesRequest {
+    pub references: Vec<Reference>,
+    pub candidates: Vec<CandidateSet>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReferenceEcho {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// A matched face with only the requested targets set.
+#[derive(Debug, Default, Serialize)]
+pub struct FaceTargets {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub face_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lists: Option<Vec<Uuid>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaceMatch {
+    pub face: FaceTargets,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CandidateMatches {
+    pub filters: FaceFilters,
+    pub result: Vec<FaceMatch>,
+    pub total_found: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error_code: u32,
+    pub desc: &'static str,
+    pub detail: String,
+    pub link: String,
+}
+
+impl From<&crate::errors::Error> for ErrorBody {
+    fn from(e: &crate::errors::Error) -> Self {
+        ErrorBody { error_code: e.code.code(), desc: e.code.desc(), detail: e.detail.clone(), link: error_link(e.code.code()) }
+    }
+}
+
+/// Where an error code is documented: the error table of the OpenAPI document.
+pub fn error_link(code: u32) -> String {
+    format!("/1/docs/spec#error-{code}")
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReferenceMatches {
+    pub reference: ReferenceEcho,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matches: Option<Vec<CandidateMatches>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawItem {
+    pub id: String,
+    pub data: Binary,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRawRequest {
+    pub references: Vec<RawItem>,
+    pub candidates: Vec<RawItem>,
+    #[serde(default)]
+    pub descriptor_version: Option<u32>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RawMatch {
+    pub candidate_id: String,
+    pub similarity: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RawReferenceMatches {
+    pub reference_id: String,
+    pub matches: Vec<RawMatch>,
+}

@@ -1,0 +1,102 @@
+//! The one table of error codes. Every error the service answers with is a row
+//! here; the HTTP layer maps each to a status with one exhaustive `match`, and
+//! `/1/docs/spec` publishes the table. Codes are stable: never renumber a row.
+
+use std::fmt;
+
+macro_rules! error_table {
+    ($( $variant:ident = $code:literal, $desc:literal; )+) => {
+        /// A stable error code with its fixed description.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode { $( $variant, )+ }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$( ErrorCode::$variant, )+];
+
+            pub fn code(self) -> u32 {
+                match self { $( ErrorCode::$variant => $code, )+ }
+            }
+
+            pub fn desc(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $desc, )+ }
+            }
+        }
+    };
+}
+
+error_table! {
+    Internal = 10001, "Internal server error";
+    StorageFailure = 10002, "Storage error";
+    BadJson = 11001, "Request body is not valid JSON or msgpack";
+    SchemaViolation = 11002, "Failed to validate input";
+    UnsupportedMediaType = 11003, "Unsupported content type";
+    BadQueryParameter = 11004, "Bad query parameter";
+    BadRequestId = 11005, "Bad Luna-Request-Id header";
+    BadBase64 = 11010, "Descriptor is not valid base64";
+    BadDescriptorMagic = 11011, "Descriptor container has a bad signature";
+    UnknownDescriptorVersion = 11012, "Unknown descriptor version";
+    BadDescriptorLength = 11013, "Descriptor has a wrong length for its version";
+    DescriptorNotFinite = 11014, "Descriptor holds NaN or infinity";
+    DescriptorVersionMismatch = 11015, "Descriptors of different versions cannot be matched";
+    TooManyCandidateSets = 11020, "Too many candidate sets";
+    LimitTooLarge = 11021, "Limit is too large";
+    TooManyRawCandidates = 11022, "Too many raw candidates";
+    BodyTooLarge = 11023, "Request body is too large";
+    RouteNotFound = 11030, "Resource not found";
+    MethodNotAllowed = 11031, "Method not allowed";
+    ListNotFound = 22001, "List not found";
+    FaceNotFound = 22002, "Face not found";
+    AccountMismatch = 31000, "Account id of the filter does not match the account of the request";
+    TooManyReferences = 31007, "Too many references";
+}
+
+/// An error of the core: a code from the table and a detail for this occurrence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Error {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Error { code, detail: detail.into() }
+    }
+
+    /// Prefix the detail with where in the input the problem is, e.g. `faces[3]`.
+    pub fn at(mut self, place: impl fmt::Display) -> Self {
+        self.detail = format!("{place}: {}", self.detail);
+        self
+    }
+
+    pub fn storage(err: impl fmt::Display) -> Self {
+        Error::new(ErrorCode::StorageFailure, err.to_string())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.code.code(), self.code.desc(), self.detail)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        Error::storage(err)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique() {
+        let codes: HashSet<u32> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len());
+    }
+}

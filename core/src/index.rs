@@ -1,0 +1,287 @@
+//! The in-memory copy of the store that matching reads: for each descriptor
+//! version, the descriptors in one contiguous 64-byte-aligned array, with the
+//! norms and the face attributes the filters and targets need, slot by slot.
+
+use std::collections::HashMap;
+
+use smallvec::SmallVec;
+use uuid::Uuid;
+
+use crate::descriptor::{Descriptor, Dtype, VersionSpec};
+use crate::kernels::Kernels;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Block([u8; 64]);
+
+/// Rows of equal size, each padded with zeros to whole 64-byte blocks.
+pub struct Rows {
+    blocks: Vec<Block>,
+    row_blocks: usize,
+}
+
+impl Rows {
+    fn new(row_bytes: usize) -> Rows {
+        Rows { blocks: Vec::new(), row_blocks: row_bytes.div_ceil(64) }
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.row_blocks * 64
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let start = self.blocks.len();
+        self.blocks.resize(start + self.row_blocks, Block([0; 64]));
+        self.bytes_mut(start)[..bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn swap_remove(&mut self, row: usize) {
+        let last = self.blocks.len() / self.row_blocks - 1;
+        if row != last {
+            let (rb, src) = (self.row_blocks, last * self.row_blocks);
+            self.blocks.copy_within(src..src + rb, row * rb);
+        }
+        self.blocks.truncate(last * self.row_blocks);
+    }
+
+    fn bytes_mut(&mut self, first_block: usize) -> &mut [u8] {
+        let blocks = &mut self.blocks[first_block..first_block + self.row_blocks];
+        // Block is 64 plain bytes, so a run of blocks is a run of bytes.
+        unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut u8, blocks.len() * 64) }
+    }
+
+    pub fn u8_row(&self, row: usize) -> &[u8] {
+        let blocks = &self.blocks[row * self.row_blocks..(row + 1) * self.row_blocks];
+        unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * 64) }
+    }
+
+    pub fn f32_row(&self, row: usize) -> &[f32] {
+        let bytes = self.u8_row(row);
+        // 64-byte aligned and a multiple of 4 long; every bit pattern is an f32.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, bytes.len() / 4) }
+    }
+}
+
+/// A query prepared once for the kernels of its version.
+pub enum Query {
+    U8 { shifted: Vec<i8>, sum: i32, norm2: f64 },
+    F32 { values: Vec<f32>, norm2: f64 },
+}
+
+impl Query {
+    pub fn new(spec: &VersionSpec, payload: &[u8]) -> Query {
+        let row_bytes = padded_len(spec);
+        match spec.dtype {
+            Dtype::U8 => {
+                let mut shifted = vec![0i8; row_bytes];
+                for (s, &q) in shifted.iter_mut().zip(payload) {
+                    *s = (q as i16 - 128) as i8;
+                }
+                let sum = shifted.iter().map(|&s| s as i32).sum();
+                Query::U8 { shifted, sum, norm2: u8_norm2(payload) }
+            }
+            Dtype::F32 => {
+                let mut values = vec![0f32; row_bytes / 4];
+                for (v, c) in values.iter_mut().zip(payload.chunks_exact(4)) {
+                    *v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+                }
+                let norm2 = f32_norm2(&values);
+                Query::F32 { values, norm2 }
+            }
+        }
+    }
+
+    /// The cosine of this query and one stored row.
+    #[inline]
+    pub fn cosine(&self, k: &Kernels, rows: &Rows, row: usize, row_norm2: f64) -> f64 {
+        let (dot, norm2) = match self {
+            Query::U8 { shifted, sum, norm2 } => (((k.dot_u8_i8)(rows.u8_row(row), shifted) - 128 * sum) as f64, *norm2),
+            Query::F32 { values, norm2 } => ((k.dot_f32)(rows.f32_row(row), values) as f64, *norm2),
+        };
+        // One square root of the product: exact for u8, so a descriptor has similarity 1 with itself.
+        let cos = dot / (norm2 * row_norm2).sqrt();
+        // Zero vectors (and f32 overflow) have similarity 0 with everything.
+        if cos.is_finite() { cos } else { 0.0 }
+    }
+}
+
+/// Bytes a row takes once padded to whole 64-byte blocks.
+pub fn padded_len(spec: &VersionSpec) -> usize {
+    spec.payload_len().div_ceil(64) * 64
+}
+
+/// Squared norm of a u8 descriptor in the `q - 128` domain: an exact integer.
+pub fn u8_norm2(payload: &[u8]) -> f64 {
+    payload.iter().map(|&q| (q as i64 - 128).pow(2)).sum::<i64>() as f64
+}
+
+pub fn f32_norm2(values: &[f32]) -> f64 {
+    values.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
+}
+
+/// Everything about a face but its descriptor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceRecord {
+    pub face_id: Uuid,
+    pub account_id: Uuid,
+    pub external_id: Option<String>,
+    pub user_data: String,
+    /// Microseconds since the epoch, UTC.
+    pub create_time: i64,
+    /// Inline for the usual one or two lists: the list filter reads it for every candidate.
+    pub lists: SmallVec<[Uuid; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListRecord {
+    pub list_id: Uuid,
+    pub account_id: Uuid,
+    pub user_data: String,
+    pub create_time: i64,
+    pub face_count: usize,
+}
+
+/// Descriptors of one version with their norms, row by row.
+pub struct Vectors {
+    pub spec: VersionSpec,
+    pub rows: Rows,
+    /// Squared norms, row by row.
+    pub norms2: Vec<f64>,
+}
+
+impl Vectors {
+    pub fn new(spec: VersionSpec) -> Self {
+        Vectors { spec, rows: Rows::new(padded_len(&spec)), norms2: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.norms2.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.norms2.is_empty()
+    }
+
+    /// Append a payload already validated against `spec`.
+    pub fn push(&mut self, payload: &[u8]) {
+        let norm2 = match self.spec.dtype {
+            Dtype::U8 => u8_norm2(payload),
+            Dtype::F32 => {
+                let values: Vec<f32> = payload.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+                f32_norm2(&values)
+            }
+        };
+        self.rows.push(payload);
+        self.norms2.push(norm2);
+    }
+
+    fn swap_remove(&mut self, row: usize) {
+        self.rows.swap_remove(row);
+        self.norms2.swap_remove(row);
+    }
+
+    /// The similarity, as the version reports it, of a query and one row.
+    #[inline]
+    pub fn similarity(&self, k: &Kernels, query: &Query, row: usize) -> f64 {
+        self.spec.calibrate(query.cosine(k, &self.rows, row, self.norms2[row]))
+    }
+
+    /// The stored payload of a row, without padding.
+    pub fn payload(&self, row: usize) -> &[u8] {
+        &self.rows.u8_row(row)[..self.spec.payload_len()]
+    }
+}
+
+/// All faces of one descriptor version: slot `i` of `faces` is row `i` of `vectors`.
+pub struct VersionIndex {
+    pub vectors: Vectors,
+    pub faces: Vec<FaceRecord>,
+}
+
+/// The whole in-memory index.
+#[derive(Default)]
+pub struct Index {
+    pub versions: HashMap<u32, VersionIndex>,
+    /// Where each face lives: its version and slot.
+    pub slots: HashMap<Uuid, (u32, usize)>,
+    pub lists: HashMap<Uuid, ListRecord>,
+}
+
+impl Index {
+    pub fn insert_face(&mut self, spec: VersionSpec, descriptor: &Descriptor, face: FaceRecord) {
+        for list in &face.lists {
+            if let Some(l) = self.lists.get_mut(list) {
+                l.face_count += 1;
+            }
+        }
+        let vi = self.versions.entry(descriptor.version).or_insert_with(|| VersionIndex { vectors: Vectors::new(spec), faces: Vec::new() });
+        vi.vectors.push(&descriptor.payload);
+        self.slots.insert(face.face_id, (descriptor.version, vi.faces.len()));
+        vi.faces.push(face);
+    }
+
+    pub fn face(&self, face_id: &Uuid) -> Option<(&VersionIndex, usize)> {
+        let (version, slot) = self.slots.get(face_id)?;
+        Some((&self.versions[version], *slot))
+    }
+
+    pub fn face_mut(&mut self, face_id: &Uuid) -> Option<&mut FaceRecord> {
+        let (version, slot) = self.slots.get(face_id)?;
+        self.versions.get_mut(version).map(|vi| &mut vi.faces[*slot])
+    }
+
+    pub fn remove_face(&mut self, face_id: &Uuid) -> Option<FaceRecord> {
+        let (version, slot) = self.slots.remove(face_id)?;
+        let vi = self.versions.get_mut(&version)?;
+        vi.vectors.swap_remove(slot);
+        let face = vi.faces.swap_remove(slot);
+        if let Some(moved) = vi.faces.get(slot) {
+            self.slots.insert(moved.face_id, (version, slot));
+        }
+        for list in &face.lists {
+            if let Some(l) = self.lists.get_mut(list) {
+                l.face_count -= 1;
+            }
+        }
+        Some(face)
+    }
+
+    /// Add or remove a face's membership in a list; true when it changed.
+    pub fn set_membership(&mut self, list_id: Uuid, face_id: &Uuid, member: bool) -> bool {
+        let Some(face) = self.face_mut(face_id) else { return false };
+        let changed = match (face.lists.iter().position(|l| *l == list_id), member) {
+            (None, true) => {
+                face.lists.push(list_id);
+                true
+            }
+            (Some(at), false) => {
+                face.lists.remove(at);
+                true
+            }
+            _ => false,
+        };
+        if changed {
+            let list = self.lists.get_mut(&list_id).expect("membership of a known list");
+            if member {
+                list.face_count += 1;
+            } else {
+                list.face_count -= 1;
+            }
+        }
+        changed
+    }
+
+    pub fn remove_list(&mut self, list_id: &Uuid) -> Option<ListRecord> {
+        let list = self.lists.remove(list_id)?;
+        for vi in self.versions.values_mut() {
+            for face in &mut vi.faces {
+                face.lists.retain(|l| l != list_id);
+            }
+        }
+        Some(list)
+    }
+
+    pub fn face_count(&self) -> usize {
+        self.slots.len()
+    }
+}

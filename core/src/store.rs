@@ -1,0 +1,157 @@
+//! The embedded store: one SQLite file in WAL mode, synchronous=FULL, so a
+//! write is on disk before it is acknowledged. It is read only at start-up,
+//! to build the in-memory [`Index`]; afterwards every write goes to both.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use uuid::Uuid;
+
+use crate::descriptor::{Descriptor, Versions};
+use crate::errors::{Error, Result};
+use crate::index::{FaceRecord, Index, ListRecord};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS lists (
+    list_id     BLOB PRIMARY KEY,
+    account_id  BLOB NOT NULL,
+    user_data   TEXT NOT NULL,
+    create_time INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faces (
+    face_id     BLOB PRIMARY KEY,
+    account_id  BLOB NOT NULL,
+    version     INTEGER NOT NULL,
+    descriptor  BLOB NOT NULL,
+    external_id TEXT,
+    user_data   TEXT NOT NULL,
+    create_time INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS list_faces (
+    list_id BLOB NOT NULL REFERENCES lists(list_id) ON DELETE CASCADE,
+    face_id BLOB NOT NULL REFERENCES faces(face_id) ON DELETE CASCADE,
+    PRIMARY KEY (list_id, face_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS list_faces_by_face ON list_faces(face_id);
+";
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: the WAL is fsynced at every commit, so an acknowledged write
+        // survives kill -9 and power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
+    /// Build the in-memory index from the file.
+    pub fn load(&self, versions: &Versions) -> Result<Index> {
+        let mut index = Index::default();
+        let mut stmt = self.conn.prepare("SELECT list_id, account_id, user_data, create_time FROM lists")?;
+        let lists = stmt.query_map([], |r| {
+            Ok(ListRecord { list_id: r.get(0)?, account_id: r.get(1)?, user_data: r.get(2)?, create_time: r.get(3)?, face_count: 0 })
+        })?;
+        for list in lists {
+            let list = list?;
+            index.lists.insert(list.list_id, list);
+        }
+        let mut memberships: std::collections::HashMap<Uuid, smallvec::SmallVec<[Uuid; 2]>> = Default::default();
+        let mut stmt = self.conn.prepare("SELECT face_id, list_id FROM list_faces")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, Uuid>(0)?, r.get::<_, Uuid>(1)?)))? {
+            let (face, list) = row?;
+            memberships.entry(face).or_default().push(list);
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT face_id, account_id, version, descriptor, external_id, user_data, create_time FROM faces ORDER BY rowid")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let face_id: Uuid = r.get(0)?;
+            let version: u32 = r.get(2)?;
+            let payload: Vec<u8> = r.get(3)?;
+            // A version table changed under existing data must not silently drop faces.
+            let spec = *versions.get(version).map_err(|e| Error::storage(format!("stored face {face_id}: {}", e.detail)))?;
+            if payload.len() != spec.payload_len() {
+                return Err(Error::storage(format!(
+                    "stored face {face_id}: version {version} descriptor is {} bytes, the version table says {}",
+                    payload.len(),
+                    spec.payload_len()
+                )));
+            }
+            let face = FaceRecord {
+                face_id,
+                account_id: r.get(1)?,
+                external_id: r.get(4)?,
+                user_data: r.get(5)?,
+                create_time: r.get(6)?,
+                lists: memberships.remove(&face_id).unwrap_or_default(),
+            };
+            index.insert_face(spec, &Descriptor { version, payload }, face);
+        }
+        Ok(index)
+    }
+
+    /// Run `f` in one transaction: all of it is committed (and synced), or nothing.
+    pub fn write<T>(&mut self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction()?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn ping(&self) -> Result<()> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
+        Ok(())
+    }
+}
+
+pub fn insert_list(tx: &Transaction, list: &ListRecord) -> Result<()> {
+    tx.execute(
+        "INSERT INTO lists (list_id, account_id, user_data, create_time) VALUES (?1, ?2, ?3, ?4)",
+        params![list.list_id, list.account_id, list.user_data, list.create_time],
+    )?;
+    Ok(())
+}
+
+pub fn delete_list(tx: &Transaction, list_id: &Uuid) -> Result<()> {
+    tx.execute("DELETE FROM lists WHERE list_id = ?1", params![list_id])?;
+    Ok(())
+}
+
+pub fn insert_face(tx: &Transaction, face: &FaceRecord, descriptor: &Descriptor) -> Result<()> {
+    tx.execute(
+        "INSERT INTO faces (face_id, account_id, version, descriptor, external_id, user_data, create_time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![face.face_id, face.account_id, descriptor.version, descriptor.payload, face.external_id, face.user_data, face.create_time],
+    )?;
+    for list in &face.lists {
+        set_membership(tx, list, &face.face_id, true)?;
+    }
+    Ok(())
+}
+
+pub fn delete_face(tx: &Transaction, face_id: &Uuid) -> Result<()> {
+    tx.execute("DELETE FROM faces WHERE face_id = ?1", params![face_id])?;
+    Ok(())
+}
+
+pub fn set_membership(tx: &Transaction, list_id: &Uuid, face_id: &Uuid, member: bool) -> Result<()> {
+    let sql = if member {
+        "INSERT OR IGNORE INTO list_faces (list_id, face_id) VALUES (?1, ?2)"
+    } else {
+        "DELETE FROM list_faces WHERE list_id = ?1 AND face_id = ?2"
+    };
+    tx.execute(sql, params![list_id, face_id])?;
+    Ok(())
+}

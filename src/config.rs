@@ -1,0 +1,310 @@
+//! Configuration, layered as running.md says: built-in defaults < config file <
+//! environment < command line. The layers are merged as TOML trees and then
+//! read once into [`Config`], which refuses unknown keys and bad values with
+//! the key's path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use luna_core::descriptor::{VersionSpec, Versions};
+use luna_core::Limits;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Standalone,
+    Matcher,
+    Proxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub role: Role,
+    pub host: String,
+    /// 0: the role's default port.
+    pub port: u16,
+    /// actix-web worker threads; 0: one per core.
+    pub workers: usize,
+    pub log_format: LogFormat,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { role: Role::Standalone, host: "127.0.0.1".into(), port: 0, workers: 0, log_format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+    /// The SQLite file; relative to `data_dir` unless absolute.
+    pub path: PathBuf,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage { data_dir: "data".into(), path: "luna-matcher.sqlite3".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Matching {
+    /// Threads that scan candidates; 0: one per core.
+    pub threads: usize,
+}
+
+impl Default for Matching {
+    fn default() -> Self {
+        Matching { threads: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Descriptors {
+    pub default_version: u32,
+    pub versions: BTreeMap<String, VersionSpec>,
+}
+
+impl Default for Descriptors {
+    fn default() -> Self {
+        Descriptors { default_version: 62, versions: Versions::default_table().into_iter().map(|(v, s)| (v.to_string(), s)).collect() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// Longest wait for in-flight requests to finish.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { drain_timeout: Duration::from_secs(30) }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub storage: Storage,
+    pub matching: Matching,
+    pub descriptors: Descriptors,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
+}
+
+impl Config {
+    pub fn port(&self) -> u16 {
+        match (self.server.port, self.server.role) {
+            (0, Role::Proxy) => 5110,
+            (0, _) => 5100,
+            (p, _) => p,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.storage.data_dir.join(&self.storage.path)
+    }
+
+    pub fn versions(&self) -> Result<Versions, String> {
+        let mut table = BTreeMap::new();
+        for (key, spec) in &self.descriptors.versions {
+            let v = key.parse::<u32>().map_err(|_| format!("config key descriptors.versions.{key}: a version is a number"))?;
+            table.insert(v, *spec);
+        }
+        Versions::new(table, self.descriptors.default_version).map_err(|e| format!("config key descriptors: {e}"))
+    }
+
+    pub fn threads(&self) -> usize {
+        match self.matching.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// What the command line sets; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub role: Option<Role>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+const ENV_PREFIX: &str = "LUNA_MATCHER__";
+
+/// Build the configuration from all layers. `file` must exist unless it is the default path.
+pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &Overrides) -> Result<Config, String> {
+    let mut tree = Value::try_from(Config::default()).map_err(|e| e.to_string())?;
+    // Where a value came from, for error messages about it.
+    let mut origin: HashMap<String, String> = HashMap::new();
+
+    match std::fs::read_to_string(file) {
+        Ok(text) => {
+            let table: Table = text.parse().map_err(|e| format!("{}: {e}", file.display()))?;
+            merge(&mut tree, Value::Table(table));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {}
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    }
+
+    let mut env_keys: Vec<&String> = env.keys().filter(|k| k.starts_with(ENV_PREFIX)).collect();
+    env_keys.sort();
+    for name in env_keys {
+        let path: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(str::to_owned).collect();
+        let key = set(&mut tree, &path, env_value(&env[name]))?;
+        origin.insert(key, format!("environment variable {name}"));
+    }
+    if env.get("SERVICE_TYPE").is_some_and(|v| v == "proxy") {
+        set(&mut tree, &["server".into(), "role".into()], Value::String("proxy".into()))?;
+    }
+
+    let cli_values: [(&str, &str, Option<Value>); 5] = [
+        ("server", "role", cli.role.map(|r| Value::try_from(r).expect("role"))),
+        ("server", "host", cli.host.clone().map(Value::String)),
+        ("server", "port", cli.port.map(|p| Value::Integer(p.into()))),
+        ("storage", "data_dir", cli.data_dir.as_ref().map(|d| Value::String(d.display().to_string()))),
+        ("server", "log_format", cli.log_format.map(|f| Value::try_from(f).expect("log format"))),
+    ];
+    for (section, key, value) in cli_values {
+        if let Some(v) = value {
+            set(&mut tree, &[section.into(), key.into()], v)?;
+        }
+    }
+
+    let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        let from = origin.get(&key).map(|o| format!(" (from {o})")).unwrap_or_default();
+        format!("config key {key}{from}: {}", e.inner())
+    })?;
+    config.versions()?;
+    Ok(config)
+}
+
+/// Overlay `top` on `base`, table by table.
+fn merge(base: &mut Value, top: Value) {
+    match (base, top) {
+        (Value::Table(b), Value::Table(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(existing) => merge(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, t) => *b = t,
+    }
+}
+
+/// Set a value at a path whose segments match existing keys case-insensitively
+/// (environment names are upper case). Returns the dotted path as set.
+fn set(tree: &mut Value, path: &[String], value: Value) -> Result<String, String> {
+    let mut node = tree;
+    let mut keys = Vec::new();
+    for (i, segment) in path.iter().enumerate() {
+        let Value::Table(table) = node else {
+            return Err(format!("config key {}: {} is not a section", path.join("."), keys.join(".")));
+        };
+        let key = table.keys().find(|k| k.eq_ignore_ascii_case(segment)).cloned().unwrap_or_else(|| segment.to_ascii_lowercase());
+        keys.push(key.clone());
+        if i + 1 == path.len() {
+            table.insert(key, value);
+            break;
+        }
+        node = table.entry(key).or_insert_with(|| Value::Table(Table::new()));
+    }
+    Ok(keys.join("."))
+}
+
+/// An environment value is read as a TOML value when it parses as one
+/// (numbers, booleans, lists), and as a string otherwise.
+fn env_value(raw: &str) -> Value {
+    format!("v = {raw}").parse::<Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| Value::String(raw.to_owned()))
+}
+
+/// Durations as `"500ms"`, `"5s"`, `"2m"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let n: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration such as 500ms, 5s or 2m"))?;
+        let seconds = match unit {
+            "ms" => n / 1000.0,
+            "s" => n,
+            "m" => n * 60.0,
+            _ => return Err(format!("'{text}' is not a duration such as 500ms, 5s or 2m")),
+        };
+        Ok(Duration::from_secs_f64(seconds))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nport = 6000\nhost = \"0.0.0.0\"\n[limits]\nreferences = 5\n").unwrap();
+        let e = env(&[("LUNA_MATCHER__SERVER__PORT", "6001"), ("LUNA_MATCHER__LIMITS__MAX_LIMIT", "50")]);
+        let c = load(&file, true, &e, &Overrides::default()).unwrap();
+        assert_eq!((c.port(), c.server.host.as_str(), c.limits.references, c.limits.max_limit), (6001, "0.0.0.0", 5, 50));
+        let c = load(&file, true, &e, &Overrides { port: Some(6002), ..Default::default() }).unwrap();
+        assert_eq!(c.port(), 6002);
+        let c = load(&file, true, &env(&[("SERVICE_TYPE", "proxy")]), &Overrides::default()).unwrap();
+        assert_eq!(c.server.role, Role::Proxy);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[storage]\npaht = \"x\"\n").unwrap();
+        let err = load(&file, true, &HashMap::new(), &Overrides::default()).unwrap_err();
+        assert!(err.contains("storage") && err.contains("paht"), "{err}");
+        let err = load(&dir.path().join("none.toml"), false, &env(&[("LUNA_MATCHER__SERVER__PORT", "99999")]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("server.port") && err.contains("LUNA_MATCHER__SERVER__PORT"), "{err}");
+        let err = load(&dir.path().join("none.toml"), false, &env(&[("LUNA_MATCHER__SERVER__ROLE", "boss")]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("server.role"), "{err}");
+        assert!(load(&dir.path().join("none.toml"), true, &HashMap::new(), &Overrides::default()).is_err());
+    }
+}

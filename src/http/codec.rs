@@ -1,0 +1,110 @@
+//! Bodies in and out: JSON always, msgpack by `Content-Type` and `Accept`.
+//! Reading enforces the body-size limit and turns every decoding failure into
+//! an error code.
+
+use actix_web::dev::Payload;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, Responder};
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt;
+use luna_core::ErrorCode;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Serialize;
+
+use super::errors::ApiError;
+use super::AppState;
+
+const MSGPACK: [&str; 2] = ["application/msgpack", "application/x-msgpack"];
+
+/// A request body of type `T`.
+pub struct Input<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for Input<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req.app_data::<web::Data<AppState>>().map_or(usize::MAX, |s| s.core.limits().body_bytes);
+        let msgpack = match req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("")) {
+            None => false,
+            Some(ct) => {
+                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+                if MSGPACK.contains(&mime.as_str()) {
+                    true
+                } else if mime == "application/json" {
+                    false
+                } else {
+                    let err = ApiError::new(ErrorCode::UnsupportedMediaType, format!("'{ct}': send application/json or application/msgpack"));
+                    return Box::pin(async move { Err(err) });
+                }
+            }
+        };
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            let too_large = || ApiError::new(ErrorCode::BodyTooLarge, format!("the body is larger than {limit} bytes"));
+            if declared.is_some_and(|n| n > limit) {
+                return Err(too_large());
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::BadJson, format!("cannot read the body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            decode(&body, msgpack).map(Input)
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8], msgpack: bool) -> Result<T, ApiError> {
+    // Syntax first, then shape: the two get different codes.
+    let typed = if msgpack {
+        rmp_serde::from_slice::<IgnoredAny>(body).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("bad msgpack: {e}")))?;
+        serde_path_to_error::deserialize(&mut rmp_serde::Deserializer::new(body)).map_err(|e| schema(e.path(), e.inner()))
+    } else {
+        serde_json::from_slice::<IgnoredAny>(body).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("bad JSON: {e}")))?;
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(|e| schema(e.path(), e.inner()))
+    };
+    typed
+}
+
+fn schema(path: &serde_path_to_error::Path, e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::SchemaViolation, format!("{path}: {e}"))
+}
+
+/// A response body, written as msgpack when the client accepts it.
+pub struct Output<T> {
+    pub status: StatusCode,
+    pub body: T,
+}
+
+impl<T> Output<T> {
+    pub fn ok(body: T) -> Self {
+        Output { status: StatusCode::OK, body }
+    }
+
+    pub fn created(body: T) -> Self {
+        Output { status: StatusCode::CREATED, body }
+    }
+}
+
+impl<T: Serialize> Responder for Output<T> {
+    type Body = actix_web::body::BoxBody;
+
+    fn respond_to(self, req: &HttpRequest) -> HttpResponse {
+        let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let msgpack = MSGPACK.iter().any(|m| accept.contains(m));
+        let encoded = if msgpack {
+            rmp_serde::to_vec_named(&self.body).map_err(|e| e.to_string())
+        } else {
+            serde_json::to_vec(&self.body).map_err(|e| e.to_string())
+        };
+        match encoded {
+            Ok(bytes) => HttpResponse::build(self.status).content_type(if msgpack { MSGPACK[0] } else { "application/json" }).body(bytes),
+            Err(e) => actix_web::ResponseError::error_response(&ApiError::new(ErrorCode::Internal, format!("cannot encode the response: {e}"))),
+        }
+    }
+}

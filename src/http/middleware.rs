@@ -1,0 +1,81 @@
+//! The request context every route gets: `Luna-Request-Id` (checked or made,
+//! and echoed), the access log line and the request metrics.
+
+use std::time::Instant;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpMessage, ResponseError};
+use luna_core::ErrorCode;
+
+use super::errors::{ApiError, ErrorCodeTag};
+use super::AppState;
+use crate::telemetry::RequestRecord;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("luna-request-id");
+
+/// The request's id, in the request extensions.
+#[derive(Clone)]
+pub struct RequestId(pub String);
+
+/// `<unix seconds>,<uuid4>`: ten digits, a comma, 36 characters of hex and dashes.
+fn valid_request_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 47
+        && b[..10].iter().all(u8::is_ascii_digit)
+        && b[10] == b','
+        && b[11..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c) || *c == b'-')
+}
+
+fn new_request_id() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{secs:010},{}", uuid::Uuid::new_v4())
+}
+
+pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let start = Instant::now();
+    let sent = req.headers().get(&REQUEST_ID).map(|v| v.to_str().map(str::to_owned));
+    let (id, bad_id) = match sent {
+        None => (new_request_id(), None),
+        Some(Ok(id)) if valid_request_id(&id) => (id, None),
+        Some(v) => {
+            let shown = v.unwrap_or_else(|_| "<not text>".into());
+            (new_request_id(), Some(ApiError::new(ErrorCode::BadRequestId, format!("'{shown}' is not '<unix seconds>,<uuid4>'"))))
+        }
+    };
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let mut res = match bad_id {
+        Some(err) => req.into_response(err.error_response()).map_into_right_body(),
+        None => next.call(req).await?.map_into_left_body(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    if let Some(state) = state {
+        let request = res.request();
+        state.telemetry.request_finished(&RequestRecord {
+            request_id: &id,
+            method: request.method().as_str(),
+            route: &request.match_pattern().unwrap_or_else(|| "unmatched".into()),
+            path: request.path(),
+            status: res.status().as_u16(),
+            error_code: res.response().extensions().get::<ErrorCodeTag>().map(|t| t.0),
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_id_format() {
+        assert!(super::valid_request_id(&super::new_request_id()));
+        assert!(super::valid_request_id("1700000000,0123abcd-0000-4000-8000-00000000abcd"));
+        assert!(!super::valid_request_id("1700000000,0123ABCD-0000-4000-8000-00000000abcd"));
+        assert!(!super::valid_request_id("170000000,0123abcd-0000-4000-8000-00000000abcd0"));
+    }
+}

@@ -1,0 +1,58 @@
+//! The HTTP layer: routes, bodies, errors and the request context. Thin by
+//! design; all behaviour lives in `luna_core`.
+
+pub mod codec;
+pub mod errors;
+pub mod handlers;
+pub mod middleware;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{web, App, Route};
+use luna_core::Core;
+
+use crate::telemetry::Telemetry;
+use handlers as h;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub core: Arc<Core>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// One resource: its routes, and our 405 body for any other method.
+fn resource(path: &str, routes: Vec<Route>) -> actix_web::Resource {
+    routes.into_iter().fold(web::resource(path), |r, route| r.route(route)).default_service(web::to(h::method_not_allowed))
+}
+
+/// Every route of api.md.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthcheck", vec![web::get().to(h::healthcheck)]))
+        .service(resource("/1/version", vec![web::get().to(h::version)]))
+        .service(resource("/1/docs/spec", vec![web::get().to(h::spec)]))
+        .service(resource("/metrics", vec![web::get().to(h::metrics)]))
+        .service(resource("/1/lists", vec![web::post().to(h::create_list)]))
+        .service(resource("/1/lists/{list_id}", vec![web::get().to(h::get_list), web::delete().to(h::delete_list)]))
+        .service(resource("/1/lists/{list_id}/faces", vec![web::patch().to(h::patch_list_faces)]))
+        .service(resource("/1/faces", vec![web::post().to(h::create_face)]))
+        .service(resource("/1/faces/bulk", vec![web::post().to(h::create_faces)]))
+        .service(resource("/1/faces/{face_id}", vec![web::get().to(h::get_face), web::delete().to(h::delete_face)]))
+        .service(resource("/1/matcher/faces", vec![web::post().to(h::match_faces)]))
+        .service(resource("/1/matcher/raw", vec![web::post().to(h::match_raw)]));
+}
+
+/// The application, as the server runs it and as the tests drive it.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>> {
+    App::new()
+        .app_data(state)
+        // The size limit is enforced by `codec::Input` with its own error code.
+        .app_data(web::PayloadConfig::new(usize::MAX))
+        .configure(routes)
+        .default_service(web::to(h::route_not_found))
+        .wrap(actix_web::middleware::from_fn(middleware::request_context))
+}

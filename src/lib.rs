@@ -1,0 +1,8 @@
+//! The luna-matcher service: configuration, the HTTP layer over `luna_core`,
+//! telemetry, and the server's start and shutdown.
+
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,75 @@
+//! Start-up and shutdown of the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, HttpServer};
+use luna_core::{Core, CoreConfig};
+
+use crate::config::{Config, Role};
+use crate::http::{self, AppState};
+use crate::telemetry::Telemetry;
+
+/// Open the store and build the shared state of the app.
+pub fn state(config: &Config) -> Result<web::Data<AppState>, String> {
+    let core = Core::open(CoreConfig {
+        db_path: config.db_path(),
+        versions: config.versions()?,
+        limits: config.limits.clone(),
+        threads: config.threads(),
+    })
+    .map_err(|e| format!("cannot open the store {}: {e}", config.db_path().display()))?;
+    Ok(web::Data::new(AppState { core: Arc::new(core), telemetry: Arc::new(Telemetry::default()) }))
+}
+
+/// The HTTP server on `listener`. It handles no signals itself: `run` does.
+pub fn serve(config: &Config, state: web::Data<AppState>, listener: TcpListener) -> std::io::Result<Server> {
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    Ok(HttpServer::new(move || http::app(state.clone()))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(config.shutdown.drain_timeout.as_secs().max(1))
+        .listen(listener)?
+        .run())
+}
+
+/// Serve until SIGTERM (or a first SIGINT), then drain in-flight requests.
+pub async fn run(config: Config) -> Result<(), String> {
+    if config.server.role == Role::Proxy {
+        return Err("role proxy is not available yet: it needs the matching-plugin pipeline; run matcher or standalone".into());
+    }
+    let state = state(&config)?;
+    let addr = (config.server.host.clone(), config.port());
+    let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
+    let server = serve(&config, state, listener).map_err(|e| e.to_string())?;
+    log::info!("luna-matcher {} listening on {}:{} as {:?}", env!("CARGO_PKG_VERSION"), addr.0, addr.1, config.server.role);
+    let handle = server.handle();
+    actix_rt::spawn(async move {
+        stop_signal().await;
+        log::info!("stopping: no new connections, draining in-flight requests");
+        let graceful = handle.stop(true);
+        // A second SIGINT does not wait for the drain.
+        tokio::select! {
+            _ = graceful => {}
+            _ = tokio::signal::ctrl_c() => {
+                log::warn!("second interrupt: stopping without draining");
+                handle.stop(false).await;
+            }
+        }
+    });
+    server.await.map_err(|e| e.to_string())?;
+    log::info!("stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
