@@ -236,7 +236,7 @@ mod tests {
             nan.extend_from_slice(&(if i == 9 { f32::NAN } else { 0.5f32 }).to_le_bytes());
         }
         assert_eq!(code(v.parse(&nan, Some(DEFAULT_FLOAT_VERSION))), ErrorCode::DescriptorNotFinite);
-        assert_eq!(code(Binary::Base64("@@".into()).decode()), ErrorCode::BadBase64);
+        assert_eq!(Binary::Base64("@@".into()).decode().unwrap_err().code, ErrorCode::BadBase64);
     }
 
     #[test]

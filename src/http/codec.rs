@@ -63,7 +63,8 @@ fn decode<T: DeserializeOwned>(body: &[u8], msgpack: bool) -> Result<T, ApiError
     // Syntax first, then shape: the two get different codes.
     let typed = if msgpack {
         rmp_serde::from_slice::<IgnoredAny>(body).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("bad msgpack: {e}")))?;
-        serde_path_to_error::deserialize(&mut rmp_serde::Deserializer::new(body)).map_err(|e| schema(e.path(), e.inner()))
+        // Human-readable: uuids and times travel as strings, as LUNA's clients send them.
+        serde_path_to_error::deserialize(&mut rmp_serde::Deserializer::new(body).with_human_readable()).map_err(|e| schema(e.path(), e.inner()))
     } else {
         serde_json::from_slice::<IgnoredAny>(body).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("bad JSON: {e}")))?;
         serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body)).map_err(|e| schema(e.path(), e.inner()))
@@ -98,7 +99,8 @@ impl<T: Serialize> Responder for Output<T> {
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
         let msgpack = MSGPACK.iter().any(|m| accept.contains(m));
         let encoded = if msgpack {
-            rmp_serde::to_vec_named(&self.body).map_err(|e| e.to_string())
+            let mut out = Vec::new();
+            self.body.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map().with_human_readable()).map(|_| out).map_err(|e| e.to_string())
         } else {
             serde_json::to_vec(&self.body).map_err(|e| e.to_string())
         };

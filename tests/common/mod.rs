@@ -1,0 +1,189 @@
+//! The test harness: the real app on a real socket in this process, with its
+//! SQLite file in a temporary directory, and a plain HTTP/1.1 client.
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+
+use actix_web::dev::ServerHandle;
+use base64::Engine;
+use luna_matcher::config::Config;
+use serde_json::Value;
+
+pub const ACCOUNT: &str = "6d3f2a5e-1111-4222-8333-444455556666";
+pub const OTHER_ACCOUNT: &str = "0f0f0f0f-2222-4333-8444-555566667777";
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    handle: Option<ServerHandle>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The error code of an error body.
+    pub fn code(&self) -> u64 {
+        self.json()["error_code"].as_u64().unwrap_or_else(|| panic!("no error_code in {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Self::start_in(tmp.path(), tweak);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on an existing data directory, as after a restart.
+    pub fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::default();
+        config.storage.data_dir = dir.to_path_buf();
+        config.server.workers = 2;
+        config.matching.threads = 2;
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let state = luna_matcher::server::state(&config).expect("state");
+                let server = luna_matcher::server::serve(&config, state, listener).expect("serve");
+                tx.send(server.handle()).unwrap();
+                server.await.unwrap();
+            })
+        });
+        let handle = rx.recv().expect("server started");
+        TestServer { addr, dir: dir.to_path_buf(), _tmp: None, handle: Some(handle), thread: Some(thread) }
+    }
+
+    /// Stop gracefully and wait until the server has let go of its store.
+    pub fn stop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            actix_rt::System::new().block_on(h.stop(true));
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    pub fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        request(self.addr, method, path, headers, body)
+    }
+
+    /// A JSON request; `None` sends no body.
+    pub fn json(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        match body {
+            Some(b) => self.call(method, path, &[("Content-Type", "application/json")], &serde_json::to_vec(b).unwrap()),
+            None => self.call(method, path, &[], b""),
+        }
+    }
+
+    pub fn create_list(&self, account: &str) -> String {
+        let r = self.json("POST", "/1/lists", Some(&serde_json::json!({"account_id": account})));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["list_id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn create_face(&self, account: &str, descriptor: &[u8], lists: &[&str], user_data: &str) -> String {
+        let body = serde_json::json!({"account_id": account, "descriptor": {"data": b64(descriptor)}, "lists": lists, "user_data": user_data});
+        let r = self.json("POST", "/1/faces", Some(&body));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["face_id"].as_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One HTTP/1.1 request on its own connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // The server may answer (413) before reading a large body; a write error then is expected.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
+    Response { status, headers, body: raw[split + 4..].to_vec() }
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A deterministic 512 x u8 descriptor.
+pub fn descriptor(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..512)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// An SDK container around a payload.
+pub fn sdk(version: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = b"dp\0\0".to_vec();
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The similarity api.md defines for two u8 descriptors without calibration.
+pub fn u8_similarity(a: &[u8], b: &[u8]) -> f64 {
+    let c = |v: &[u8]| v.iter().map(|&q| q as i64 - 128).collect::<Vec<_>>();
+    let (a, b) = (c(a), c(b));
+    let dot: i64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    let na: i64 = a.iter().map(|x| x * x).sum();
+    let nb: i64 = b.iter().map(|x| x * x).sum();
+    if na == 0 || nb == 0 {
+        return 0.0;
+    }
+    (dot as f64 / ((na as f64) * (nb as f64)).sqrt()).clamp(0.0, 1.0)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `reference` with its first `keep` elements kept and the rest from `noise`:
+/// the larger `keep`, the more similar.
+pub fn blend(reference: &[u8], noise: &[u8], keep: usize) -> Vec<u8> {
+    reference[..keep].iter().chain(&noise[keep..]).copied().collect()
+}
