@@ -1,1 +1,112 @@
-fn main(){}
+//! Kernel benchmarks: one query, top-10, against N = 10k, 100k and 1M
+//! candidates of 512 x u8 and 512 x f32.
+//!
+//! - `scan_*/1core`: the scan loop on one core (kernel, norms, heap).
+//! - `scan_*/engine`: the same query through the matching engine, split over all cores.
+//! - `dot_*`: one dot product, for every kernel this CPU runs (scalar included).
+//!
+//! With `LUNA_BENCH_DATA=dir` the candidates and the query are read from the
+//! files `scripts/bench-kernels` writes for the FAISS peer, so both measure the
+//! same data; otherwise they are generated.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use luna_core::descriptor::{Descriptor, Dtype, VersionSpec};
+use luna_core::index::{FaceRecord, Index, Query};
+use luna_core::kernels::{kernels, Kernels};
+use luna_core::matching::{run_batch, scan, Filter, SubQuery, TopK};
+use uuid::Uuid;
+
+const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
+const LIMIT: usize = 10;
+
+fn spec(dtype: Dtype) -> VersionSpec {
+    VersionSpec { length: 512, dtype, a: None, b: None }
+}
+
+/// u8 descriptors, `n` rows of 512, plus the query: from the shared file or generated.
+fn u8_data(n: usize) -> (Vec<u8>, Vec<u8>) {
+    if let Ok(dir) = std::env::var("LUNA_BENCH_DATA") {
+        let all = std::fs::read(format!("{dir}/candidates_u8.bin")).expect("candidates_u8.bin");
+        let query = std::fs::read(format!("{dir}/query_u8.bin")).expect("query_u8.bin");
+        return (all[..n * 512].to_vec(), query);
+    }
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut bytes = vec![0u8; (n + 1) * 512];
+    for b in bytes.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 32) as u8;
+    }
+    let query = bytes.split_off(n * 512);
+    (bytes, query)
+}
+
+/// The f32 version of u8 data, `(q - 128) / 128`, as little-endian bytes: what FAISS gets.
+fn to_f32(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().flat_map(|&q| ((q as f32 - 128.0) / 128.0).to_le_bytes()).collect()
+}
+
+fn build_index(dtype: Dtype, rows: &[u8]) -> Index {
+    let spec = spec(dtype);
+    let mut index = Index::default();
+    for (i, p) in rows.chunks_exact(spec.payload_len()).enumerate() {
+        let face = FaceRecord {
+            face_id: Uuid::from_u128(i as u128),
+            account_id: Uuid::nil(),
+            external_id: None,
+            user_data: String::new(),
+            create_time: 0,
+            lists: Default::default(),
+        };
+        index.insert_face(spec, &Descriptor { version: 1, payload: p.to_vec() }, face);
+    }
+    index
+}
+
+fn bench_scans(c: &mut Criterion) {
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+    for dtype in [Dtype::U8, Dtype::F32] {
+        let mut group = c.benchmark_group(format!("scan_{}", if dtype == Dtype::U8 { "u8" } else { "f32" }));
+        group.sample_size(10);
+        for n in SIZES {
+            let (rows, query) = u8_data(n);
+            let (rows, query) = match dtype {
+                Dtype::U8 => (rows, query),
+                Dtype::F32 => (to_f32(&rows), to_f32(&query)),
+            };
+            let index = build_index(dtype, &rows);
+            drop(rows);
+            let vectors = &index.versions[&1].vectors;
+            let q = Query::new(&spec(dtype), &query);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new("1core", n), &n, |b, &n| {
+                b.iter(|| {
+                    let mut top = TopK::new(LIMIT, 0.0);
+                    scan(kernels(), vectors, &q, 0..n, |_| true, |r| r, &mut top);
+                    top.into_sorted()
+                })
+            });
+            let sub = SubQuery { version: 1, query: Arc::new(Query::new(&spec(dtype), &query)), filter: Filter::default(), limit: LIMIT, threshold: 0.0 };
+            group.bench_with_input(BenchmarkId::new("engine", n), &n, |b, _| b.iter(|| pool.install(|| run_batch(&index, &[&sub]))));
+        }
+        group.finish();
+    }
+}
+
+fn bench_dots(c: &mut Criterion) {
+    let (rows, query) = u8_data(1);
+    let shifted: Vec<i8> = query.iter().map(|&q| (q as i16 - 128) as i8).collect();
+    let (fa, fb): (Vec<f32>, Vec<f32>) = rows.iter().zip(&query).map(|(&a, &b)| (a as f32 / 128.0, b as f32 / 128.0)).unzip();
+    let mut group = c.benchmark_group("dot");
+    for k in Kernels::available() {
+        group.bench_function(BenchmarkId::new("u8_512", k.name), |b| b.iter(|| (k.dot_u8_i8)(std::hint::black_box(&rows), &shifted)));
+        group.bench_function(BenchmarkId::new("f32_512", k.name), |b| b.iter(|| (k.dot_f32)(std::hint::black_box(&fa), &fb)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_dots, bench_scans);
+criterion_main!(benches);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use luna_core::descriptor::{VersionSpec, Versions};
+use luna_actors::settings::{duration, PluginsConfig};
 use luna_core::Limits;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -91,11 +92,14 @@ pub struct Shutdown {
     /// Longest wait for in-flight requests to finish.
     #[serde(with = "duration")]
     pub drain_timeout: Duration,
+    /// Longest wait for plugins' event queues to empty.
+    #[serde(with = "duration")]
+    pub flush_timeout: Duration,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Shutdown { drain_timeout: Duration::from_secs(30) }
+        Shutdown { drain_timeout: Duration::from_secs(30), flush_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -107,6 +111,7 @@ pub struct Config {
     pub matching: Matching,
     pub descriptors: Descriptors,
     pub limits: Limits,
+    pub plugins: PluginsConfig,
     pub shutdown: Shutdown,
 }
 
@@ -130,6 +135,22 @@ impl Config {
             table.insert(v, *spec);
         }
         Versions::new(table, self.descriptors.default_version).map_err(|e| format!("config key descriptors: {e}"))
+    }
+
+    /// The plugins this role loads.
+    pub fn active_plugins(&self) -> &[String] {
+        match self.server.role {
+            Role::Matcher => &self.plugins.matcher_active,
+            Role::Proxy | Role::Standalone => &self.plugins.proxy_active,
+        }
+    }
+
+    /// The service name plugins and monitoring points see, as in LUNA.
+    pub fn service_name(&self) -> &'static str {
+        match self.server.role {
+            Role::Matcher => "luna-python-matcher",
+            Role::Proxy | Role::Standalone => "luna-matcher-proxy",
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -174,6 +195,13 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
         let key = set(&mut tree, &path, env_value(&env[name]))?;
         origin.insert(key, format!("environment variable {name}"));
     }
+    for name in ["LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", "LUNA_MATCHER_PROXY_ACTIVE_PLUGINS"] {
+        if let Some(raw) = env.get(name) {
+            let list: Vec<String> = serde_json::from_str(raw).map_err(|e| format!("environment variable {name}: a JSON list of names, as '[\"my_plugin\"]': {e}"))?;
+            let key = set(&mut tree, &["plugins".into(), name.into()], Value::try_from(list).map_err(|e| e.to_string())?)?;
+            origin.insert(key, format!("environment variable {name}"));
+        }
+    }
     if env.get("SERVICE_TYPE").is_some_and(|v| v == "proxy") {
         set(&mut tree, &["server".into(), "role".into()], Value::String("proxy".into()))?;
     }
@@ -197,6 +225,7 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
         format!("config key {key}{from}: {}", e.inner())
     })?;
     config.versions()?;
+    config.plugins.validate()?;
     Ok(config)
 }
 
@@ -243,35 +272,6 @@ fn env_value(raw: &str) -> Value {
     format!("v = {raw}").parse::<Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| Value::String(raw.to_owned()))
 }
 
-/// Durations as `"500ms"`, `"5s"`, `"2m"`.
-pub mod duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn parse(text: &str) -> Result<Duration, String> {
-        let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let n: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration such as 500ms, 5s or 2m"))?;
-        let seconds = match unit {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" => n * 60.0,
-            _ => return Err(format!("'{text}' is not a duration such as 500ms, 5s or 2m")),
-        };
-        Ok(Duration::from_secs_f64(seconds))
-    }
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", d.as_millis()))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +292,9 @@ mod tests {
         assert_eq!(c.port(), 6002);
         let c = load(&file, true, &env(&[("SERVICE_TYPE", "proxy")]), &Overrides::default()).unwrap();
         assert_eq!(c.server.role, Role::Proxy);
+        let e = env(&[("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", r#"["teapot", "x"]"#), ("LUNA_MATCHER__PLUGINS__QUEUE_SIZE", "7")]);
+        let c = load(&file, true, &e, &Overrides::default()).unwrap();
+        assert_eq!((c.active_plugins(), c.plugins.queue_size), (&["teapot".to_string(), "x".to_string()][..], 7));
     }
 
     #[test]
@@ -306,5 +309,15 @@ mod tests {
         let err = load(&dir.path().join("none.toml"), false, &env(&[("LUNA_MATCHER__SERVER__ROLE", "boss")]), &Overrides::default()).unwrap_err();
         assert!(err.contains("server.role"), "{err}");
         assert!(load(&dir.path().join("none.toml"), true, &HashMap::new(), &Overrides::default()).is_err());
+        let err = load(&file_ok(&dir), true, &env(&[("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", r#"["../x"]"#)]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS") && err.contains("../x"), "{err}");
+        let err = load(&file_ok(&dir), true, &env(&[("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", "teapot")]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("JSON list"), "{err}");
+    }
+
+    fn file_ok(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let f = dir.path().join("ok.toml");
+        std::fs::write(&f, "").unwrap();
+        f
     }
 }

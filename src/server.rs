@@ -1,18 +1,20 @@
-//! Start-up and shutdown of the HTTP server.
+//! Start-up and shutdown of the service: store, plugins, HTTP server.
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
+use luna_actors::plugin::ServiceInfo;
+use luna_actors::Plugins;
 use luna_core::{Core, CoreConfig};
 
 use crate::config::{Config, Role};
-use crate::http::{self, AppState};
+use crate::http::{self, openapi, AppState};
 use crate::telemetry::Telemetry;
 
 /// Open the store and build the shared state of the app.
-pub fn state(config: &Config) -> Result<web::Data<AppState>, String> {
+pub fn state(config: &Config, plugins: Option<Arc<Plugins>>) -> Result<web::Data<AppState>, String> {
     let core = Core::open(CoreConfig {
         db_path: config.db_path(),
         versions: config.versions()?,
@@ -20,7 +22,22 @@ pub fn state(config: &Config) -> Result<web::Data<AppState>, String> {
         threads: config.threads(),
     })
     .map_err(|e| format!("cannot open the store {}: {e}", config.db_path().display()))?;
-    Ok(web::Data::new(AppState { core: Arc::new(core), telemetry: Arc::new(Telemetry::default()) }))
+    let telemetry = Telemetry::new(config.service_name(), plugins.clone());
+    Ok(web::Data::new(AppState { core: Arc::new(core), telemetry: Arc::new(telemetry), plugins }))
+}
+
+/// Start the active plugins, if any. Must run inside the actix System.
+pub fn plugins(config: &Config) -> Result<Option<Arc<Plugins>>, String> {
+    let active = config.active_plugins();
+    if active.is_empty() {
+        return Ok(None);
+    }
+    luna_actors::supervisor::check_directory(&config.plugins.directory)?;
+    let host = if config.server.host == "0.0.0.0" { "127.0.0.1" } else { config.server.host.as_str() };
+    let service = ServiceInfo { name: config.service_name(), url: format!("http://{host}:{}", config.port()) };
+    let plugins = Plugins::start(&config.plugins, active, service, &openapi::PATHS)?;
+    log::info!("plugins starting: {}", active.join(", "));
+    Ok(Some(Arc::new(plugins)))
 }
 
 /// The HTTP server on `listener`. It handles no signals itself: `run` does.
@@ -37,14 +54,16 @@ pub fn serve(config: &Config, state: web::Data<AppState>, listener: TcpListener)
         .run())
 }
 
-/// Serve until SIGTERM (or a first SIGINT), then drain in-flight requests.
+/// Serve until SIGTERM (or a first SIGINT): stop accepting, drain in-flight
+/// requests, flush plugins' event queues, `close()` every plugin.
 pub async fn run(config: Config) -> Result<(), String> {
     if config.server.role == Role::Proxy {
         return Err("role proxy is not available yet: it needs the matching-plugin pipeline; run matcher or standalone".into());
     }
-    let state = state(&config)?;
     let addr = (config.server.host.clone(), config.port());
     let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
+    let plugins = plugins(&config)?;
+    let state = state(&config, plugins.clone())?;
     let server = serve(&config, state, listener).map_err(|e| e.to_string())?;
     log::info!("luna-matcher {} listening on {}:{} as {:?}", env!("CARGO_PKG_VERSION"), addr.0, addr.1, config.server.role);
     let handle = server.handle();
@@ -62,6 +81,10 @@ pub async fn run(config: Config) -> Result<(), String> {
         }
     });
     server.await.map_err(|e| e.to_string())?;
+    if let Some(plugins) = plugins {
+        log::info!("flushing event queues and closing plugins");
+        plugins.shutdown(config.shutdown.flush_timeout).await;
+    }
     log::info!("stopped");
     Ok(())
 }

@@ -4,6 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+use std::sync::Arc;
+
+use luna_actors::events::{Event, FieldValue, Point, MONITORING_EVENT};
+use luna_actors::status::{PluginReport, PluginState};
+use luna_actors::Plugins;
 use luna_core::service::StoreStats;
 use parking_lot::Mutex;
 
@@ -37,9 +42,12 @@ struct Requests {
     latency: BTreeMap<String, Histogram>,
 }
 
-#[derive(Default)]
 pub struct Telemetry {
     requests: Mutex<Requests>,
+    /// The service name in monitoring points: `luna-python-matcher` or `luna-matcher-proxy`.
+    service: &'static str,
+    /// Where monitoring points go, when plugins run.
+    plugins: Option<Arc<Plugins>>,
 }
 
 /// One finished HTTP request, as the middleware saw it.
@@ -50,10 +58,16 @@ pub struct RequestRecord<'a> {
     pub path: &'a str,
     pub status: u16,
     pub error_code: Option<u32>,
+    /// When the request started, in seconds since the epoch.
+    pub start_time: f64,
     pub seconds: f64,
 }
 
 impl Telemetry {
+    pub fn new(service: &'static str, plugins: Option<Arc<Plugins>>) -> Self {
+        Telemetry { requests: Mutex::default(), service, plugins }
+    }
+
     pub fn request_finished(&self, r: &RequestRecord) {
         log::info!(
             target: "luna_matcher::access",
@@ -68,10 +82,28 @@ impl Telemetry {
         let mut req = self.requests.lock();
         *req.counts.entry((r.method.to_owned(), r.route.to_owned(), r.status)).or_default() += 1;
         req.latency.entry(r.route.to_owned()).or_default().observe(r.seconds);
+        drop(req);
+        if let Some(plugins) = &self.plugins {
+            plugins.publish(Event { name: MONITORING_EVENT, points: self.request_points(r) });
+        }
+    }
+
+    /// The points of one request, as plugins.md defines them: `request`, and
+    /// `error` for a response with an error status.
+    fn request_points(&self, r: &RequestRecord) -> Vec<Point> {
+        let tags = vec![("service", self.service.to_owned()), ("route", format!("{}:{}", r.method, r.route)), ("status_code", r.status.to_string())];
+        let fields = vec![("request_id", FieldValue::Str(r.request_id.to_owned())), ("execution_time", FieldValue::Float(r.seconds))];
+        let mut points = vec![Point { series: "request", event_time: r.start_time, tags: tags.clone(), fields: fields.clone() }];
+        if r.status >= 400 {
+            let mut tags = tags;
+            tags.push(("error_code", r.error_code.unwrap_or(0).to_string()));
+            points.push(Point { series: "error", event_time: r.start_time, tags, fields });
+        }
+        points
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, store: &StoreStats) -> String {
+    pub fn render(&self, store: &StoreStats, plugins: &[PluginReport]) -> String {
         let mut out = String::new();
         let req = self.requests.lock();
         out.push_str("# HELP luna_matcher_requests_total HTTP requests by method, route and status.\n# TYPE luna_matcher_requests_total counter\n");
@@ -93,6 +125,32 @@ impl Telemetry {
         out.push_str("# HELP luna_matcher_store_faces Faces in the store by descriptor version.\n# TYPE luna_matcher_store_faces gauge\n");
         for (version, n) in &store.faces_by_version {
             let _ = writeln!(out, "luna_matcher_store_faces{{descriptor_version=\"{version}\"}} {n}");
+        }
+        let counters: [(&str, &str, fn(&PluginReport) -> u64); 4] = [
+            ("luna_matcher_plugin_calls_total", "Events and route calls a plugin handled.", |p| p.calls),
+            ("luna_matcher_plugin_errors_total", "Errors a plugin raised or timed out with.", |p| p.errors),
+            ("luna_matcher_plugin_restarts_total", "Restarts of a plugin by its supervisor.", |p| p.restarts),
+            ("luna_matcher_plugin_dropped_events_total", "Events a plugin's queue dropped.", |p| p.dropped_events),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for p in plugins {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", p.name, value(p));
+            }
+        }
+        out.push_str("# HELP luna_matcher_plugin_state 1 for the state a plugin is in.\n# TYPE luna_matcher_plugin_state gauge\n");
+        for p in plugins {
+            for state in PluginState::ALL {
+                let _ = writeln!(out, "luna_matcher_plugin_state{{plugin=\"{}\",state=\"{}\"}} {}", p.name, state.as_str(), u8::from(p.state == state));
+            }
+        }
+        out.push_str("# HELP luna_matcher_plugin_latency_seconds Mean and p99 latency of a plugin's recent calls.\n# TYPE luna_matcher_plugin_latency_seconds gauge\n");
+        for p in plugins {
+            for (q, v) in [("mean", p.mean_latency), ("p99", p.p99_latency)] {
+                if let Some(v) = v {
+                    let _ = writeln!(out, "luna_matcher_plugin_latency_seconds{{plugin=\"{}\",stat=\"{q}\"}} {v}", p.name);
+                }
+            }
         }
         out
     }

@@ -27,6 +27,9 @@ macro_rules! error_table {
 error_table! {
     Internal = 10001, "Internal server error";
     StorageFailure = 10002, "Storage error";
+    PluginFailed = 10010, "Plugin error";
+    PluginUnavailable = 10011, "Plugin is not running";
+    PluginTimeout = 10012, "Plugin did not answer in time";
     BadJson = 11001, "Request body is not valid JSON or msgpack";
     SchemaViolation = 11002, "Failed to validate input";
     UnsupportedMediaType = 11003, "Unsupported content type";

@@ -24,7 +24,6 @@ impl<T: DeserializeOwned + 'static> FromRequest for Input<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req.app_data::<web::Data<AppState>>().map_or(usize::MAX, |s| s.core.limits().body_bytes);
         let msgpack = match req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("")) {
             None => false,
             Some(ct) => {
@@ -39,23 +38,29 @@ impl<T: DeserializeOwned + 'static> FromRequest for Input<T> {
                 }
             }
         };
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        let mut payload = payload.take();
-        Box::pin(async move {
-            let too_large = || ApiError::new(ErrorCode::BodyTooLarge, format!("the body is larger than {limit} bytes"));
-            if declared.is_some_and(|n| n > limit) {
+        let body = read_body(req, payload.take());
+        Box::pin(async move { decode(&body.await?, msgpack).map(Input) })
+    }
+}
+
+/// The whole body, refused with its own code past the configured size.
+pub fn read_body(req: &HttpRequest, mut payload: Payload) -> impl std::future::Future<Output = Result<web::BytesMut, ApiError>> + 'static {
+    let limit = req.app_data::<web::Data<AppState>>().map_or(usize::MAX, |s| s.core.limits().body_bytes);
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    async move {
+        let too_large = || ApiError::new(ErrorCode::BodyTooLarge, format!("the body is larger than {limit} bytes"));
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::BadJson, format!("cannot read the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
                 return Err(too_large());
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::BadJson, format!("cannot read the body: {e}")))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large());
-                }
-                body.extend_from_slice(&chunk);
-            }
-            decode(&body, msgpack).map(Input)
-        })
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 

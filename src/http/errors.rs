@@ -9,7 +9,9 @@ use luna_core::{Error, ErrorCode};
 pub fn status(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
-        Internal | StorageFailure => StatusCode::INTERNAL_SERVER_ERROR,
+        Internal | StorageFailure | PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        PluginUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
         BadJson | SchemaViolation | BadQueryParameter | BadRequestId | BadBase64 | BadDescriptorMagic | UnknownDescriptorVersion
         | BadDescriptorLength | DescriptorNotFinite | DescriptorVersionMismatch | TooManyCandidateSets | LimitTooLarge
         | TooManyRawCandidates | TooManyReferences | AccountMismatch => StatusCode::BAD_REQUEST,

@@ -11,7 +11,11 @@ use luna_core::{Core, Error, ErrorCode};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::codec::{Input, Output};
+use luna_actors::plugin::{CallRoute, RouteError};
+use luna_actors::status::PluginState;
+use serde_json::json;
+
+use super::codec::{read_body, Input, Output};
 use super::errors::ApiError;
 use super::AppState;
 
@@ -97,12 +101,27 @@ pub async fn match_raw(state: web::Data<AppState>, body: Input<MatchRawRequest>)
 
 pub async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
     let start = Instant::now();
-    let core: Arc<Core> = state.core.clone();
-    let store = web::block(move || core.check_store()).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
-    match store {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"execution_time": start.elapsed().as_secs_f64()})),
-        Err(e) => HttpResponse::build(StatusCode::BAD_GATEWAY).json(serde_json::json!({"errors": [{"component": "store", "error": e}]})),
+    if let Some(plugins) = state.plugins.as_ref().filter(|p| !p.ready()) {
+        let starting: Vec<_> = plugins.reports().into_iter().filter(|r| r.state == PluginState::Loading).map(|r| json!({"component": format!("plugin:{}", r.name), "error": "starting"})).collect();
+        return HttpResponse::ServiceUnavailable().json(json!({"errors": starting}));
     }
+    let core: Arc<Core> = state.core.clone();
+    let mut errors = Vec::new();
+    if let Err(e) = web::block(move || core.check_store()).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        errors.push(json!({"component": "store", "error": e}));
+    }
+    for (name, error) in state.plugins.as_ref().map(|p| p.required_down()).unwrap_or_default() {
+        errors.push(json!({"component": format!("plugin:{name}"), "error": error}));
+    }
+    if errors.is_empty() {
+        HttpResponse::Ok().json(json!({"execution_time": start.elapsed().as_secs_f64()}))
+    } else {
+        HttpResponse::build(StatusCode::BAD_GATEWAY).json(json!({"errors": errors}))
+    }
+}
+
+pub async fn plugins(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.plugins.as_ref().map(|p| p.reports()).unwrap_or_default())
 }
 
 pub async fn version() -> HttpResponse {
@@ -111,15 +130,46 @@ pub async fn version() -> HttpResponse {
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.telemetry.render(&state.core.stats()))
+    let plugins = state.plugins.as_ref().map(|p| p.reports()).unwrap_or_default();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.telemetry.render(&state.core.stats(), &plugins))
 }
 
 pub async fn spec() -> HttpResponse {
     HttpResponse::Ok().json(super::openapi::document())
 }
 
-pub async fn route_not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(ErrorCode::RouteNotFound, format!("no route {} {}", req.method(), req.path())))
+/// Any path the service does not route: a plugin route, or 11030.
+pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    let not_found = || ApiError::new(ErrorCode::RouteNotFound, format!("no route {} {}", req.method(), req.path()));
+    let Some((plugins, route)) = state.plugins.as_ref().and_then(|p| Some((p, p.resolve(req.path())?))) else {
+        return Err(not_found());
+    };
+    let body = read_body(&req, payload.into_inner()).await?;
+    let call = CallRoute {
+        template: route.template,
+        params: route.params,
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+        query: req.query_string().to_owned(),
+        headers: req.headers().iter().filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned()))).collect(),
+        body: body.to_vec(),
+    };
+    let reply = plugins.call_route(&route.plugin, call).await.map_err(|e| match e {
+        RouteError::Unavailable(s) => ApiError::new(ErrorCode::PluginUnavailable, format!("plugin {} is {}", route.plugin, s.as_str())),
+        RouteError::Failed(e) => ApiError::new(ErrorCode::PluginFailed, format!("plugin {}: {e}", route.plugin)),
+        RouteError::TimedOut(e) => ApiError::new(ErrorCode::PluginTimeout, format!("plugin {}: {e}", route.plugin)),
+    })?;
+    match (reply.status, reply.body.is_empty()) {
+        (404, true) => return Err(not_found()),
+        (405, true) => return method_not_allowed(req).await,
+        _ => {}
+    }
+    let status = StatusCode::from_u16(reply.status).map_err(|_| ApiError::new(ErrorCode::PluginFailed, format!("plugin {} answered status {}", route.plugin, reply.status)))?;
+    let mut response = HttpResponse::build(status);
+    for (k, v) in reply.headers {
+        response.insert_header((k, v));
+    }
+    Ok(response.body(reply.body))
 }
 
 pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -36,6 +36,7 @@ fn new_request_id() -> String {
 
 pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let start = Instant::now();
+    let start_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let sent = req.headers().get(&REQUEST_ID).map(|v| v.to_str().map(str::to_owned));
     let (id, bad_id) = match sent {
         None => (new_request_id(), None),
@@ -59,10 +60,12 @@ pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) 
         state.telemetry.request_finished(&RequestRecord {
             request_id: &id,
             method: request.method().as_str(),
-            route: &request.match_pattern().unwrap_or_else(|| "unmatched".into()),
+            // Plugin routes are served by the fallback: name them by their path.
+            route: &request.match_pattern().unwrap_or_else(|| request.path().to_owned()),
             path: request.path(),
             status: res.status().as_u16(),
             error_code: res.response().extensions().get::<ErrorCodeTag>().map(|t| t.0),
+            start_time,
             seconds: start.elapsed().as_secs_f64(),
         });
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, Route};
+use luna_actors::Plugins;
 use luna_core::Core;
 
 use crate::telemetry::Telemetry;
@@ -21,6 +22,8 @@ use handlers as h;
 pub struct AppState {
     pub core: Arc<Core>,
     pub telemetry: Arc<Telemetry>,
+    /// None when no plugin is active: Python is then never started.
+    pub plugins: Option<Arc<Plugins>>,
 }
 
 /// One resource: its routes, and our 405 body for any other method.
@@ -31,6 +34,7 @@ fn resource(path: &str, routes: Vec<Route>) -> actix_web::Resource {
 /// Every route of api.md.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthcheck", vec![web::get().to(h::healthcheck)]))
+        .service(resource("/1/plugins", vec![web::get().to(h::plugins)]))
         .service(resource("/1/version", vec![web::get().to(h::version)]))
         .service(resource("/1/docs/spec", vec![web::get().to(h::spec)]))
         .service(resource("/metrics", vec![web::get().to(h::metrics)]))
@@ -53,6 +57,6 @@ pub fn app(
         // The size limit is enforced by `codec::Input` with its own error code.
         .app_data(web::PayloadConfig::new(usize::MAX))
         .configure(routes)
-        .default_service(web::to(h::route_not_found))
+        .default_service(web::to(h::fallback))
         .wrap(actix_web::middleware::from_fn(middleware::request_context))
 }

@@ -28,8 +28,9 @@ fn op(summary: &str, request: Option<&str>, code: &str, description: &str) -> Va
 }
 
 /// Every documented path, also used by the tests to check each one is routed.
-pub const PATHS: [&str; 12] = [
+pub const PATHS: [&str; 13] = [
     "/healthcheck",
+    "/1/plugins",
     "/1/version",
     "/1/docs/spec",
     "/metrics",
@@ -50,18 +51,19 @@ pub fn document() -> Value {
         .collect();
     let paths = json!({
         PATHS[0]: {"get": op("Health of the service, its store and plugins", None, "200", "healthy")},
-        PATHS[1]: {"get": op("Service version", None, "200", "version")},
-        PATHS[2]: {"get": op("This document", None, "200", "OpenAPI document")},
-        PATHS[3]: {"get": op("Prometheus metrics", None, "200", "text exposition")},
-        PATHS[4]: {"post": op("Create a list", Some("NewList"), "201", "list_id and url")},
-        PATHS[5]: {"get": op("Read a list with its face_count", None, "200", "the list"),
+        PATHS[1]: {"get": op("Every configured plugin: kind, class, state, restarts, last error, calls, latency, dropped events", None, "200", "plugins")},
+        PATHS[2]: {"get": op("Service version", None, "200", "version")},
+        PATHS[3]: {"get": op("This document", None, "200", "OpenAPI document")},
+        PATHS[4]: {"get": op("Prometheus metrics", None, "200", "text exposition")},
+        PATHS[5]: {"post": op("Create a list", Some("NewList"), "201", "list_id and url")},
+        PATHS[6]: {"get": op("Read a list with its face_count", None, "200", "the list"),
                     "delete": op("Delete a list; its faces stay", None, "204", "deleted")},
-        PATHS[6]: {"patch": op("Attach faces to or detach them from a list", Some("ListFacesPatch"), "204", "done")},
-        PATHS[7]: {"post": op("Create a face", Some("NewFace"), "201", "face_id and url")},
-        PATHS[8]: {"post": op("Create many faces in one transaction: all or nothing", Some("NewFaces"), "201", "face_ids in input order")},
-        PATHS[9]: {"get": op("Read a face", None, "200", "the face"), "delete": op("Delete a face", None, "204", "deleted")},
-        PATHS[10]: {"post": op("Match references against faces of the store", Some("MatchFaces"), "200", "one element per reference")},
-        PATHS[11]: {"post": op("Match descriptors against descriptors", Some("MatchRaw"), "200", "one element per reference")},
+        PATHS[7]: {"patch": op("Attach faces to or detach them from a list", Some("ListFacesPatch"), "204", "done")},
+        PATHS[8]: {"post": op("Create a face", Some("NewFace"), "201", "face_id and url")},
+        PATHS[9]: {"post": op("Create many faces in one transaction: all or nothing", Some("NewFaces"), "201", "face_ids in input order")},
+        PATHS[10]: {"get": op("Read a face", None, "200", "the face"), "delete": op("Delete a face", None, "204", "deleted")},
+        PATHS[11]: {"post": op("Match references against faces of the store", Some("MatchFaces"), "200", "one element per reference")},
+        PATHS[12]: {"post": op("Match descriptors against descriptors", Some("MatchRaw"), "200", "one element per reference")},
     });
     let descriptor = json!({"type": "object", "required": ["data"], "properties": {
         "data": {"type": "string", "format": "byte", "description": "SDK container (dp\\0\\0 + u32 LE version + payload) or raw payload"},

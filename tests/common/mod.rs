@@ -67,7 +67,7 @@ impl TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let state = luna_matcher::server::state(&config).expect("state");
+                let state = luna_matcher::server::state(&config, None).expect("state");
                 let server = luna_matcher::server::serve(&config, state, listener).expect("serve");
                 tx.send(server.handle()).unwrap();
                 server.await.unwrap();

@@ -1,0 +1,210 @@
+"""The host's side of the plugin runtime, called by the Rust bridge: loading
+plugins, running their coroutines under the service's rules, and reporting
+what they do. Plugins do not import this module."""
+
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import sys
+import types
+import urllib.parse
+
+import luna_matcher
+
+from luna_plugins import _routes
+from luna_plugins.base.monitoring import make_point
+from luna_plugins.base.plugins_meta._base import BaseEventPlugin, BasePlugin
+from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, BaseBackgroundPlugin, pluginHTTPResponse
+
+# Classes activated so far, by any plugin: one class object is activated once.
+_activated = {}  # class -> plugin name
+# Tasks created by plugin code: (plugin, generation) -> set of tasks
+_tasks = {}
+
+
+class _HostLogHandler(logging.Handler):
+    def emit(self, record):
+        try:
+            luna_matcher._log(record.levelno, record.name, self.format(record))
+        except Exception:  # logging must never raise into a plugin
+            pass
+
+
+def install(loop, plugins_dir, service_paths, log_level):
+    """Once, at start-up: the `plugins` package, the task factory, logging."""
+    package = types.ModuleType("plugins")
+    package.__path__ = [plugins_dir]
+    package.__package__ = "plugins"
+    sys.modules["plugins"] = package
+    _routes.service_paths = frozenset(service_paths)
+    loop.set_task_factory(_task_factory)
+    root = logging.getLogger()
+    root.addHandler(_HostLogHandler())
+    root.setLevel(log_level)
+
+
+def _task_factory(loop, coro, **kwargs):
+    task = asyncio.Task(coro, loop=loop, **kwargs)
+    owner = _routes.current_plugin.get()
+    if owner is not None:
+        _tasks.setdefault(owner, set()).add(task)
+        task.add_done_callback(lambda t: _task_done(owner, t))
+    return task
+
+
+def _task_done(owner, task):
+    _tasks.get(owner, set()).discard(task)
+    if task.cancelled() or not task._log_traceback:
+        return
+    # A task whose error whoever awaits it (gather, a handler) retrieves is not
+    # a death. Look again once those awaiting it have run.
+    loop = task.get_loop()
+    loop.call_soon(loop.call_soon, _report_if_unobserved, owner, task)
+
+
+def _report_if_unobserved(owner, task):
+    if task._log_traceback:
+        error = task.exception()
+        luna_matcher._task_failed(owner[0], owner[1], f"{type(error).__name__}: {error}")
+
+
+def context(name, generation):
+    """A context in which plugin code runs, so the tasks it makes are its own."""
+    import contextvars
+
+    ctx = contextvars.copy_context()
+    ctx.run(_routes.current_plugin.set, (name, generation))
+    return ctx
+
+
+async def hosted(coro, timeout):
+    """Run a plugin coroutine for the host: cancelled on the event loop when it overruns."""
+    return await asyncio.wait_for(coro, timeout)
+
+
+class App:
+    """The `app` a plugin is constructed with."""
+
+    class Ctx:
+        pass
+
+    def __init__(self, name, config, service_name, service_url):
+        self.name = service_name
+        self.ctx = App.Ctx()
+        self.ctx.logger = logging.getLogger(f"plugins.{name}")
+        self.ctx.config = config
+        self.ctx.serviceName = service_name
+        self.ctx.serviceUrl = service_url
+        self.ctx.pluginName = name
+
+
+def _is_plugin_class(obj):
+    return (
+        isinstance(obj, type)
+        and issubclass(obj, BasePlugin)
+        and obj not in (BasePlugin, BaseEventPlugin, BaseBackgroundPlugin)
+        and not issubclass(obj, BaseBackgroundHandler)
+        and not inspect.isabstract(obj)
+    )
+
+
+def unload(name):
+    """Forget a plugin: its module (so the next load imports it afresh), classes, routes, tasks."""
+    for module in [m for m in sys.modules if m == f"plugins.{name}" or m.startswith(f"plugins.{name}.")]:
+        del sys.modules[module]
+    for cls in [c for c, owner in _activated.items() if owner == name]:
+        del _activated[cls]
+    _routes.drop(name)
+    for owner in [o for o in _tasks if o[0] == name]:
+        for task in _tasks.pop(owner):
+            task.cancel()
+
+
+def load(name, config, service_name, service_url):
+    """Import `plugins.<name>` and construct each concrete plugin class in it.
+
+    Returns [(instance, kind)]; raises what the import or a constructor raised."""
+    module = importlib.import_module(f"plugins.{name}")
+    classes = []
+    for obj in vars(module).values():
+        if _is_plugin_class(obj) and obj not in _activated and obj not in classes:
+            classes.append(obj)
+    app = App(name, config, service_name, service_url)
+    instances = []
+    for cls in classes:
+        instances.append((cls(app), "event" if issubclass(cls, BaseEventPlugin) else "background"))
+        _activated[cls] = name
+    return instances
+
+
+def describe(instance):
+    cls = type(instance)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def event_name(instance):
+    return getattr(instance, "eventName", None)
+
+
+def route_paths(name):
+    return _routes.paths(name)
+
+
+async def deliver(instances, event_name, points, timeout):
+    """Hand one event to each instance; return the errors as text. A handler
+    that overruns raises TimeoutError here, so the host restarts the plugin."""
+    objects = [make_point(series, event_time, tags, fields) for series, event_time, tags, fields in points]
+    outcomes = await asyncio.gather(
+        *[asyncio.wait_for(i.handleEvent(objects, i.app.ctx.logger if getattr(i, "app", None) else logging.getLogger("plugins")), timeout) for i in instances],
+        return_exceptions=True,
+    )
+    errors = []
+    for instance, outcome in zip(instances, outcomes):
+        if isinstance(outcome, (asyncio.TimeoutError, TimeoutError)):
+            raise TimeoutError(f"{describe(instance)}.handleEvent took longer than {timeout}s on {event_name}")
+        if isinstance(outcome, BaseException):
+            errors.append(f"{describe(instance)}.handleEvent: {type(outcome).__name__}: {outcome}")
+    return errors
+
+
+class Request:
+    """What a plugin route handler gets."""
+
+    def __init__(self, method, path, query_string, headers, body, match_info):
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self.query = dict(urllib.parse.parse_qsl(query_string, keep_blank_values=True))
+        self.args = self.query
+        self.headers = headers
+        self.body = body
+        self.match_info = match_info
+
+    def json(self):
+        return json.loads(self.body or b"null")
+
+
+async def serve(template, match_info, method, path, query_string, headers, body):
+    """Run the handler of a plugin route; return (status, headers, body bytes).
+
+    A method the route does not serve answers 405."""
+    route = _routes.get(template)
+    if route is None:
+        return 404, {}, b""
+    _, handler, methods, plugin = route
+    request = Request(method, path, query_string, headers, body, match_info)
+    verb = method.lower()
+    if isinstance(handler, type) and issubclass(handler, BaseBackgroundHandler):
+        call = getattr(handler(getattr(plugin, "app", None)), verb, None)
+    else:
+        call = handler if methods is None or verb in methods else None
+    if call is None:
+        return 405, {}, b""
+    result = call(request)
+    if inspect.isawaitable(result):
+        result = await result
+    if not isinstance(result, pluginHTTPResponse):
+        result = pluginHTTPResponse(body=result if result is not None else "")
+    return result.encode()

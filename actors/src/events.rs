@@ -1,0 +1,157 @@
+//! Events for event plugins: monitoring points, the bounded per-plugin
+//! queues, and the `EventBroker` actor that fans each event out to them.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+
+/// The event type every HTTP request publishes.
+pub const MONITORING_EVENT: &str = "monitoring_event";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Str(String),
+    Float(f64),
+    Int(i64),
+}
+
+/// A monitoring point: series, event time (epoch seconds), tags, fields.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub series: &'static str,
+    pub event_time: f64,
+    pub tags: Vec<(&'static str, String)>,
+    pub fields: Vec<(&'static str, FieldValue)>,
+}
+
+/// One event: its type and its points.
+#[derive(Debug)]
+pub struct Event {
+    pub name: &'static str,
+    pub points: Vec<Point>,
+}
+
+/// A plugin's bounded queue. Publishing never waits: when the plugin falls
+/// behind, the oldest events make room and are counted as dropped.
+pub struct EventQueue {
+    items: Mutex<VecDeque<Arc<Event>>>,
+    capacity: usize,
+    dropped: Arc<AtomicU64>,
+    /// An event taken from the queue is being handled.
+    pub delivering: AtomicBool,
+}
+
+impl EventQueue {
+    pub fn new(capacity: usize, dropped: Arc<AtomicU64>) -> Self {
+        EventQueue { items: Mutex::new(VecDeque::new()), capacity: capacity.max(1), dropped, delivering: AtomicBool::new(false) }
+    }
+
+    /// Add an event; true when the queue was empty (the consumer may be idle).
+    pub fn push(&self, event: Arc<Event>) -> bool {
+        let mut items = self.items.lock();
+        if items.len() == self.capacity {
+            items.pop_front();
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        items.push_back(event);
+        items.len() == 1
+    }
+
+    pub fn pop(&self) -> Option<Arc<Event>> {
+        self.items.lock().pop_front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Nothing waiting and nothing being handled.
+    pub fn idle(&self) -> bool {
+        self.is_empty() && !self.delivering.load(Ordering::Acquire)
+    }
+
+    /// Drop what is left, counting it.
+    pub fn discard(&self) -> usize {
+        let n = std::mem::take(&mut *self.items.lock()).len();
+        self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+}
+
+/// Tells a plugin actor its queue has something.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+/// Deliver events of `event_names` to `queue`, waking `wake`. Replaces an
+/// earlier subscription of the same plugin.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub plugin: String,
+    pub event_names: Vec<String>,
+    pub queue: Arc<EventQueue>,
+    pub wake: Recipient<Wake>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish(pub Arc<Event>);
+
+#[derive(Default)]
+pub struct EventBroker {
+    subscribers: Vec<Subscribe>,
+}
+
+// Requests publish with `do_send`, which ignores the mailbox capacity: a
+// request never waits on the broker.
+impl Actor for EventBroker {
+    type Context = Context<Self>;
+}
+
+impl Handler<Subscribe> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        self.subscribers.retain(|s| s.plugin != msg.plugin);
+        self.subscribers.push(msg);
+    }
+}
+
+impl Handler<Publish> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, Publish(event): Publish, _: &mut Self::Context) {
+        for s in self.subscribers.iter().filter(|s| s.event_names.iter().any(|n| n == event.name)) {
+            if s.queue.push(event.clone()) {
+                s.wake.do_send(Wake);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_drops_the_oldest() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let q = EventQueue::new(2, dropped.clone());
+        let ev = |n: f64| Arc::new(Event { name: MONITORING_EVENT, points: vec![Point { series: "request", event_time: n, tags: vec![], fields: vec![] }] });
+        assert!(q.push(ev(1.0)));
+        assert!(!q.push(ev(2.0)));
+        q.push(ev(3.0));
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(q.pop().unwrap().points[0].event_time, 2.0);
+        assert_eq!(q.discard(), 1);
+        assert_eq!(dropped.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,48 @@
+//! The built-in `luna_matcher` module (registered before the interpreter
+//! starts): how plugin-side Python reports to the host. Every function here
+//! only hands data over and returns at once, so the Python caller never waits
+//! on an actor.
+
+use std::sync::OnceLock;
+
+use pyo3::prelude::*;
+
+type TaskFailureSink = Box<dyn Fn(&str, u64, String) + Send + Sync>;
+
+static TASK_FAILURES: OnceLock<TaskFailureSink> = OnceLock::new();
+
+/// Where reports of background tasks that died go: (plugin, generation, error).
+pub fn on_task_failure(sink: impl Fn(&str, u64, String) + Send + Sync + 'static) {
+    let _ = TASK_FAILURES.set(Box::new(sink));
+}
+
+/// Python `logging` output, into the service log under the logger's name.
+#[pyfunction]
+fn _log(level: u32, name: &str, message: &str) {
+    let level = match level {
+        0..=10 => log::Level::Debug,
+        11..=20 => log::Level::Info,
+        21..=30 => log::Level::Warn,
+        _ => log::Level::Error,
+    };
+    log::log!(target: name, level, "{message}");
+}
+
+/// A task a plugin created ended with an exception nobody retrieved.
+#[pyfunction]
+fn _task_failed(plugin: &str, generation: u64, error: String) {
+    if let Some(sink) = TASK_FAILURES.get() {
+        sink(plugin, generation, error);
+    }
+}
+
+#[pymodule]
+pub fn luna_matcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_log, m)?)?;
+    m.add_function(wrap_pyfunction!(_task_failed, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // What a Rust panic inside a native extension surfaces as in Python; a
+    // plugin that lets one escape has its actor restarted.
+    m.add("PanicException", m.py().get_type::<pyo3::panic::PanicException>())?;
+    Ok(())
+}

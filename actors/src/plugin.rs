@@ -1,0 +1,443 @@
+//! One actor per plugin module, on its own arbiter, under an actix
+//! `Supervisor`. Its lifecycle: boot (import, construct, `initialize`), work
+//! (events from its queue, calls to its routes), and on failure stop, so the
+//! supervisor restarts it as a fresh instance after a backoff.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::events::{Event, EventBroker, EventQueue, FieldValue, Subscribe, Wake};
+use crate::python::{self, runtime, within};
+use crate::routes::RouteTable;
+use crate::settings::PluginSettings;
+use crate::status::{PluginClass, PluginState, PluginStatus};
+
+/// Extra time the Rust side waits beyond a Python-side timeout: enough for
+/// `asyncio.wait_for` to cancel, short enough that a blocked loop cannot hold us.
+const GRACE: Duration = Duration::from_secs(1);
+
+/// What every plugin of the service knows about it.
+#[derive(Clone)]
+pub struct ServiceInfo {
+    pub name: &'static str,
+    pub url: String,
+}
+
+struct Instance {
+    object: Py<PyAny>,
+    event_name: Option<String>,
+}
+
+pub struct PluginActor {
+    name: String,
+    settings: PluginSettings,
+    service: ServiceInfo,
+    status: Arc<PluginStatus>,
+    broker: Addr<EventBroker>,
+    routes: Arc<RouteTable>,
+    queue: Arc<EventQueue>,
+    /// Incremented at every boot; reports from an older generation are stale.
+    generation: u64,
+    instances: Vec<Instance>,
+    /// The contextvars Context plugin code of this generation runs in.
+    context: Option<Py<PyAny>>,
+    running: bool,
+    /// When recent restarts happened, for the `max_restarts` window.
+    restarts: VecDeque<Instant>,
+}
+
+impl PluginActor {
+    pub fn new(
+        name: String,
+        settings: PluginSettings,
+        service: ServiceInfo,
+        status: Arc<PluginStatus>,
+        broker: Addr<EventBroker>,
+        routes: Arc<RouteTable>,
+        queue: Arc<EventQueue>,
+    ) -> Self {
+        PluginActor { name, settings, service, status, broker, routes, queue, generation: 0, instances: Vec::new(), context: None, running: false, restarts: VecDeque::new() }
+    }
+
+    /// Stop so that the supervisor restarts this plugin.
+    fn fail(&mut self, ctx: &mut Context<Self>, error: String) {
+        self.status.error(error);
+        self.running = false;
+        ctx.stop();
+    }
+
+    /// A call into Python on this actor's thread, with panics caught: a panic
+    /// in the bridge restarts the plugin instead of killing the arbiter.
+    fn bridge<T>(&mut self, ctx: &mut Context<Self>, what: &str, f: impl FnOnce(Python<'_>) -> PyResult<T>) -> Option<Result<T, String>> {
+        match catch_unwind(AssertUnwindSafe(|| Python::attach(|py| f(py).map_err(|e| python::describe(&e))))) {
+            Ok(r) => Some(r),
+            Err(panic) => {
+                let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                self.fail(ctx, format!("panic in the bridge during {what}: {msg}"));
+                None
+            }
+        }
+    }
+
+    /// Import, construct and initialize a fresh instance of the plugin.
+    fn boot(&mut self, ctx: &mut Context<Self>) {
+        self.generation += 1;
+        let (name, generation, settings, service) = (self.name.clone(), self.generation, self.settings.clone(), self.service.clone());
+        let rt = runtime();
+        let loaded = self.bridge(ctx, "import", |py| {
+            rt.host_call(py, "unload", (&name,))?;
+            let config = py.import("json")?.call_method1("loads", (&settings.config_json,))?;
+            let loaded = rt.host_call(py, "load", (&name, config, service.name, &service.url))?;
+            let context = rt.host_call(py, "context", (&name, generation))?.unbind();
+            let mut instances = Vec::new();
+            let mut classes = Vec::new();
+            for item in loaded.cast_into::<PyList>()?.iter() {
+                let (object, kind): (Bound<PyAny>, String) = item.extract()?;
+                let class = rt.host_call(py, "describe", (&object,))?.extract::<String>()?;
+                let event_name = if kind == "event" { rt.host_call(py, "event_name", (&object,))?.extract::<Option<String>>()? } else { None };
+                classes.push(PluginClass { class, kind: if kind == "event" { "event" } else { "background" } });
+                instances.push(Instance { object: object.unbind(), event_name });
+            }
+            Ok((instances, classes, context))
+        });
+        let Some(loaded) = loaded else { return };
+        let (instances, classes, context) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                // An import or constructor that fails fails again: report it, do not retry.
+                self.status.error(format!("import or __init__ failed: {e}"));
+                self.status.set_state(PluginState::Failed);
+                return;
+            }
+        };
+        if instances.is_empty() {
+            self.status.error("the module defines no concrete plugin class".into());
+        }
+        let init_timeout = settings.init_timeout;
+        let started = self.bridge(ctx, "initialize", |py| {
+            instances
+                .iter()
+                .map(|i| {
+                    let coroutine = i.object.bind(py).call_method0("initialize")?;
+                    let hosted = rt.host_call(py, "hosted", (coroutine, init_timeout.as_secs_f64()))?;
+                    rt.spawn(py, hosted, Some(&context))
+                })
+                .collect::<PyResult<Vec<_>>>()
+        });
+        let Some(started) = started else { return };
+        self.instances = instances;
+        self.context = Some(context);
+        let futures = match started {
+            Ok(f) => f,
+            Err(e) => return self.fail(ctx, format!("initialize failed: {e}")),
+        };
+        let all = async move {
+            for f in futures {
+                within(init_timeout + GRACE, f).await?;
+            }
+            Ok::<(), String>(())
+        };
+        ctx.spawn(all.into_actor(self).map(move |outcome, act, ctx| match outcome {
+            Err(e) => act.fail(ctx, format!("initialize failed: {e}")),
+            Ok(()) => act.serve(ctx, classes),
+        }));
+    }
+
+    /// After `initialize`: mount routes, subscribe to events, take work.
+    fn serve(&mut self, ctx: &mut Context<Self>, classes: Vec<PluginClass>) {
+        let name = self.name.clone();
+        let Some(paths) = self.bridge(ctx, "routes", |py| runtime().host_call(py, "route_paths", (&name,))?.extract::<Vec<String>>()) else { return };
+        let paths = paths.unwrap_or_default();
+        self.routes.set(&self.name, &paths);
+        let mut event_names: Vec<String> = self.instances.iter().filter_map(|i| i.event_name.clone()).collect();
+        event_names.dedup();
+        if !event_names.is_empty() {
+            self.broker.do_send(Subscribe { plugin: self.name.clone(), event_names, queue: self.queue.clone(), wake: ctx.address().recipient() });
+        }
+        self.running = true;
+        self.status.running(classes, paths);
+        log::info!(target: "luna_matcher::plugins", "plugin {} running (generation {})", self.name, self.generation);
+        self.deliver_next(ctx);
+    }
+
+    /// Hand the next queued event to the plugin, one at a time.
+    fn deliver_next(&mut self, ctx: &mut Context<Self>) {
+        if !self.running || self.queue.delivering.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(event) = self.queue.pop() else { return };
+        let targets: Vec<&Instance> = self.instances.iter().filter(|i| i.event_name.as_deref() == Some(event.name)).collect();
+        if targets.is_empty() {
+            return self.deliver_next(ctx);
+        }
+        let objects: Vec<Py<PyAny>> = Python::attach(|py| targets.iter().map(|i| i.object.clone_ref(py)).collect());
+        let timeout = self.settings.timeout;
+        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let spawned = self.bridge(ctx, "handleEvent", |py| {
+            let points = points_to_python(py, &event)?;
+            let coroutine = runtime().host_call(py, "deliver", (PyList::new(py, objects)?, event.name, points, timeout.as_secs_f64()))?;
+            runtime().spawn(py, coroutine, context.as_ref())
+        });
+        let Some(spawned) = spawned else { return };
+        let future = match spawned {
+            Ok(f) => f,
+            Err(e) => {
+                self.status.error(format!("handleEvent could not start: {e}"));
+                return self.deliver_next(ctx);
+            }
+        };
+        self.queue.delivering.store(true, Ordering::Release);
+        let start = Instant::now();
+        let handled = async move {
+            let errors = within(timeout + GRACE, future).await?;
+            Python::attach(|py| errors.extract::<Vec<String>>(py)).map_err(|e| python::describe(&e))
+        };
+        ctx.spawn(handled.into_actor(self).map(move |outcome, act, ctx| {
+            act.queue.delivering.store(false, Ordering::Release);
+            act.status.call(start.elapsed());
+            match outcome {
+                Ok(errors) => errors.into_iter().for_each(|e| act.status.error(e)),
+                // Only an overrun gets here: the handler may be stuck, so start afresh.
+                Err(e) => return act.fail(ctx, format!("event handler timed out: {e}")),
+            }
+            act.deliver_next(ctx);
+        }));
+    }
+
+    /// The backoff before the n-th restart in the window.
+    fn backoff(&self) -> Duration {
+        let n = self.restarts.len().saturating_sub(1).min(16) as u32;
+        (self.settings.backoff_initial * 2u32.pow(n)).min(self.settings.backoff_max)
+    }
+}
+
+impl Actor for PluginActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if self.status.state() == PluginState::Failed {
+            return;
+        }
+        if self.restarts.is_empty() {
+            return self.boot(ctx);
+        }
+        let delay = self.backoff();
+        log::info!(target: "luna_matcher::plugins", "plugin {} restarts in {:.1}s", self.name, delay.as_secs_f64());
+        ctx.run_later(delay, |act, ctx| act.boot(ctx));
+    }
+}
+
+impl Supervised for PluginActor {
+    /// Tear down the failed instance and decide whether to try again.
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.running = false;
+        self.queue.delivering.store(false, Ordering::Release);
+        self.routes.set(&self.name, &[]);
+        let (name, instances, close_timeout) = (self.name.clone(), std::mem::take(&mut self.instances), self.settings.close_timeout);
+        self.context = None;
+        // Best effort: let the old instance close, then forget it and its tasks.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            Python::attach(|py| -> PyResult<()> {
+                for i in &instances {
+                    if let Ok(coroutine) = i.object.bind(py).call_method0("close") {
+                        let hosted = runtime().host_call(py, "hosted", (coroutine, close_timeout.as_secs_f64()))?;
+                        drop(runtime().spawn(py, hosted, None)?);
+                    }
+                }
+                runtime().host_call(py, "unload", (&name,))?;
+                Ok(())
+            })
+        }));
+        let now = Instant::now();
+        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > self.settings.restart_window) {
+            self.restarts.pop_front();
+        }
+        self.restarts.push_back(now);
+        self.status.restarted();
+        if self.restarts.len() > self.settings.max_restarts as usize {
+            log::error!(target: "luna_matcher::plugins", "plugin {} failed: {} restarts within {:?}", self.name, self.restarts.len(), self.settings.restart_window);
+            self.status.set_state(PluginState::Failed);
+        } else {
+            self.status.set_state(PluginState::Restarting);
+        }
+    }
+}
+
+impl Handler<Wake> for PluginActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        self.deliver_next(ctx);
+    }
+}
+
+/// A background task of generation `generation` died.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TaskDied {
+    pub generation: u64,
+    pub error: String,
+}
+
+impl Handler<TaskDied> for PluginActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: TaskDied, ctx: &mut Self::Context) {
+        if msg.generation == self.generation && self.status.state() != PluginState::Failed {
+            self.fail(ctx, format!("background task died: {}", msg.error));
+        }
+    }
+}
+
+/// A request to one of the plugin's routes.
+#[derive(Message)]
+#[rtype(result = "Result<RouteReply, RouteError>")]
+pub struct CallRoute {
+    pub template: String,
+    pub params: Vec<(String, String)>,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct RouteReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum RouteError {
+    /// The plugin is not running (restarting or failed).
+    Unavailable(PluginState),
+    /// The handler raised.
+    Failed(String),
+    /// The handler did not answer within the plugin's timeout.
+    TimedOut(String),
+}
+
+impl Handler<CallRoute> for PluginActor {
+    type Result = ResponseFuture<Result<RouteReply, RouteError>>;
+
+    fn handle(&mut self, msg: CallRoute, ctx: &mut Self::Context) -> Self::Result {
+        if !self.running {
+            let state = self.status.state();
+            return Box::pin(async move { Err(RouteError::Unavailable(state)) });
+        }
+        let timeout = self.settings.timeout;
+        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let spawned = self.bridge(ctx, "a route", |py| {
+            let headers = PyDict::new(py);
+            for (k, v) in &msg.headers {
+                headers.set_item(k, v)?;
+            }
+            let params = PyDict::new(py);
+            for (k, v) in &msg.params {
+                params.set_item(k, v)?;
+            }
+            let body = pyo3::types::PyBytes::new(py, &msg.body);
+            let serve = runtime().host_call(py, "serve", (&msg.template, params, &msg.method, &msg.path, &msg.query, headers, body))?;
+            let hosted = runtime().host_call(py, "hosted", (serve, timeout.as_secs_f64()))?;
+            runtime().spawn(py, hosted, context.as_ref())
+        });
+        let status = self.status.clone();
+        Box::pin(async move {
+            let future = match spawned {
+                None => return Err(RouteError::Failed("panic in the bridge".into())),
+                Some(Err(e)) => return Err(RouteError::Failed(e)),
+                Some(Ok(f)) => f,
+            };
+            let start = Instant::now();
+            let outcome = match within(timeout + GRACE, future).await {
+                Ok(reply) => Python::attach(|py| reply.extract::<(u16, std::collections::HashMap<String, String>, Vec<u8>)>(py))
+                    .map(|(status, headers, body)| RouteReply { status, headers: headers.into_iter().collect(), body })
+                    .map_err(|e| RouteError::Failed(format!("the route returned something other than a response: {}", python::describe(&e)))),
+                Err(e) if e.starts_with("TimeoutError") || e.starts_with("no answer") => Err(RouteError::TimedOut(e)),
+                Err(e) => Err(RouteError::Failed(e)),
+            };
+            status.call(start.elapsed());
+            if let Err(RouteError::Failed(e) | RouteError::TimedOut(e)) = &outcome {
+                status.error(format!("route {} {}: {e}", msg.method, msg.path));
+            }
+            outcome
+        })
+    }
+}
+
+/// Shut down: `close()` every instance within the deadline.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for PluginActor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Close, ctx: &mut Self::Context) -> Self::Result {
+        self.running = false;
+        self.routes.set(&self.name, &[]);
+        let deadline = self.settings.close_timeout;
+        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let instances = std::mem::take(&mut self.instances);
+        let spawned = self.bridge(ctx, "close", |py| {
+            instances
+                .iter()
+                .map(|i| {
+                    let coroutine = i.object.bind(py).call_method0("close")?;
+                    let hosted = runtime().host_call(py, "hosted", (coroutine, deadline.as_secs_f64()))?;
+                    runtime().spawn(py, hosted, context.as_ref())
+                })
+                .collect::<PyResult<Vec<_>>>()
+        });
+        let closing = async move {
+            let mut errors = Vec::new();
+            if let Some(Ok(futures)) = spawned {
+                for f in futures {
+                    if let Err(e) = within(deadline + GRACE, f).await {
+                        errors.push(e);
+                    }
+                }
+            }
+            errors
+        };
+        Box::pin(closing.into_actor(self).map(|errors, act, _| {
+            for e in errors {
+                act.status.error(format!("close failed: {e}"));
+            }
+            if act.status.state() != PluginState::Failed {
+                act.status.set_state(PluginState::Stopped);
+            }
+            log::info!(target: "luna_matcher::plugins", "plugin {} closed", act.name);
+        }))
+    }
+}
+
+/// Points as `[(series, eventTime, tags, fields)]` for `luna_plugins._host.deliver`.
+fn points_to_python<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for p in &event.points {
+        let tags = PyDict::new(py);
+        for (k, v) in &p.tags {
+            tags.set_item(k, v)?;
+        }
+        let fields = PyDict::new(py);
+        for (k, v) in &p.fields {
+            match v {
+                FieldValue::Str(s) => fields.set_item(k, s)?,
+                FieldValue::Float(f) => fields.set_item(k, f)?,
+                FieldValue::Int(i) => fields.set_item(k, i)?,
+            }
+        }
+        list.append((p.series, p.event_time, tags, fields))?;
+    }
+    Ok(list)
+}

@@ -1,0 +1,154 @@
+//! The `PluginSupervisor`: starts the Python runtime, the `EventBroker` and one
+//! supervised actor per active plugin, each on its own arbiter, and shuts
+//! them down in order.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use crate::events::{Event, EventBroker, EventQueue, Publish};
+use crate::plugin::{CallRoute, Close, PluginActor, RouteError, RouteReply, ServiceInfo, TaskDied};
+use crate::routes::{Resolved, RouteTable};
+use crate::settings::PluginsConfig;
+use crate::status::{PluginReport, PluginStatus};
+
+struct Plugin {
+    status: Arc<PluginStatus>,
+    queue: Arc<EventQueue>,
+    addr: Addr<PluginActor>,
+    /// Keeps the plugin's thread alive.
+    _arbiter: Arbiter,
+}
+
+pub struct PluginSupervisor {
+    plugins: Vec<Plugin>,
+    /// Keeps the broker's thread alive.
+    _broker_arbiter: Arbiter,
+}
+
+impl Actor for PluginSupervisor {
+    type Context = Context<Self>;
+}
+
+/// Stop every plugin: flush event queues for at most `flush`, then `close()` each.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown {
+    pub flush: Duration,
+}
+
+impl Handler<Shutdown> for PluginSupervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
+        let plugins: Vec<(Arc<PluginStatus>, Arc<EventQueue>, Addr<PluginActor>)> = self.plugins.iter().map(|p| (p.status.clone(), p.queue.clone(), p.addr.clone())).collect();
+        Box::pin(async move {
+            let until = Instant::now() + msg.flush;
+            while Instant::now() < until && !plugins.iter().all(|(_, q, _)| q.idle()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            for (status, queue, _) in &plugins {
+                let left = queue.discard();
+                if left > 0 {
+                    log::warn!(target: "luna_matcher::plugins", "plugin {}: {left} events not delivered before shutdown", status.name);
+                }
+            }
+            let closing: Vec<_> = plugins.iter().map(|(_, _, addr)| addr.send(Close)).collect();
+            for c in closing {
+                let _ = c.await;
+            }
+        })
+    }
+}
+
+/// The plugin system as the rest of the service sees it.
+pub struct Plugins {
+    supervisor: Addr<PluginSupervisor>,
+    broker: Addr<EventBroker>,
+    routes: Arc<RouteTable>,
+    statuses: Vec<Arc<PluginStatus>>,
+    actors: HashMap<String, Addr<PluginActor>>,
+    required: Vec<String>,
+}
+
+impl Plugins {
+    /// Start the interpreter and the active plugins. Must run inside an actix System.
+    pub fn start(config: &PluginsConfig, active: &[String], service: ServiceInfo, service_paths: &[&str]) -> Result<Plugins, String> {
+        crate::python::start(&config.directory, service_paths).map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
+        let broker_arbiter = Arbiter::new();
+        let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());
+        let routes = Arc::new(RouteTable::default());
+        let mut plugins = Vec::new();
+        for name in active {
+            let status = Arc::new(PluginStatus::new(name));
+            let queue = Arc::new(EventQueue::new(config.queue_size, status.dropped.clone()));
+            let arbiter = Arbiter::new();
+            let actor = {
+                let (name, settings, service, status, broker, routes, queue) =
+                    (name.clone(), config.settings(name), service.clone(), status.clone(), broker.clone(), routes.clone(), queue.clone());
+                move |_: &mut Context<PluginActor>| PluginActor::new(name, settings, service, status, broker, routes, queue)
+            };
+            let addr = Supervisor::start_in_arbiter(&arbiter.handle(), actor);
+            plugins.push(Plugin { status, queue, addr, _arbiter: arbiter });
+        }
+        let actors: HashMap<String, Addr<PluginActor>> = plugins.iter().map(|p| (p.status.name.clone(), p.addr.clone())).collect();
+        let sink = actors.clone();
+        crate::module::on_task_failure(move |plugin, generation, error| {
+            if let Some(addr) = sink.get(plugin) {
+                addr.do_send(TaskDied { generation, error });
+            }
+        });
+        let statuses = plugins.iter().map(|p| p.status.clone()).collect();
+        let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
+        Ok(Plugins { supervisor, broker, routes, statuses, actors, required: config.required.clone() })
+    }
+
+    /// Hand an event to the broker; never waits.
+    pub fn publish(&self, event: Event) {
+        self.broker.do_send(Publish(Arc::new(event)));
+    }
+
+    pub fn resolve(&self, path: &str) -> Option<Resolved> {
+        self.routes.resolve(path)
+    }
+
+    pub async fn call_route(&self, plugin: &str, call: CallRoute) -> Result<RouteReply, RouteError> {
+        let addr = self.actors.get(plugin).ok_or_else(|| RouteError::Failed(format!("no plugin {plugin}")))?;
+        addr.send(call).await.map_err(|e| RouteError::Failed(format!("plugin {plugin} did not answer: {e}")))?
+    }
+
+    /// Every plugin has finished its first start attempt.
+    pub fn ready(&self) -> bool {
+        self.statuses.iter().all(|s| s.attempted())
+    }
+
+    /// Required plugins that are not running, with their last error.
+    pub fn required_down(&self) -> Vec<(String, String)> {
+        self.statuses
+            .iter()
+            .filter(|s| self.required.contains(&s.name) && s.state() != crate::status::PluginState::Running)
+            .map(|s| (s.name.clone(), s.report().last_error.unwrap_or_else(|| s.state().as_str().to_owned())))
+            .collect()
+    }
+
+    pub fn reports(&self) -> Vec<PluginReport> {
+        self.statuses.iter().map(|s| s.report()).collect()
+    }
+
+    pub async fn shutdown(&self, flush: Duration) {
+        let _ = self.supervisor.send(Shutdown { flush }).await;
+        crate::python::runtime().stop();
+    }
+}
+
+/// Check the plugins directory exists before starting anything.
+pub fn check_directory(dir: &Path) -> Result<(), String> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(format!("config key plugins.directory: {} is not a directory", dir.display()))
+    }
+}
