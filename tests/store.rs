@@ -100,6 +100,7 @@ fn an_acknowledged_write_survives_kill_9() {
             .args(["--config", "conf/luna-matcher.toml", "--port", &port.to_string(), "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "warn")
+            .env("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", "[]")
             .spawn()
             .unwrap()
     };

@@ -201,8 +201,14 @@ impl PluginActor {
         };
         ctx.spawn(handled.into_actor(self).map(move |outcome, act, ctx| {
             act.queue.delivering.store(false, Ordering::Release);
-            act.status.call(start.elapsed());
+            let took = start.elapsed();
+            act.status.call(took);
             match outcome {
+                // A handler that blocks the event loop (time.sleep) finishes before
+                // asyncio can time it out: the wall clock still shows the overrun.
+                Ok(_) if took > timeout => {
+                    return act.fail(ctx, format!("event handler timed out: it held the event loop for {:.2}s (timeout {:.2}s)", took.as_secs_f64(), timeout.as_secs_f64()))
+                }
                 Ok(errors) => errors.into_iter().for_each(|e| act.status.error(e)),
                 // Only an overrun gets here: the handler may be stuck, so start afresh.
                 Err(e) => return act.fail(ctx, format!("event handler timed out: {e}")),

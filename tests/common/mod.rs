@@ -187,3 +187,115 @@ pub fn free_port() -> u16 {
 pub fn blend(reference: &[u8], noise: &[u8], keep: usize) -> Vec<u8> {
     reference[..keep].iter().chain(&noise[keep..]).copied().collect()
 }
+
+/// The release binary's sibling: the service as a user runs it, in its own
+/// process, with a config file written for the test.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Service {
+    /// Write `plugins` (file name, source) into a fresh plugins directory and
+    /// start the binary with `config` (TOML) appended to a base config.
+    pub fn spawn(plugins: &[(&str, &str)], config: &str) -> Service {
+        Self::spawn_with_env(plugins, config, &[])
+    }
+
+    pub fn spawn_with_env(plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, source) in plugins {
+            let path = dir.path().join("plugins").join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, source).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
+        let port = free_port();
+        let toml = format!(
+            "[server]\nport = {port}\n[storage]\ndata_dir = \"{data}\"\n{config}\n",
+            data = dir.path().join("data").display(),
+        );
+        let toml = if toml.contains("[plugins]") {
+            toml.replacen("[plugins]", &format!("[plugins]\ndirectory = \"{}\"", dir.path().join("plugins").display()), 1)
+        } else {
+            format!("{toml}\n[plugins]\ndirectory = \"{}\"\n", dir.path().join("plugins").display())
+        };
+        std::fs::write(dir.path().join("config.toml"), toml).unwrap();
+        let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"));
+        cmd.arg("--config").arg(dir.path().join("config.toml")).env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let s = Service { addr: format!("127.0.0.1:{port}").parse().unwrap(), dir, child: Some(child) };
+        s.wait_for(|| std::net::TcpStream::connect(s.addr).is_ok(), "the service listens");
+        s
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        match body {
+            Some(b) => request(self.addr, method, path, &[("Content-Type", "application/json")], &serde_json::to_vec(b).unwrap()),
+            None => request(self.addr, method, path, &[], b""),
+        }
+    }
+
+    /// Wait until `/healthcheck` answers 200.
+    pub fn ready(&self) {
+        self.wait_for(|| self.call("GET", "/healthcheck", None).status == 200, "the service is ready");
+    }
+
+    /// The `/1/plugins` entry of one plugin.
+    pub fn plugin(&self, name: &str) -> Value {
+        let all = self.call("GET", "/1/plugins", None).json();
+        all.as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap_or_else(|| panic!("no plugin {name} in {all}"))
+    }
+
+    /// Poll `check` for up to 20 seconds.
+    pub fn wait_for(&self, check: impl Fn() -> bool, what: &str) {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < until {
+            if check() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("timed out waiting until {what}; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status once the service has stopped.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > until {
+                let _ = child.kill();
+                panic!("the service did not stop on SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A plugin shipped in the repository's plugins/ directory.
+pub fn shipped_plugin(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins").join(name)).unwrap()
+}

@@ -1,0 +1,304 @@
+//! Real plugin files loaded by the real binary: the shipped examples, every
+//! lifecycle and failure path, discovery rules, and shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use serde_json::json;
+
+const FAST_SUPERVISION: &str = "max_restarts = 2\nbackoff_initial = \"50ms\"\nbackoff_max = \"100ms\"\ntimeout = \"300ms\"\n";
+
+#[test]
+fn teapot_routes_job_and_shutdown() {
+    let mut s = Service::spawn(&[("teapot.py", &shipped_plugin("teapot.py"))], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"teapot\"]\n[plugins.config.teapot]\ninterval = 0.05\n");
+    s.ready();
+    let r = s.call("GET", "/teapot", None);
+    assert_eq!((r.status, r.body.as_slice(), r.header("Content-Type")), (418, &b"I am teapot"[..], Some("text/plain")));
+    let r = s.call("GET", "/teapot/version", None);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"T800"[..]));
+    assert_eq!(s.call("POST", "/teapot/version", Some(&json!({}))).code(), 11031, "methods={{'get'}} only");
+    s.wait_for(|| s.call("GET", "/teapot/ticks", None).json()["ticks"].as_u64().unwrap() >= 3, "the periodic job runs");
+    let p = s.plugin("teapot");
+    assert_eq!((p["state"].as_str(), p["kind"].as_str(), p["class"].as_str()), (Some("running"), Some("background"), Some("plugins.teapot.TeapotPlugin")));
+    assert_eq!(p["routes"], json!(["/teapot", "/teapot/ticks", "/teapot/version"]));
+    assert!(p["calls"].as_u64().unwrap() >= 3);
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = s.log();
+    assert!(log.contains("plugin teapot closed") && log.contains("stopped"), "{log}");
+}
+
+/// A minimal HTTP server that keeps every request body it receives.
+fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/v2/write?bucket=test&precision=ns", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut length = 0;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    kept.lock().unwrap().push(String::from_utf8(body).unwrap());
+                    (&stream).write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").unwrap();
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+#[test]
+fn request_monitoring_reaches_the_receiver() {
+    let (url, bodies) = receiver();
+    let config = format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"request_monitoring\"]\n[plugins.config.request_monitoring]\nurl = \"{url}\"\nflush_interval = 0.1\n");
+    let mut s = Service::spawn(&[("request_monitoring.py", &shipped_plugin("request_monitoring.py"))], &config);
+    s.ready();
+    let id = "1700000000,0123abcd-0000-4000-8000-00000000abcd";
+    request(s.addr, "GET", "/1/version", &[("Luna-Request-Id", id)], b"");
+    s.call("GET", "/nowhere", None);
+    let lines = || bodies.lock().unwrap().join("\n");
+    s.wait_for(|| lines().contains("error,error_code=11030"), "the error point arrives");
+    let all = lines();
+    let request_line = all.lines().find(|l| l.contains("route=GET:/1/version")).unwrap_or_else(|| panic!("{all}"));
+    assert!(request_line.starts_with("request,route=GET:/1/version,service=luna-matcher-proxy,status_code=200 "), "{request_line}");
+    assert!(request_line.contains(&format!("request_id=\"{id}\"")) && request_line.contains("execution_time="), "{request_line}");
+    let ns: u128 = request_line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    assert!(now - ns < 60_000_000_000, "the timestamp is the request's start, in ns");
+    let p = s.plugin("request_monitoring");
+    assert_eq!(p["kind"], "event+background", "an event and a background plugin from one module");
+
+    // What is buffered at SIGTERM is flushed through close().
+    let before = bodies.lock().unwrap().len();
+    request(s.addr, "GET", "/1/version", &[("Luna-Request-Id", "1700000001,0123abcd-0000-4000-8000-00000000abcd")], b"");
+    assert!(s.terminate().success());
+    assert!(bodies.lock().unwrap()[before..].join("\n").contains("1700000001,0123abcd"), "the last request's point was delivered at shutdown");
+}
+
+/// Send a command to the machine's Redis in RESP; returns the raw reply.
+fn redis(args: &[&str]) -> String {
+    let mut stream = std::net::TcpStream::connect("127.0.0.1:6379").expect("Redis on 127.0.0.1:6379");
+    let mut cmd = format!("*{}\r\n", args.len());
+    for a in args {
+        cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    stream.write_all(cmd.as_bytes()).unwrap();
+    let mut reply = [0u8; 512];
+    let n = stream.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..n]).into_owned()
+}
+
+#[test]
+fn redis_stream_creates_faces() {
+    let stream = format!("luna-test:{}", uuid::Uuid::new_v4());
+    let config = format!(
+        "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"redis_faces\"]\n[plugins.config.redis_faces]\nurl = \"redis://127.0.0.1:6379/0\"\nstream = \"{stream}\"\naccount_id = \"{ACCOUNT}\"\n"
+    );
+    let s = Service::spawn(&[("redis_faces.py", &shipped_plugin("redis_faces.py"))], &config);
+    s.ready();
+    s.wait_for(|| s.call("GET", "/redis-faces/stats", None).json()["connected"] == true, "the plugin reads the stream");
+    let list = s.call("POST", "/1/lists", Some(&json!({"account_id": ACCOUNT}))).json()["list_id"].as_str().unwrap().to_owned();
+    let d = b64(&descriptor(11));
+    assert!(redis(&["XADD", &stream, "*", "descriptor", &d, "user_data", "from redis", "external_id", "cam-7", "list_id", &list]).starts_with('$'));
+    assert!(redis(&["XADD", &stream, "*", "descriptor", "not base64!"]).starts_with('$'));
+    s.wait_for(|| s.call("GET", "/redis-faces/stats", None).json()["rejected"] == 1, "both messages are handled");
+    assert_eq!(s.call("GET", "/redis-faces/stats", None).json()["created"], 1);
+    let q = json!({"references": [{"type": "descriptor", "data": d}],
+                   "candidates": [{"filters": {"origin": "faces", "list_id": list}, "targets": ["face_id", "similarity", "user_data", "external_id"]}]});
+    let found = s.call("POST", "/1/matcher/faces", Some(&q)).json();
+    let hit = &found[0]["matches"][0]["result"][0];
+    assert_eq!((hit["face"]["user_data"].as_str(), hit["face"]["external_id"].as_str(), hit["similarity"].as_f64()), (Some("from redis"), Some("cam-7"), Some(1.0)));
+    assert!(redis(&["XPENDING", &stream, "luna-matcher"]).starts_with("*4\r\n:0"), "every message is acknowledged");
+    redis(&["DEL", &stream]);
+}
+
+#[test]
+fn every_failure_path_leaves_the_service_serving() {
+    let base = "from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, BaseEventPlugin, pluginHTTPResponse\nimport asyncio\n";
+    let bad_init = format!("{base}class P(BaseBackgroundPlugin):\n    def __init__(self, app):\n        raise RuntimeError('no init here')\n");
+    let bad_initialize = format!(
+        "{base}with open(__import__('os').environ['IMPORT_LOG'], 'a') as f:\n    f.write('imported\\n')\nclass P(BaseBackgroundPlugin):\n    async def initialize(self):\n        raise RuntimeError('cannot initialize')\n"
+    );
+    let bad_event = format!("{base}class P(BaseEventPlugin):\n    eventName = 'monitoring_event'\n    async def handleEvent(self, points, logger):\n        raise ValueError('bad event')\n");
+    let bad_route = format!(
+        "{base}def boom(request):\n    raise KeyError('route broke')\nclass P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.addRoute('/boom', boom, methods={{'get'}})\n"
+    );
+    let bad_close = format!("{base}class P(BaseBackgroundPlugin):\n    async def close(self):\n        raise RuntimeError('cannot close')\n");
+    let hung_event = format!("{base}class P(BaseEventPlugin):\n    eventName = 'monitoring_event'\n    async def handleEvent(self, points, logger):\n        await asyncio.Event().wait()\n");
+    let dying_task = format!(
+        "{base}class P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.task = asyncio.create_task(self.job())\n    async def job(self):\n        await asyncio.sleep(0.05)\n        raise RuntimeError('job died')\n"
+    );
+    let panicky = format!("{base}import luna_matcher\nclass P(BaseBackgroundPlugin):\n    def __init__(self, app):\n        raise luna_matcher.PanicException('native code panicked')\n");
+    let collide = format!("{base}class P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.addRoute('/1/lists/{{x}}', lambda r: 'mine', methods={{'get'}})\n");
+    let plugins = [
+        ("bad_init.py", bad_init.as_str()),
+        ("bad_initialize.py", &bad_initialize),
+        ("bad_event.py", &bad_event),
+        ("bad_route.py", &bad_route),
+        ("bad_close.py", &bad_close),
+        ("hung_event.py", &hung_event),
+        ("dying_task.py", &dying_task),
+        ("panicky.py", &panicky),
+        ("collide.py", &collide),
+    ];
+    let names: Vec<String> = plugins.iter().map(|(f, _)| format!("\"{}\"", f.trim_end_matches(".py"))).collect();
+    let import_log = tempfile::NamedTempFile::new().unwrap();
+    let config = format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [{}]\n{FAST_SUPERVISION}", names.join(", "));
+    let mut s = Service::spawn_with_env(&plugins, &config, &[("IMPORT_LOG", import_log.path().to_str().unwrap())]);
+    s.ready(); // a crash loop does not hold readiness back
+
+    let p = s.plugin("bad_init");
+    assert_eq!((p["state"].as_str(), p["restarts"].as_u64()), (Some("failed"), Some(0)), "{p}");
+    assert!(p["last_error"].as_str().unwrap().contains("no init here"), "{p}");
+
+    for (name, error) in [("bad_initialize", "cannot initialize"), ("dying_task", "job died"), ("panicky", "panic in the bridge"), ("collide", "collides with the service route")] {
+        s.wait_for(|| s.plugin(name)["state"] == "failed", &format!("{name} fails after max_restarts"));
+        let p = s.plugin(name);
+        assert_eq!(p["restarts"], 3, "{p}");
+        assert!(p["last_error"].as_str().unwrap().contains(error), "{p}");
+    }
+    let imports = std::fs::read_to_string(import_log.path()).unwrap();
+    assert_eq!(imports.lines().count(), 3, "each restart imports the module afresh");
+
+    // Every request publishes an event: the bad handler errors, the hung one is restarted.
+    for _ in 0..3 {
+        assert_eq!(s.call("GET", "/1/version", None).status, 200);
+    }
+    s.wait_for(|| s.plugin("bad_event")["errors"].as_u64().unwrap() >= 3, "handleEvent errors are counted");
+    assert_eq!((s.plugin("bad_event")["state"].as_str(), s.plugin("bad_event")["restarts"].as_u64()), (Some("running"), Some(0)));
+    s.wait_for(|| s.plugin("hung_event")["restarts"].as_u64().unwrap() >= 1, "a handler past its timeout is restarted");
+    assert!(s.plugin("hung_event")["last_error"].as_str().unwrap().contains("timed out"));
+
+    for _ in 0..2 {
+        let r = s.call("GET", "/boom", None);
+        assert_eq!((r.status, r.code()), (500, 10010));
+        assert!(r.json()["detail"].as_str().unwrap().contains("route broke"));
+    }
+    assert_eq!(s.plugin("bad_route")["state"], "running");
+    let item = json!({"id": "a", "data": b64(&descriptor(1))});
+    assert_eq!(s.call("POST", "/1/matcher/raw", Some(&json!({"references": [item], "candidates": [item]}))).status, 200);
+    assert_eq!(s.call("GET", "/healthcheck", None).status, 200);
+    let metrics = String::from_utf8(s.call("GET", "/metrics", None).body).unwrap();
+    assert!(metrics.contains("luna_matcher_plugin_restarts_total{plugin=\"panicky\"} 3"), "{metrics}");
+    assert!(metrics.contains("luna_matcher_plugin_state{plugin=\"bad_init\",state=\"failed\"} 1"), "{metrics}");
+
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(s.log().contains("close failed: RuntimeError: cannot close"), "{}", s.log());
+}
+
+#[test]
+fn a_plugin_that_blocks_its_thread_does_not_block_requests() {
+    let sleepy = "import time\nfrom luna_plugins.base.plugins_meta.base_plugins import BaseEventPlugin\nclass P(BaseEventPlugin):\n    eventName = 'monitoring_event'\n    async def handleEvent(self, points, logger):\n        time.sleep(0.5)\n";
+    let mut s = Service::spawn(&[("sleepy.py", sleepy)], &format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"sleepy\"]\n{FAST_SUPERVISION}"));
+    s.ready();
+    let item = json!({"id": "a", "data": b64(&descriptor(1))});
+    for _ in 0..20 {
+        assert_eq!(s.call("POST", "/1/matcher/raw", Some(&json!({"references": [item], "candidates": [item]}))).status, 200);
+        assert_eq!(s.call("GET", "/1/version", None).status, 200);
+    }
+    s.wait_for(|| s.plugin("sleepy")["restarts"].as_u64().unwrap() >= 1, "the blocking handler overruns and is restarted");
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn a_slow_event_plugin_drops_its_oldest_events() {
+    let slow = "import asyncio\nfrom luna_plugins.base.plugins_meta.base_plugins import BaseEventPlugin\nclass P(BaseEventPlugin):\n    eventName = 'monitoring_event'\n    async def handleEvent(self, points, logger):\n        await asyncio.sleep(0.2)\n";
+    let config = "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"slow\"]\nqueue_size = 2\n[shutdown]\nflush_timeout = \"100ms\"\n";
+    let mut s = Service::spawn(&[("slow.py", slow)], config);
+    s.ready();
+    for _ in 0..30 {
+        assert_eq!(s.call("GET", "/1/version", None).status, 200);
+    }
+    let p = s.plugin("slow");
+    assert!(p["dropped_events"].as_u64().unwrap() >= 20, "{p}");
+    assert_eq!(p["state"], "running");
+    assert!(s.terminate().success());
+}
+
+#[test]
+fn discovery_activates_each_concrete_class_once() {
+    let impl_py = [
+        "from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, BaseEventPlugin",
+        "class Abstract(BaseEventPlugin):",
+        "    pass",
+        "class Plugin(BaseBackgroundPlugin):",
+        "    async def initialize(self):",
+        "        self.addRoute('/pkg/{item}', self.item, methods={'get'})",
+        "    async def item(self, request):",
+        "        return {'item': request.match_info['item'], 'q': request.query.get('q'), 'config': self.app.ctx.config}",
+    ]
+    .join("\n");
+    let init_py = "from .impl import Plugin, Abstract\nAgain = Plugin\n";
+    let other_py = "from plugins.pkg.impl import Plugin\nfrom luna_plugins.base.plugins_meta.base_plugins import *\nclass Own(BaseBackgroundPlugin):\n    pass\n";
+    let config = "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"pkg\", \"other\", \"missing\"]\n[plugins.config.pkg]\ncolour = \"blue\"\n";
+    let s = Service::spawn(&[("pkg/__init__.py", init_py), ("pkg/impl.py", &impl_py), ("other.py", other_py)], config);
+    s.ready();
+    let pkg = s.plugin("pkg");
+    assert_eq!(pkg["classes"], json!([{"class": "plugins.pkg.impl.Plugin", "kind": "background"}]), "{pkg}");
+    let other = s.plugin("other");
+    assert_eq!(other["classes"], json!([{"class": "plugins.other.Own", "kind": "background"}]), "a class reached twice is activated once: {other}");
+    let r = s.call("GET", "/pkg/42?q=x", None);
+    assert_eq!(r.json(), json!({"item": "42", "q": "x", "config": {"colour": "blue"}}));
+    let missing = s.plugin("missing");
+    assert_eq!(missing["state"], "failed");
+    assert!(missing["last_error"].as_str().unwrap().contains("No module named 'plugins.missing'"), "{missing}");
+}
+
+#[test]
+fn healthcheck_waits_for_plugins_to_start() {
+    let slow_start = "import asyncio\nfrom luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin\nclass P(BaseBackgroundPlugin):\n    async def initialize(self):\n        await asyncio.sleep(3)\n";
+    let s = Service::spawn(&[("slow_start.py", slow_start)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"slow_start\"]\nrequired = [\"slow_start\"]\n");
+    let first = s.call("GET", "/healthcheck", None);
+    assert_eq!(first.status, 503, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.json()["errors"][0]["component"], "plugin:slow_start");
+    assert_eq!(s.call("GET", "/1/version", None).status, 200, "the API serves while plugins start");
+    s.ready();
+    assert_eq!(s.plugin("slow_start")["state"], "running");
+}
+
+#[test]
+fn a_required_plugin_that_fails_makes_the_service_unhealthy() {
+    let broken = "from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin\nclass P(BaseBackgroundPlugin):\n    def __init__(self, app):\n        raise RuntimeError('broken')\n";
+    let s = Service::spawn(&[("broken.py", broken)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"broken\"]\nrequired = [\"broken\"]\n");
+    s.wait_for(|| s.call("GET", "/healthcheck", None).status == 502, "the healthcheck reports the required plugin");
+    let body = s.call("GET", "/healthcheck", None).json();
+    assert_eq!(body["errors"][0]["component"], "plugin:broken");
+}
+
+#[test]
+fn names_that_are_not_identifiers_are_refused() {
+    for bad in [r#"["../x"]"#, r#"["a.b"]"#] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"))
+            .args(["--config", "conf/luna-matcher.toml", "--port", &free_port().to_string()])
+            .env("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS") && err.contains("not a Python identifier"), "{err}");
+    }
+}
