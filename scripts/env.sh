@@ -1,0 +1,6 @@
+# Sourced by the scripts. pyo3 builds against `python3` (PYO3_PYTHON in
+# .cargo/config.toml); the packages the example plugins import go into that
+# same interpreter's site-packages.
+install_plugin_requirements() {
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r plugins/requirements.txt
+}
