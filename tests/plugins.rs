@@ -26,6 +26,10 @@ fn teapot_routes_job_and_shutdown() {
     assert_eq!((p["state"].as_str(), p["kind"].as_str(), p["class"].as_str()), (Some("running"), Some("background"), Some("plugins.teapot.TeapotPlugin")));
     assert_eq!(p["routes"], json!(["/teapot", "/teapot/ticks", "/teapot/version"]));
     assert!(p["calls"].as_u64().unwrap() >= 3);
+    s.call("GET", "/no/such/route", None);
+    let metrics = String::from_utf8(s.call("GET", "/metrics", None).body).unwrap();
+    assert!(metrics.contains(r#"luna_matcher_requests_total{method="GET",route="/teapot",status="418"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"luna_matcher_requests_total{method="GET",route="unmatched",status="404"} 1"#), "{metrics}");
     let status = s.terminate();
     assert!(status.success(), "{status:?}");
     let log = s.log();

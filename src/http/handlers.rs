@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::codec::{read_body, Input, Output};
 use super::errors::ApiError;
+use super::middleware::PluginRoute;
 use super::AppState;
 
 type Reply<T> = Result<Output<T>, ApiError>;
@@ -145,6 +146,7 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
         return Err(not_found());
     };
     let body = read_body(&req, payload.into_inner()).await?;
+    let template = route.template.clone();
     let call = CallRoute {
         template: route.template,
         params: route.params,
@@ -169,7 +171,9 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
     for (k, v) in reply.headers {
         response.insert_header((k, v));
     }
-    Ok(response.body(reply.body))
+    let mut response = response.body(reply.body);
+    response.extensions_mut().insert(PluginRoute(template));
+    Ok(response)
 }
 
 pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {

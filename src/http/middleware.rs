@@ -16,6 +16,11 @@ use crate::telemetry::RequestRecord;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("luna-request-id");
 
+/// The template of the plugin route that answered, in the response extensions:
+/// the route label of metrics and monitoring points, like `match_pattern`.
+#[derive(Clone)]
+pub struct PluginRoute(pub String);
+
 /// The request's id, in the request extensions.
 #[derive(Clone)]
 pub struct RequestId(pub String);
@@ -60,8 +65,10 @@ pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) 
         state.telemetry.request_finished(&RequestRecord {
             request_id: &id,
             method: request.method().as_str(),
-            // Plugin routes are served by the fallback: name them by their path.
-            route: &request.match_pattern().unwrap_or_else(|| request.path().to_owned()),
+            route: &request
+                .match_pattern()
+                .or_else(|| res.response().extensions().get::<PluginRoute>().map(|r| r.0.clone()))
+                .unwrap_or_else(|| "unmatched".into()),
             path: request.path(),
             status: res.status().as_u16(),
             error_code: res.response().extensions().get::<ErrorCodeTag>().map(|t| t.0),
