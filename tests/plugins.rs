@@ -102,6 +102,78 @@ fn request_monitoring_reaches_the_receiver() {
     assert!(bodies.lock().unwrap()[before..].join("\n").contains("1700000001,0123abcd"), "the last request's point was delivered at shutdown");
 }
 
+/// The shape of LUNA's documented request-monitoring example: its own abstract
+/// base in the module, `__init__` without `super()`, a session opened in
+/// `initialize`, one POST per point.
+const LUNA_STYLE_EXAMPLE: &str = r#"
+"""
+Module request monitoring plugin example
+"""
+import asyncio
+from abc import abstractmethod
+
+from aiohttp import ClientSession
+from luna_plugins.base.plugins_meta.base_plugins import BaseEventPlugin
+
+
+class BaseRequestMonitoringPlugin(BaseEventPlugin):
+    """
+    Base class for requests monitoring.
+    """
+
+    # event name for triggering callback
+    eventName = "monitoring_event"
+
+    @abstractmethod
+    async def flushPointToMonitoring(self, point: "MonitoringPoint", logger) -> None:
+        """
+        All plugins must realize this method.
+        """
+
+    async def handleEvent(self, points: list["MonitoringPoint"], logger):
+        await asyncio.gather(*[self.flushPointToMonitoring(point, logger) for point in points])
+
+
+class RequestMonitoringPlugin(BaseRequestMonitoringPlugin):
+    """
+    Example plugin sends a request data for monitoring to third-party source.
+    Only one instance of this class exist during the program execution.
+    """
+
+    def __init__(self, app: "LunaApplication"):
+        self.url = "RECEIVER_URL"
+        self.session: ClientSession | None = None
+
+    async def close(self):
+        if self.session:
+            await self.session.close()
+
+    async def initialize(self):
+        self.session = ClientSession()
+
+    async def flushPointToMonitoring(self, point: "MonitoringPoint", logger) -> None:
+        logger.debug(f"Send point {point} to monitoring")
+        async with self.session.post(self.url, json=vars(point)) as resp:
+            logger.debug(resp.status)
+"#;
+
+#[test]
+fn luna_documented_example_runs_unchanged() {
+    let (url, bodies) = receiver();
+    let plugin = LUNA_STYLE_EXAMPLE.replace("RECEIVER_URL", &url);
+    let mut s = Service::spawn(&[("luna_example.py", &plugin)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"luna_example\"]\n");
+    s.ready();
+    s.call("GET", "/1/lists/not-a-uuid", None);
+    s.wait_for(|| bodies.lock().unwrap().iter().any(|b| b.contains("\"error\"")), "both points arrive");
+    let points: Vec<serde_json::Value> = bodies.lock().unwrap().iter().map(|b| serde_json::from_str(b).unwrap()).collect();
+    let error = points.iter().find(|p| p["series"] == "error").unwrap();
+    assert_eq!(error["tags"], json!({"service": "luna-matcher-proxy", "route": "GET:/1/lists/{list_id}", "status_code": "400", "error_code": "11004"}));
+    assert!(error["fields"]["request_id"].is_string() && error["eventTime"].is_f64());
+    assert!(points.iter().any(|p| p["series"] == "request"));
+    assert_eq!(s.plugin("luna_example")["class"], "plugins.luna_example.RequestMonitoringPlugin", "the abstract base in the module is not activated");
+    assert!(s.terminate().success());
+}
+
 /// Send a command to the machine's Redis in RESP; returns the raw reply.
 fn redis(args: &[&str]) -> String {
     let mut stream = std::net::TcpStream::connect("127.0.0.1:6379").expect("Redis on 127.0.0.1:6379");

@@ -94,3 +94,12 @@ fn msgpack_in_and_out() {
     assert_eq!(r.json(), json!([{"reference_id": "r", "matches": [{"candidate_id": "c", "similarity": 1.0}]}]));
     assert_eq!(s.json("GET", &format!("/1/faces/{face}"), None).json()["user_data"], "mp");
 }
+
+#[test]
+fn readme_documents_every_error_code() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for code in luna_core::ErrorCode::ALL {
+        let row = format!("| {} | {} | {} |", code.code(), luna_matcher::http::errors::status(*code).as_u16(), code.desc());
+        assert!(readme.contains(&row), "README.md lacks the row {row}");
+    }
+}

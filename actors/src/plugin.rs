@@ -242,7 +242,7 @@ impl Actor for PluginActor {
 
 impl Supervised for PluginActor {
     /// Tear down the failed instance and decide whether to try again.
-    fn restarting(&mut self, _: &mut Self::Context) {
+    fn restarting(&mut self, ctx: &mut Self::Context) {
         self.running = false;
         self.queue.delivering.store(false, Ordering::Release);
         self.routes.set(&self.name, &[]);
@@ -270,6 +270,9 @@ impl Supervised for PluginActor {
         if self.restarts.len() > self.settings.max_restarts as usize {
             log::error!(target: "luna_matcher::plugins", "plugin {} failed: {} restarts within {:?}", self.name, self.restarts.len(), self.settings.restart_window);
             self.status.set_state(PluginState::Failed);
+            // A failed plugin takes no more events; what it had is dropped and counted.
+            self.broker.do_send(Subscribe { plugin: self.name.clone(), event_names: Vec::new(), queue: self.queue.clone(), wake: ctx.address().recipient() });
+            self.queue.discard();
         } else {
             self.status.set_state(PluginState::Restarting);
         }

@@ -45,7 +45,7 @@ pub fn runtime() -> &'static Runtime {
 }
 
 /// Start the interpreter and the event loop thread. Once per process.
-pub fn start(plugins_dir: &Path, service_paths: &[&str]) -> PyResult<&'static Runtime> {
+pub fn start(plugins_dir: &Path, service_paths: &[&str], active: &[String]) -> PyResult<&'static Runtime> {
     if let Some(r) = RUNTIME.get() {
         return Ok(r);
     }
@@ -97,7 +97,7 @@ pub fn start(plugins_dir: &Path, service_paths: &[&str]) -> PyResult<&'static Ru
             _ => 10,
         };
         let dir = plugins_dir.canonicalize().unwrap_or_else(|_| plugins_dir.to_path_buf());
-        host.call_method1("install", (event_loop.bind(py), dir.display().to_string(), service_paths.to_vec(), level))?;
+        host.call_method1("install", (event_loop.bind(py), dir.display().to_string(), service_paths.to_vec(), level, active.to_vec()))?;
         Ok(Runtime { host: host.unbind(), locals: TaskLocals::new(event_loop.bind(py).clone()), event_loop })
     })?;
     Ok(RUNTIME.get_or_init(|| runtime))

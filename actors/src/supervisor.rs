@@ -13,7 +13,7 @@ use crate::events::{Event, EventBroker, EventQueue, Publish};
 use crate::plugin::{CallRoute, Close, PluginActor, RouteError, RouteReply, ServiceInfo, TaskDied};
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
-use crate::status::{PluginReport, PluginStatus};
+use crate::status::{PluginReport, PluginState, PluginStatus};
 
 struct Plugin {
     status: Arc<PluginStatus>,
@@ -47,7 +47,9 @@ impl Handler<Shutdown> for PluginSupervisor {
         let plugins: Vec<(Arc<PluginStatus>, Arc<EventQueue>, Addr<PluginActor>)> = self.plugins.iter().map(|p| (p.status.clone(), p.queue.clone(), p.addr.clone())).collect();
         Box::pin(async move {
             let until = Instant::now() + msg.flush;
-            while Instant::now() < until && !plugins.iter().all(|(_, q, _)| q.idle()) {
+            // Only a running plugin drains its queue; the others' events are dropped below.
+            let drained = || plugins.iter().all(|(s, q, _)| s.state() != PluginState::Running || q.idle());
+            while Instant::now() < until && !drained() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             for (status, queue, _) in &plugins {
@@ -77,7 +79,7 @@ pub struct Plugins {
 impl Plugins {
     /// Start the interpreter and the active plugins. Must run inside an actix System.
     pub fn start(config: &PluginsConfig, active: &[String], service: ServiceInfo, service_paths: &[&str]) -> Result<Plugins, String> {
-        crate::python::start(&config.directory, service_paths).map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
+        crate::python::start(&config.directory, service_paths, active).map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
         let broker_arbiter = Arbiter::new();
         let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());
         let routes = Arc::new(RouteTable::default());
@@ -129,7 +131,7 @@ impl Plugins {
     pub fn required_down(&self) -> Vec<(String, String)> {
         self.statuses
             .iter()
-            .filter(|s| self.required.contains(&s.name) && s.state() != crate::status::PluginState::Running)
+            .filter(|s| self.required.contains(&s.name) && s.state() != PluginState::Running)
             .map(|s| (s.name.clone(), s.report().last_error.unwrap_or_else(|| s.state().as_str().to_owned())))
             .collect()
     }

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import sys
+import threading
 import types
 import urllib.parse
 
@@ -20,6 +21,10 @@ from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, B
 
 # Classes activated so far, by any plugin: one class object is activated once.
 _activated = {}  # class -> plugin name
+# Plugins load on their own threads; one at a time decides which classes it owns.
+_load_lock = threading.Lock()
+# Names of the active plugins.
+_active = frozenset()
 # Tasks created by plugin code: (plugin, generation) -> set of tasks
 _tasks = {}
 
@@ -32,8 +37,10 @@ class _HostLogHandler(logging.Handler):
             pass
 
 
-def install(loop, plugins_dir, service_paths, log_level):
+def install(loop, plugins_dir, service_paths, log_level, active):
     """Once, at start-up: the `plugins` package, the task factory, logging."""
+    global _active
+    _active = frozenset(active)
     package = types.ModuleType("plugins")
     package.__path__ = [plugins_dir]
     package.__package__ = "plugins"
@@ -126,17 +133,25 @@ def load(name, config, service_name, service_url):
     """Import `plugins.<name>` and construct each concrete plugin class in it.
 
     Returns [(instance, kind)]; raises what the import or a constructor raised."""
-    module = importlib.import_module(f"plugins.{name}")
-    classes = []
-    for obj in vars(module).values():
-        if _is_plugin_class(obj) and obj not in _activated and obj not in classes:
-            classes.append(obj)
+    with _load_lock:
+        module = importlib.import_module(f"plugins.{name}")
+        classes = []
+        for obj in vars(module).values():
+            if _is_plugin_class(obj) and obj not in _activated and obj not in classes and _owner(obj) in (name, None):
+                classes.append(obj)
+        for cls in classes:
+            _activated[cls] = name
     app = App(name, config, service_name, service_url)
-    instances = []
-    for cls in classes:
-        instances.append((cls(app), "event" if issubclass(cls, BaseEventPlugin) else "background"))
-        _activated[cls] = name
-    return instances
+    return [(cls(app), "event" if issubclass(cls, BaseEventPlugin) else "background") for cls in classes]
+
+
+def _owner(cls):
+    """The active plugin whose package defines `cls`, if any: a class imported
+    from another active plugin is that plugin's, whichever loads first."""
+    parts = (cls.__module__ or "").split(".")
+    if len(parts) > 1 and parts[0] == "plugins" and parts[1] in _active:
+        return parts[1]
+    return None
 
 
 def describe(instance):

@@ -12,6 +12,7 @@ class MonitoringPoint:
     series = ""
 
     def __init__(self, eventTime, tags, fields):  # noqa: N803
+        self.series = type(self).series  # an attribute of the instance too: vars(point) is the whole point
         self.eventTime = eventTime
         self.tags = tags
         self.fields = fields
