@@ -378,3 +378,18 @@ fn names_that_are_not_identifiers_are_refused() {
         assert!(err.contains("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS") && err.contains("not a Python identifier"), "{err}");
     }
 }
+
+#[test]
+fn sigterm_finishes_in_flight_requests() {
+    let slow_route = "import asyncio\nfrom luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin\nclass P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.addRoute('/slow', self.slow, methods={'get'})\n    async def slow(self, request):\n        await asyncio.sleep(1)\n        return 'finished'\n";
+    let mut s = Service::spawn(&[("slow_route.py", slow_route)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"slow_route\"]\n");
+    s.ready();
+    let addr = s.addr;
+    let in_flight = std::thread::spawn(move || request(addr, "GET", "/slow", &[], b""));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = s.terminate();
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"finished"[..]), "the request in flight at SIGTERM is answered");
+    assert!(status.success(), "{status:?}");
+    assert!(std::net::TcpStream::connect(addr).is_err(), "nothing listens after the stop");
+}

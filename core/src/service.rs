@@ -67,6 +67,13 @@ impl Core {
         Ok(Core { versions: config.versions, limits: config.limits, store: Mutex::new(store), index, engine })
     }
 
+    /// The index for a short read on a caller's (HTTP worker's) thread. Unlike
+    /// `read()` it does not queue behind a writer that waits for a matching
+    /// batch to finish, so it only ever waits for a write in progress.
+    fn read_index(&self) -> parking_lot::RwLockReadGuard<'_, Index> {
+        self.index.read_recursive()
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
@@ -80,7 +87,7 @@ impl Core {
     }
 
     pub fn stats(&self) -> StoreStats {
-        let index = self.index.read();
+        let index = self.read_index();
         let mut faces_by_version: Vec<(u32, usize)> = index.versions.iter().map(|(v, vi)| (*v, vi.faces.len())).collect();
         faces_by_version.sort_unstable();
         StoreStats { lists: index.lists.len(), faces_by_version }
@@ -99,7 +106,7 @@ impl Core {
     }
 
     pub fn get_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<ListView> {
-        let index = self.index.read();
+        let index = self.read_index();
         let l = visible_list(&index, account, list_id)?;
         Ok(ListView { list_id, account_id: l.account_id, user_data: l.user_data.clone(), create_time: format_time(l.create_time), face_count: l.face_count })
     }
@@ -185,7 +192,7 @@ impl Core {
     }
 
     pub fn get_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<FaceView> {
-        let index = self.index.read();
+        let index = self.read_index();
         let f = visible_face(&index, account, face_id)?;
         Ok(FaceView {
             face_id,
@@ -227,7 +234,7 @@ impl Core {
                     (ReferenceEcho { kind: "descriptor", id }, Ok((d.version, Arc::new(query))))
                 }
                 Reference::Face { id } => {
-                    let index = self.index.read();
+                    let index = self.read_index();
                     let loaded = visible_face(&index, account, id).map(|_| {
                         let (vi, slot) = index.face(&id).expect("a visible face is indexed");
                         let version = index.slots[&id].0;
