@@ -131,3 +131,59 @@ fn rejected_writes_change_nothing() {
     let metrics = String::from_utf8(s.json("GET", "/metrics", None).body).unwrap();
     assert!(metrics.contains("luna_matcher_store_faces{descriptor_version=\"62\"} 1"), "{metrics}");
 }
+
+/// Random damage to valid bodies of every route with a body: whatever comes
+/// back is an answer or a 4xx with an error code, never a 5xx.
+#[test]
+fn damaged_bodies_never_get_a_5xx() {
+    use rand::{Rng, SeedableRng};
+    let s = TestServer::start();
+    let list = s.create_list(ACCOUNT);
+    let face = s.create_face(ACCOUNT, &descriptor(1), &[&list], "x");
+    let d = b64(&descriptor(2));
+    let bodies: Vec<(&str, String, Value)> = vec![
+        ("POST", "/1/lists".into(), json!({"account_id": ACCOUNT, "user_data": "u"})),
+        ("POST", "/1/faces".into(), json!({"account_id": ACCOUNT, "descriptor": {"data": d, "version": 62}, "lists": [list], "external_id": "e"})),
+        ("POST", "/1/faces/bulk".into(), json!([{"account_id": ACCOUNT, "descriptor": {"data": d}}])),
+        ("PATCH", format!("/1/lists/{list}/faces"), json!({"action": "attach", "face_ids": [face]})),
+        ("POST", "/1/matcher/faces".into(), json!({"references": [{"type": "descriptor", "id": "r", "data": d}, {"type": "face", "id": face}],
+            "candidates": [{"filters": {"origin": "faces", "list_id": list, "create_time__gte": "2020-01-01T00:00:00Z", "face_ids": [face]},
+                            "targets": ["face_id", "similarity", "lists"], "limit": 3, "threshold": 0.1}]})),
+        ("POST", "/1/matcher/raw".into(), json!({"references": [{"id": "r", "data": d}], "candidates": [{"id": "c", "data": d}], "descriptor_version": 62, "limit": 2})),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for (method, path, body) in &bodies {
+        let clean = serde_json::to_vec(body).unwrap();
+        for _ in 0..150 {
+            let mut damaged = clean.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..damaged.len());
+                match rng.random_range(0..4) {
+                    0 => damaged[at] = rng.random(),
+                    1 => damaged.truncate(at.max(1)),
+                    2 => {
+                        damaged.remove(at);
+                    }
+                    _ => {
+                        let bytes = b"{}[]\":,0-e9ntf";
+                        damaged.insert(at, bytes[rng.random_range(0..bytes.len())])
+                    }
+                }
+                if damaged.is_empty() {
+                    damaged.push(b'{');
+                }
+            }
+            let r = s.call(method, path, &[("Content-Type", "application/json")], &damaged);
+            assert!(r.status < 500, "{method} {path} {:?} -> {} {}", String::from_utf8_lossy(&damaged), r.status, String::from_utf8_lossy(&r.body));
+            if r.status >= 400 {
+                r.code();
+            }
+        }
+        for _ in 0..50 {
+            let noise: Vec<u8> = (0..rng.random_range(1..64)).map(|_| rng.random()).collect();
+            let r = s.call(method, path, &[("Content-Type", "application/msgpack")], &noise);
+            assert!((400..500).contains(&r.status), "{method} {path} msgpack {noise:?} -> {}", r.status);
+            r.code();
+        }
+    }
+}

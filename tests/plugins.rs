@@ -318,12 +318,19 @@ fn a_slow_event_plugin_drops_its_oldest_events() {
 #[test]
 fn discovery_activates_each_concrete_class_once() {
     let impl_py = [
-        "from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, BaseEventPlugin",
+        "import sys",
+        "from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, BaseBackgroundPlugin, BaseEventPlugin",
         "class Abstract(BaseEventPlugin):",
         "    pass",
+        "class Echo(BaseBackgroundHandler):",
+        "    def post(self, request):",
+        "        body = {'method': request.method, 'path': request.path, 'json': request.json(), 'header': request.headers.get('x-test')}",
+        "        return self.response(body=body, statusCode=201)",
         "class Plugin(BaseBackgroundPlugin):",
         "    async def initialize(self):",
         "        self.addRoute('/pkg/{item}', self.item, methods={'get'})",
+        "        self.addRoute('/pkg-echo', Echo)",
+        "        self.addRoute('/pkg-python', lambda request: {'version': sys.version, 'prefix': sys.prefix}, methods={'get'})",
         "    async def item(self, request):",
         "        return {'item': request.match_info['item'], 'q': request.query.get('q'), 'config': self.app.ctx.config}",
     ]
@@ -339,6 +346,15 @@ fn discovery_activates_each_concrete_class_once() {
     assert_eq!(other["classes"], json!([{"class": "plugins.other.Own", "kind": "background"}]), "a class reached twice is activated once: {other}");
     let r = s.call("GET", "/pkg/42?q=x", None);
     assert_eq!(r.json(), json!({"item": "42", "q": "x", "config": {"colour": "blue"}}));
+    let r = request(s.addr, "POST", "/pkg-echo", &[("Content-Type", "application/json"), ("X-Test", "yes")], br#"{"a": [1, 2]}"#);
+    assert_eq!((r.status, r.json()), (201, json!({"method": "POST", "path": "/pkg-echo", "json": {"a": [1, 2]}, "header": "yes"})));
+    assert_eq!(s.call("GET", "/pkg-echo", None).code(), 11031, "a handler class without get()");
+
+    // The embedded interpreter is the python3 the binary was built against (rpath to its libpython).
+    let embedded = s.call("GET", "/pkg-python", None).json();
+    let out = std::process::Command::new("python3").args(["-c", "import sys; print(sys.version); print(sys.prefix)"]).output().unwrap();
+    let expected = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(format!("{}\n{}\n", embedded["version"].as_str().unwrap(), embedded["prefix"].as_str().unwrap()), expected);
     let missing = s.plugin("missing");
     assert_eq!(missing["state"], "failed");
     assert!(missing["last_error"].as_str().unwrap().contains("No module named 'plugins.missing'"), "{missing}");

@@ -9,6 +9,7 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use luna_core::ErrorCode;
 use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
 use serde::Serialize;
 
 use super::errors::ApiError;
@@ -67,7 +68,11 @@ pub fn read_body(req: &HttpRequest, mut payload: Payload) -> impl std::future::F
 fn decode<T: DeserializeOwned>(body: &[u8], msgpack: bool) -> Result<T, ApiError> {
     // Syntax first, then shape: the two get different codes.
     let typed = if msgpack {
-        rmp_serde::from_slice::<IgnoredAny>(body).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("bad msgpack: {e}")))?;
+        let mut syntax = rmp_serde::Deserializer::new(body);
+        IgnoredAny::deserialize(&mut syntax).map_err(|e| ApiError::new(ErrorCode::BadJson, format!("bad msgpack: {e}")))?;
+        if !syntax.get_ref().is_empty() {
+            return Err(ApiError::new(ErrorCode::BadJson, "bad msgpack: bytes after the value"));
+        }
         // Human-readable: uuids and times travel as strings, as LUNA's clients send them.
         serde_path_to_error::deserialize(&mut rmp_serde::Deserializer::new(body).with_human_readable()).map_err(|e| schema(e.path(), e.inner()))
     } else {
