@@ -60,17 +60,11 @@ impl Default for Storage {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Matching {
     /// Threads that scan candidates; 0: one per core.
     pub threads: usize,
-}
-
-impl Default for Matching {
-    fn default() -> Self {
-        Matching { threads: 0 }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

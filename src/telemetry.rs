@@ -126,7 +126,8 @@ impl Telemetry {
         for (version, n) in &store.faces_by_version {
             let _ = writeln!(out, "luna_matcher_store_faces{{descriptor_version=\"{version}\"}} {n}");
         }
-        let counters: [(&str, &str, fn(&PluginReport) -> u64); 4] = [
+        type Counter = (&'static str, &'static str, fn(&PluginReport) -> u64);
+        let counters: [Counter; 4] = [
             ("luna_matcher_plugin_calls_total", "Events and route calls a plugin handled.", |p| p.calls),
             ("luna_matcher_plugin_errors_total", "Errors a plugin raised or timed out with.", |p| p.errors),
             ("luna_matcher_plugin_restarts_total", "Restarts of a plugin by its supervisor.", |p| p.restarts),

@@ -91,7 +91,7 @@ mod x86 {
     // has the features they are compiled for.
 
     pub fn dot_u8_i8_vnni(c: &[u8], q: &[i8]) -> i32 {
-        assert!(c.len() == q.len() && c.len() % 64 == 0);
+        assert!(c.len() == q.len() && c.len().is_multiple_of(64));
         unsafe { vnni(c, q) }
     }
 
@@ -114,7 +114,7 @@ mod x86 {
     }
 
     pub fn dot_u8_i8_avx2(c: &[u8], q: &[i8]) -> i32 {
-        assert!(c.len() == q.len() && c.len() % 64 == 0);
+        assert!(c.len() == q.len() && c.len().is_multiple_of(64));
         unsafe { avx2_u8(c, q) }
     }
 
@@ -136,7 +136,7 @@ mod x86 {
     }
 
     pub fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
-        assert!(a.len() == b.len() && a.len() % 16 == 0);
+        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         unsafe { avx512_f32(a, b) }
     }
 
@@ -159,7 +159,7 @@ mod x86 {
     }
 
     pub fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-        assert!(a.len() == b.len() && a.len() % 16 == 0);
+        assert!(a.len() == b.len() && a.len().is_multiple_of(16));
         unsafe { avx2_f32(a, b) }
     }
 

@@ -225,7 +225,7 @@ impl Core {
             .collect::<Result<Vec<_>>>()?;
 
         // Each reference is either a query to run or its own error.
-        let mut refs: Vec<(ReferenceEcho, std::result::Result<(u32, Arc<Query>), Error>)> = Vec::new();
+        let mut refs: Vec<(ReferenceEcho, Result<LoadedReference>)> = Vec::new();
         for (i, reference) in req.references.into_iter().enumerate() {
             refs.push(match reference {
                 Reference::Descriptor { id, data, descriptor_version } => {
@@ -376,6 +376,8 @@ impl Core {
 }
 
 type PreparedFace = (VersionSpec, Descriptor, FaceRecord);
+/// A reference ready to match: its version and prepared query.
+type LoadedReference = (u32, Arc<Query>);
 
 struct CompiledSet {
     filter: Filter,
