@@ -336,13 +336,15 @@ fn discovery_activates_each_concrete_class_once() {
     ]
     .join("\n");
     let init_py = "from .impl import Plugin, Abstract\nAgain = Plugin\n";
-    let other_py = "from plugins.pkg.impl import Plugin\nfrom luna_plugins.base.plugins_meta.base_plugins import *\nclass Own(BaseBackgroundPlugin):\n    pass\n";
+    // Its constructor asks for the event loop outside a coroutine, as some LUNA plugins do.
+    let other_py = "import asyncio\nfrom plugins.pkg.impl import Plugin\nfrom luna_plugins.base.plugins_meta.base_plugins import *\nclass Own(BaseBackgroundPlugin):\n    def __init__(self, app):\n        super().__init__(app)\n        self.loop = asyncio.get_event_loop()\n";
     let config = "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"pkg\", \"other\", \"missing\"]\n[plugins.config.pkg]\ncolour = \"blue\"\n";
     let s = Service::spawn(&[("pkg/__init__.py", init_py), ("pkg/impl.py", &impl_py), ("other.py", other_py)], config);
     s.ready();
     let pkg = s.plugin("pkg");
     assert_eq!(pkg["classes"], json!([{"class": "plugins.pkg.impl.Plugin", "kind": "background"}]), "{pkg}");
     let other = s.plugin("other");
+    assert_eq!(other["state"], "running", "{other}");
     assert_eq!(other["classes"], json!([{"class": "plugins.other.Own", "kind": "background"}]), "a class reached twice is activated once: {other}");
     let r = s.call("GET", "/pkg/42?q=x", None);
     assert_eq!(r.json(), json!({"item": "42", "q": "x", "config": {"colour": "blue"}}));
@@ -408,4 +410,16 @@ fn sigterm_finishes_in_flight_requests() {
     assert_eq!((r.status, r.body.as_slice()), (200, &b"finished"[..]), "the request in flight at SIGTERM is answered");
     assert!(status.success(), "{status:?}");
     assert!(std::net::TcpStream::connect(addr).is_err(), "nothing listens after the stop");
+}
+
+#[test]
+fn json_logs_carry_plugin_output_under_its_name() {
+    let chatty = "from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin\nclass P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.app.ctx.logger.warning('hello from %s', 'chatty')\n";
+    let mut s = Service::spawn(&[("chatty.py", chatty)], "[server]\nlog_format = \"json\"\n[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"chatty\"]\n");
+    s.ready();
+    assert!(s.terminate().success());
+    let lines: Vec<serde_json::Value> = s.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(lines.iter().all(|l| l["time"].is_string() && l["level"].is_string() && l["message"].is_string()));
+    let said = lines.iter().find(|l| l["message"] == "hello from chatty").expect("the plugin's log line");
+    assert_eq!((said["target"].as_str(), said["level"].as_str()), (Some("plugins.chatty"), Some("WARN")));
 }

@@ -212,19 +212,13 @@ impl Service {
         }
         std::fs::create_dir_all(dir.path().join("plugins")).unwrap();
         let port = free_port();
-        let toml = format!(
-            "[server]\nport = {port}\n[storage]\ndata_dir = \"{data}\"\n{config}\n",
-            data = dir.path().join("data").display(),
-        );
-        let toml = if toml.contains("[plugins]") {
-            toml.replacen("[plugins]", &format!("[plugins]\ndirectory = \"{}\"", dir.path().join("plugins").display()), 1)
-        } else {
-            format!("{toml}\n[plugins]\ndirectory = \"{}\"\n", dir.path().join("plugins").display())
-        };
+        let directory = format!("[plugins]\ndirectory = \"{}\"", dir.path().join("plugins").display());
+        let toml = if config.contains("[plugins]") { config.replacen("[plugins]", &directory, 1) } else { format!("{config}\n{directory}\n") };
         std::fs::write(dir.path().join("config.toml"), toml).unwrap();
         let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"));
-        cmd.arg("--config").arg(dir.path().join("config.toml")).env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log);
+        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--port", &port.to_string(), "--data-dir"]).arg(dir.path().join("data"));
+        cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }

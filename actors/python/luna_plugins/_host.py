@@ -25,6 +25,8 @@ _activated = {}  # class -> plugin name
 _load_lock = threading.Lock()
 # Names of the active plugins.
 _active = frozenset()
+# The service's event loop.
+_loop = None
 # Tasks created by plugin code: (plugin, generation) -> set of tasks
 _tasks = {}
 
@@ -39,8 +41,9 @@ class _HostLogHandler(logging.Handler):
 
 def install(loop, plugins_dir, service_paths, log_level, active):
     """Once, at start-up: the `plugins` package, the task factory, logging."""
-    global _active
+    global _active, _loop
     _active = frozenset(active)
+    _loop = loop
     package = types.ModuleType("plugins")
     package.__path__ = [plugins_dir]
     package.__package__ = "plugins"
@@ -118,12 +121,19 @@ def _is_plugin_class(obj):
 
 
 def unload(name):
-    """Forget a plugin: its module (so the next load imports it afresh), classes, routes, tasks."""
-    for module in [m for m in sys.modules if m == f"plugins.{name}" or m.startswith(f"plugins.{name}.")]:
-        del sys.modules[module]
-    for cls in [c for c, owner in _activated.items() if owner == name]:
-        del _activated[cls]
+    """Forget a plugin: its module (so the next load imports it afresh), classes, routes, tasks.
+
+    Called from the plugin's actor thread: the tasks are cancelled on the loop's own thread."""
+    with _load_lock:
+        for module in [m for m in list(sys.modules) if m == f"plugins.{name}" or m.startswith(f"plugins.{name}.")]:
+            sys.modules.pop(module, None)
+        for cls in [c for c, owner in _activated.items() if owner == name]:
+            del _activated[cls]
     _routes.drop(name)
+    _loop.call_soon_threadsafe(_cancel_tasks, name)
+
+
+def _cancel_tasks(name):
     for owner in [o for o in _tasks if o[0] == name]:
         for task in _tasks.pop(owner):
             task.cancel()
@@ -133,6 +143,8 @@ def load(name, config, service_name, service_url):
     """Import `plugins.<name>` and construct each concrete plugin class in it.
 
     Returns [(instance, kind)]; raises what the import or a constructor raised."""
+    # Plugin code that asks for "the" event loop outside a coroutine gets the service's.
+    asyncio.set_event_loop(_loop)
     with _load_lock:
         module = importlib.import_module(f"plugins.{name}")
         classes = []

@@ -2,6 +2,7 @@
 records them, so `addRoute` stays a plain synchronous call into Python."""
 
 import contextvars
+import threading
 
 # The plugin whose code is running: set by the host around every call into a
 # plugin, and inherited by the tasks that code creates.
@@ -10,8 +11,10 @@ current_plugin = contextvars.ContextVar("luna_current_plugin", default=None)
 # Paths of the service's own routes, set by the host at start-up.
 service_paths = frozenset()
 
-# path -> (plugin name, handler, methods or None, plugin instance)
+# path -> (plugin name, handler, methods or None, plugin instance). Plugins add
+# routes on the event loop; the host drops and reads them from actor threads.
 _table = {}
+_lock = threading.Lock()
 
 
 def _normalise(path):
@@ -33,22 +36,26 @@ def add(plugin, path, handler, methods):
     for service_path in service_paths:
         if _collides(path, service_path):
             raise ValueError(f"route {path} collides with the service route {service_path}")
-    for other, route in _table.items():
-        if route[0] != owner_name and _collides(path, other):
-            raise ValueError(f"route {path} collides with {other} of plugin {route[0]}")
     if methods is not None:
         methods = frozenset(m.lower() for m in methods)
-    _table[path] = (owner_name, handler, methods, plugin)
+    with _lock:
+        for other, route in _table.items():
+            if route[0] != owner_name and _collides(path, other):
+                raise ValueError(f"route {path} collides with {other} of plugin {route[0]}")
+        _table[path] = (owner_name, handler, methods, plugin)
 
 
 def drop(plugin_name):
-    for path in [p for p, r in _table.items() if r[0] == plugin_name]:
-        del _table[path]
+    with _lock:
+        for path in [p for p, r in _table.items() if r[0] == plugin_name]:
+            del _table[path]
 
 
 def paths(plugin_name):
-    return sorted(p for p, r in _table.items() if r[0] == plugin_name)
+    with _lock:
+        return sorted(p for p, r in _table.items() if r[0] == plugin_name)
 
 
 def get(path):
-    return _table.get(path)
+    with _lock:
+        return _table.get(path)
