@@ -13,8 +13,8 @@ use crate::config::{Config, Role};
 use crate::http::{self, openapi, AppState};
 use crate::telemetry::Telemetry;
 
-/// Open the store and build the shared state of the app.
-pub fn state(config: &Config, plugins: Option<Arc<Plugins>>) -> Result<web::Data<AppState>, String> {
+/// Open the store: the SQLite file, loaded into memory.
+pub fn core(config: &Config) -> Result<Arc<Core>, String> {
     let core = Core::open(CoreConfig {
         db_path: config.db_path(),
         versions: config.versions()?,
@@ -22,12 +22,17 @@ pub fn state(config: &Config, plugins: Option<Arc<Plugins>>) -> Result<web::Data
         threads: config.threads(),
     })
     .map_err(|e| format!("cannot open the store {}: {e}", config.db_path().display()))?;
+    Ok(Arc::new(core))
+}
+
+/// The shared state of the app.
+pub fn state(config: &Config, core: Arc<Core>, plugins: Option<Arc<Plugins>>) -> web::Data<AppState> {
     let telemetry = Telemetry::new(config.service_name(), plugins.clone());
-    Ok(web::Data::new(AppState { core: Arc::new(core), telemetry: Arc::new(telemetry), plugins }))
+    web::Data::new(AppState { core, telemetry: Arc::new(telemetry), plugins })
 }
 
 /// Start the active plugins, if any. Must run inside the actix System.
-pub fn plugins(config: &Config) -> Result<Option<Arc<Plugins>>, String> {
+pub fn plugins(config: &Config, core: &Arc<Core>) -> Result<Option<Arc<Plugins>>, String> {
     let active = config.active_plugins();
     if active.is_empty() {
         return Ok(None);
@@ -35,7 +40,7 @@ pub fn plugins(config: &Config) -> Result<Option<Arc<Plugins>>, String> {
     luna_actors::supervisor::check_directory(&config.plugins.directory)?;
     let host = if config.server.host == "0.0.0.0" { "127.0.0.1" } else { config.server.host.as_str() };
     let service = ServiceInfo { name: config.service_name(), url: format!("http://{host}:{}", config.port()) };
-    let plugins = Plugins::start(&config.plugins, active, service, &openapi::PATHS)?;
+    let plugins = Plugins::start(&config.plugins, active, service, &openapi::PATHS, core.clone())?;
     log::info!("plugins starting: {}", active.join(", "));
     Ok(Some(Arc::new(plugins)))
 }
@@ -62,8 +67,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     let addr = (config.server.host.clone(), config.port());
     let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
-    let plugins = plugins(&config)?;
-    let state = state(&config, plugins.clone())?;
+    let core = core(&config)?;
+    let plugins = plugins(&config, &core)?;
+    let state = state(&config, core, plugins.clone());
     let server = serve(&config, state, listener).map_err(|e| e.to_string())?;
     log::info!("luna-matcher {} listening on {}:{} as {:?}", env!("CARGO_PKG_VERSION"), addr.0, addr.1, config.server.role);
     let handle = server.handle();

@@ -423,3 +423,67 @@ fn json_logs_carry_plugin_output_under_its_name() {
     let said = lines.iter().find(|l| l["message"] == "hello from chatty").expect("the plugin's log line");
     assert_eq!((said["target"].as_str(), said["level"].as_str()), (Some("plugins.chatty"), Some("WARN")));
 }
+
+#[test]
+fn native_helpers_match_like_the_service() {
+    let list_cache = r#"
+import base64
+import luna_matcher
+from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin
+
+
+class ListCache(BaseBackgroundPlugin):
+    async def initialize(self):
+        self.set = luna_matcher.DescriptorSet(62)
+        self.addRoute("/cache/{list_id}", self.load, methods={"post"})
+        self.addRoute("/cache-match", self.match, methods={"post"})
+        self.addRoute("/cache-face/{face_id}", self.face, methods={"get", "delete"})
+
+    async def load(self, request):
+        faces = await luna_matcher.store.list_faces(request.match_info["list_id"])
+        for f in faces:
+            self.set.add(f["face_id"], f["descriptor"])
+        return {"loaded": len(faces), "size": len(self.set)}
+
+    async def match(self, request):
+        body = request.json()
+        hits = self.set.match(base64.b64decode(body["data"]), body.get("limit", 3), body.get("threshold", 0.0))
+        return {"hits": [[i, s] for i, s in hits]}
+
+    async def face(self, request):
+        face_id = request.match_info["face_id"]
+        if request.method == "DELETE":
+            return {"removed": self.set.remove(face_id), "size": len(self.set), "present": face_id in self.set}
+        f = await luna_matcher.store.get_face(face_id)
+        return None if f is None else {"user_data": f["user_data"], "descriptor": base64.b64encode(f["descriptor"]).decode(), "version": f["descriptor_version"]}
+"#;
+    let s = Service::spawn(&[("list_cache.py", list_cache)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"list_cache\"]\n");
+    s.ready();
+    let list = s.call("POST", "/1/lists", Some(&json!({"account_id": ACCOUNT}))).json()["list_id"].as_str().unwrap().to_owned();
+    let faces: Vec<String> = (0..20u64)
+        .map(|i| {
+            let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&blend(&descriptor(0), &descriptor(100 + i), (i as usize % 7) * 60))}, "lists": [list], "user_data": format!("u{i}")});
+            s.call("POST", "/1/faces", Some(&body)).json()["face_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(s.call("POST", &format!("/cache/{list}"), None).json(), json!({"loaded": 20, "size": 20}));
+
+    let probe = b64(&descriptor(0));
+    let from_plugin = s.call("POST", "/cache-match", Some(&json!({"data": probe, "limit": 5}))).json()["hits"].clone();
+    let q = json!({"references": [{"type": "descriptor", "data": probe}], "candidates": [{"filters": {"origin": "faces", "list_id": list}, "limit": 5}]});
+    let from_service: Vec<serde_json::Value> = s.call("POST", "/1/matcher/faces", Some(&q)).json()[0]["matches"][0]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| json!([r["face"]["face_id"], r["similarity"]]))
+        .collect();
+    assert_eq!(from_plugin, json!(from_service), "the same kernels, the same answer");
+
+    let f = s.call("GET", &format!("/cache-face/{}", faces[3]), None).json();
+    assert_eq!((f["user_data"].as_str(), f["version"].as_u64()), (Some("u3"), Some(62)));
+    assert_eq!(f["descriptor"], b64(&blend(&descriptor(0), &descriptor(103), 3 * 60)));
+    assert_eq!(s.call("DELETE", &format!("/cache-face/{}", faces[3]), None).json(), json!({"removed": true, "size": 19, "present": false}));
+    let r = s.call("POST", "/cache-match", Some(&json!({"data": b64(&descriptor(0)[..100])})));
+    assert_eq!(r.code(), 10010);
+    assert!(r.json()["detail"].as_str().unwrap().contains("11013"), "{}", r.json());
+}

@@ -6,6 +6,7 @@
 //! - [`events`]: monitoring points, bounded queues and the `EventBroker`.
 
 pub mod events;
+mod helpers;
 mod module;
 pub mod plugin;
 pub mod python;

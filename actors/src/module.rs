@@ -1,7 +1,7 @@
 //! The built-in `luna_matcher` module (registered before the interpreter
-//! starts): how plugin-side Python reports to the host. Every function here
-//! only hands data over and returns at once, so the Python caller never waits
-//! on an actor.
+//! starts): how plugin-side Python reports to the host, and the native helpers.
+//! No function here waits on an actor: a synchronous call from a plugin into
+//! an actor that is itself waiting on that plugin would deadlock.
 
 use std::sync::OnceLock;
 
@@ -40,6 +40,9 @@ fn _task_failed(plugin: &str, generation: u64, error: String) {
 pub fn luna_matcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_log, m)?)?;
     m.add_function(wrap_pyfunction!(_task_failed, m)?)?;
+    m.add_class::<crate::helpers::DescriptorSet>()?;
+    m.add_function(wrap_pyfunction!(crate::helpers::_store_get_face, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::helpers::_store_list_faces, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // What a Rust panic inside a native extension surfaces as in Python; a
     // plugin that lets one escape has its actor restarted.

@@ -78,7 +78,8 @@ pub struct Plugins {
 
 impl Plugins {
     /// Start the interpreter and the active plugins. Must run inside an actix System.
-    pub fn start(config: &PluginsConfig, active: &[String], service: ServiceInfo, service_paths: &[&str]) -> Result<Plugins, String> {
+    pub fn start(config: &PluginsConfig, active: &[String], service: ServiceInfo, service_paths: &[&str], core: Arc<luna_core::Core>) -> Result<Plugins, String> {
+        crate::helpers::attach_core(core);
         crate::python::start(&config.directory, service_paths, active).map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
         let broker_arbiter = Arbiter::new();
         let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());

@@ -175,7 +175,8 @@ impl Vectors {
         self.norms2.push(norm2);
     }
 
-    fn swap_remove(&mut self, row: usize) {
+    /// Remove a row; the last row takes its place.
+    pub fn swap_remove(&mut self, row: usize) {
         self.rows.swap_remove(row);
         self.norms2.swap_remove(row);
     }

@@ -205,6 +205,24 @@ impl Core {
         })
     }
 
+    /// A face with its descriptor, for plugins that keep their own copy of a list.
+    pub fn stored_face(&self, face_id: Uuid) -> Result<StoredFace> {
+        let index = self.read_index();
+        let (vi, slot) = index.face(&face_id).ok_or_else(|| Error::new(ErrorCode::FaceNotFound, format!("face {face_id} not found")))?;
+        Ok(stored(index.slots[&face_id].0, vi, slot))
+    }
+
+    /// Every face of a list with its descriptor.
+    pub fn stored_list_faces(&self, list_id: Uuid) -> Result<Vec<StoredFace>> {
+        let index = self.read_index();
+        visible_list(&index, None, list_id)?;
+        Ok(index
+            .versions
+            .iter()
+            .flat_map(|(version, vi)| (0..vi.faces.len()).filter(|&slot| vi.faces[slot].lists.contains(&list_id)).map(move |slot| stored(*version, vi, slot)))
+            .collect())
+    }
+
     pub fn delete_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<()> {
         let mut store = self.store.lock();
         visible_face(&self.index.read(), account, face_id)?;
@@ -373,6 +391,16 @@ impl Core {
             echo: set.filters,
         })
     }
+}
+
+/// A face and its descriptor, as plugins read them.
+pub struct StoredFace {
+    pub face: FaceRecord,
+    pub descriptor: Descriptor,
+}
+
+fn stored(version: u32, vi: &crate::index::VersionIndex, slot: usize) -> StoredFace {
+    StoredFace { face: vi.faces[slot].clone(), descriptor: Descriptor { version, payload: vi.vectors.payload(slot).to_vec() } }
 }
 
 type PreparedFace = (VersionSpec, Descriptor, FaceRecord);

@@ -67,7 +67,8 @@ impl TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let state = luna_matcher::server::state(&config, None).expect("state");
+                let core = luna_matcher::server::core(&config).expect("store");
+                let state = luna_matcher::server::state(&config, core, None);
                 let server = luna_matcher::server::serve(&config, state, listener).expect("serve");
                 tx.send(server.handle()).unwrap();
                 server.await.unwrap();

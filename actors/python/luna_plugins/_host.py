@@ -53,6 +53,25 @@ def install(loop, plugins_dir, service_paths, log_level, active):
     root = logging.getLogger()
     root.addHandler(_HostLogHandler())
     root.setLevel(log_level)
+    luna_matcher.store = sys.modules["luna_matcher.store"] = _store_module()
+
+
+def _store_module():
+    """`luna_matcher.store`: async reads of the store. The reads run on the
+    default executor's threads, with the GIL released while they copy."""
+    store = types.ModuleType("luna_matcher.store")
+
+    async def get_face(face_id):
+        """The face with its descriptor (bytes) and attributes, or None."""
+        return await asyncio.get_running_loop().run_in_executor(None, luna_matcher._store_get_face, str(face_id))
+
+    async def list_faces(list_id):
+        """The faces of a list with their descriptors, or None for an unknown list."""
+        return await asyncio.get_running_loop().run_in_executor(None, luna_matcher._store_list_faces, str(list_id))
+
+    store.get_face = get_face
+    store.list_faces = list_faces
+    return store
 
 
 def _task_factory(loop, coro, **kwargs):
