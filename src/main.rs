@@ -43,6 +43,11 @@ fn main() -> ExitCode {
         }
     };
     luna_matcher::logging::init(config.server.log_format);
+    if file.exists() {
+        log::info!("configuration from {}", file.display());
+    } else {
+        log::info!("no {}: built-in defaults", file.display());
+    }
     match actix_rt::System::new().block_on(luna_matcher::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
