@@ -35,14 +35,19 @@ struct Instance {
     event_name: Option<String>,
 }
 
+/// What the supervisor gives a plugin's actor.
+pub struct PluginSetup {
+    pub name: String,
+    pub settings: PluginSettings,
+    pub service: ServiceInfo,
+    pub status: Arc<PluginStatus>,
+    pub broker: Addr<EventBroker>,
+    pub routes: Arc<RouteTable>,
+    pub queue: Arc<EventQueue>,
+}
+
 pub struct PluginActor {
-    name: String,
-    settings: PluginSettings,
-    service: ServiceInfo,
-    status: Arc<PluginStatus>,
-    broker: Addr<EventBroker>,
-    routes: Arc<RouteTable>,
-    queue: Arc<EventQueue>,
+    setup: PluginSetup,
     /// Incremented at every boot; reports from an older generation are stale.
     generation: u64,
     instances: Vec<Instance>,
@@ -54,21 +59,13 @@ pub struct PluginActor {
 }
 
 impl PluginActor {
-    pub fn new(
-        name: String,
-        settings: PluginSettings,
-        service: ServiceInfo,
-        status: Arc<PluginStatus>,
-        broker: Addr<EventBroker>,
-        routes: Arc<RouteTable>,
-        queue: Arc<EventQueue>,
-    ) -> Self {
-        PluginActor { name, settings, service, status, broker, routes, queue, generation: 0, instances: Vec::new(), context: None, running: false, restarts: VecDeque::new() }
+    pub fn new(setup: PluginSetup) -> Self {
+        PluginActor { setup, generation: 0, instances: Vec::new(), context: None, running: false, restarts: VecDeque::new() }
     }
 
     /// Stop so that the supervisor restarts this plugin.
     fn fail(&mut self, ctx: &mut Context<Self>, error: String) {
-        self.status.error(error);
+        self.setup.status.error(error);
         self.running = false;
         ctx.stop();
     }
@@ -89,7 +86,7 @@ impl PluginActor {
     /// Import, construct and initialize a fresh instance of the plugin.
     fn boot(&mut self, ctx: &mut Context<Self>) {
         self.generation += 1;
-        let (name, generation, settings, service) = (self.name.clone(), self.generation, self.settings.clone(), self.service.clone());
+        let (name, generation, settings, service) = (self.setup.name.clone(), self.generation, self.setup.settings.clone(), self.setup.service.clone());
         let rt = runtime();
         let loaded = self.bridge(ctx, "import", |py| {
             rt.host_call(py, "unload", (&name,))?;
@@ -112,13 +109,13 @@ impl PluginActor {
             Ok(l) => l,
             Err(e) => {
                 // An import or constructor that fails fails again: report it, do not retry.
-                self.status.error(format!("import or __init__ failed: {e}"));
-                self.status.set_state(PluginState::Failed);
+                self.setup.status.error(format!("import or __init__ failed: {e}"));
+                self.setup.status.set_state(PluginState::Failed);
                 return;
             }
         };
         if instances.is_empty() {
-            self.status.error("the module defines no concrete plugin class".into());
+            self.setup.status.error("the module defines no concrete plugin class".into());
         }
         let init_timeout = settings.init_timeout;
         let started = self.bridge(ctx, "initialize", |py| {
@@ -152,33 +149,33 @@ impl PluginActor {
 
     /// After `initialize`: mount routes, subscribe to events, take work.
     fn serve(&mut self, ctx: &mut Context<Self>, classes: Vec<PluginClass>) {
-        let name = self.name.clone();
+        let name = self.setup.name.clone();
         let Some(paths) = self.bridge(ctx, "routes", |py| runtime().host_call(py, "route_paths", (&name,))?.extract::<Vec<String>>()) else { return };
         let paths = paths.unwrap_or_default();
-        self.routes.set(&self.name, &paths);
+        self.setup.routes.set(&self.setup.name, &paths);
         let mut event_names: Vec<String> = self.instances.iter().filter_map(|i| i.event_name.clone()).collect();
         event_names.dedup();
         if !event_names.is_empty() {
-            self.broker.do_send(Subscribe { plugin: self.name.clone(), event_names, queue: self.queue.clone(), wake: ctx.address().recipient() });
+            self.setup.broker.do_send(Subscribe { plugin: self.setup.name.clone(), event_names, queue: self.setup.queue.clone(), wake: ctx.address().recipient() });
         }
         self.running = true;
-        self.status.running(classes, paths);
-        log::info!(target: "luna_matcher::plugins", "plugin {} running (generation {})", self.name, self.generation);
+        self.setup.status.running(classes, paths);
+        log::info!(target: "luna_matcher::plugins", "plugin {} running (generation {})", self.setup.name, self.generation);
         self.deliver_next(ctx);
     }
 
     /// Hand the next queued event to the plugin, one at a time.
     fn deliver_next(&mut self, ctx: &mut Context<Self>) {
-        if !self.running || self.queue.delivering.load(Ordering::Acquire) {
+        if !self.running || self.setup.queue.delivering.load(Ordering::Acquire) {
             return;
         }
-        let Some(event) = self.queue.pop() else { return };
+        let Some(event) = self.setup.queue.pop() else { return };
         let targets: Vec<&Instance> = self.instances.iter().filter(|i| i.event_name.as_deref() == Some(event.name)).collect();
         if targets.is_empty() {
             return self.deliver_next(ctx);
         }
         let objects: Vec<Py<PyAny>> = Python::attach(|py| targets.iter().map(|i| i.object.clone_ref(py)).collect());
-        let timeout = self.settings.timeout;
+        let timeout = self.setup.settings.timeout;
         let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
         let spawned = self.bridge(ctx, "handleEvent", |py| {
             let points = points_to_python(py, &event)?;
@@ -189,27 +186,27 @@ impl PluginActor {
         let future = match spawned {
             Ok(f) => f,
             Err(e) => {
-                self.status.error(format!("handleEvent could not start: {e}"));
+                self.setup.status.error(format!("handleEvent could not start: {e}"));
                 return self.deliver_next(ctx);
             }
         };
-        self.queue.delivering.store(true, Ordering::Release);
+        self.setup.queue.delivering.store(true, Ordering::Release);
         let start = Instant::now();
         let handled = async move {
             let errors = within(timeout + GRACE, future).await?;
             Python::attach(|py| errors.extract::<Vec<String>>(py)).map_err(|e| python::describe(&e))
         };
         ctx.spawn(handled.into_actor(self).map(move |outcome, act, ctx| {
-            act.queue.delivering.store(false, Ordering::Release);
+            act.setup.queue.delivering.store(false, Ordering::Release);
             let took = start.elapsed();
-            act.status.call(took);
+            act.setup.status.call(took);
             match outcome {
                 // A handler that blocks the event loop (time.sleep) finishes before
                 // asyncio can time it out: the wall clock still shows the overrun.
                 Ok(_) if took > timeout => {
                     return act.fail(ctx, format!("event handler timed out: it held the event loop for {:.2}s (timeout {:.2}s)", took.as_secs_f64(), timeout.as_secs_f64()))
                 }
-                Ok(errors) => errors.into_iter().for_each(|e| act.status.error(e)),
+                Ok(errors) => errors.into_iter().for_each(|e| act.setup.status.error(e)),
                 // Only an overrun gets here: the handler may be stuck, so start afresh.
                 Err(e) => return act.fail(ctx, format!("event handler timed out: {e}")),
             }
@@ -220,7 +217,7 @@ impl PluginActor {
     /// The backoff before the n-th restart in the window.
     fn backoff(&self) -> Duration {
         let n = self.restarts.len().saturating_sub(1).min(16) as u32;
-        (self.settings.backoff_initial * 2u32.pow(n)).min(self.settings.backoff_max)
+        (self.setup.settings.backoff_initial * 2u32.pow(n)).min(self.setup.settings.backoff_max)
     }
 }
 
@@ -228,14 +225,14 @@ impl Actor for PluginActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if self.status.state() == PluginState::Failed {
+        if self.setup.status.state() == PluginState::Failed {
             return;
         }
         if self.restarts.is_empty() {
             return self.boot(ctx);
         }
         let delay = self.backoff();
-        log::info!(target: "luna_matcher::plugins", "plugin {} restarts in {:.1}s", self.name, delay.as_secs_f64());
+        log::info!(target: "luna_matcher::plugins", "plugin {} restarts in {:.1}s", self.setup.name, delay.as_secs_f64());
         ctx.run_later(delay, |act, ctx| act.boot(ctx));
     }
 }
@@ -244,9 +241,9 @@ impl Supervised for PluginActor {
     /// Tear down the failed instance and decide whether to try again.
     fn restarting(&mut self, ctx: &mut Self::Context) {
         self.running = false;
-        self.queue.delivering.store(false, Ordering::Release);
-        self.routes.set(&self.name, &[]);
-        let (name, instances, close_timeout) = (self.name.clone(), std::mem::take(&mut self.instances), self.settings.close_timeout);
+        self.setup.queue.delivering.store(false, Ordering::Release);
+        self.setup.routes.set(&self.setup.name, &[]);
+        let (name, instances, close_timeout) = (self.setup.name.clone(), std::mem::take(&mut self.instances), self.setup.settings.close_timeout);
         self.context = None;
         // Best effort: let the old instance close, then forget it and its tasks.
         let _ = catch_unwind(AssertUnwindSafe(|| {
@@ -262,19 +259,19 @@ impl Supervised for PluginActor {
             })
         }));
         let now = Instant::now();
-        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > self.settings.restart_window) {
+        while self.restarts.front().is_some_and(|t| now.duration_since(*t) > self.setup.settings.restart_window) {
             self.restarts.pop_front();
         }
         self.restarts.push_back(now);
-        self.status.restarted();
-        if self.restarts.len() > self.settings.max_restarts as usize {
-            log::error!(target: "luna_matcher::plugins", "plugin {} failed: {} restarts within {:?}", self.name, self.restarts.len(), self.settings.restart_window);
-            self.status.set_state(PluginState::Failed);
+        self.setup.status.restarted();
+        if self.restarts.len() > self.setup.settings.max_restarts as usize {
+            log::error!(target: "luna_matcher::plugins", "plugin {} failed: {} restarts within {:?}", self.setup.name, self.restarts.len(), self.setup.settings.restart_window);
+            self.setup.status.set_state(PluginState::Failed);
             // A failed plugin takes no more events; what it had is dropped and counted.
-            self.broker.do_send(Subscribe { plugin: self.name.clone(), event_names: Vec::new(), queue: self.queue.clone(), wake: ctx.address().recipient() });
-            self.queue.discard();
+            self.setup.broker.do_send(Subscribe { plugin: self.setup.name.clone(), event_names: Vec::new(), queue: self.setup.queue.clone(), wake: ctx.address().recipient() });
+            self.setup.queue.discard();
         } else {
-            self.status.set_state(PluginState::Restarting);
+            self.setup.status.set_state(PluginState::Restarting);
         }
     }
 }
@@ -299,7 +296,7 @@ impl Handler<TaskDied> for PluginActor {
     type Result = ();
 
     fn handle(&mut self, msg: TaskDied, ctx: &mut Self::Context) {
-        if msg.generation == self.generation && self.status.state() != PluginState::Failed {
+        if msg.generation == self.generation && self.setup.status.state() != PluginState::Failed {
             self.fail(ctx, format!("background task died: {}", msg.error));
         }
     }
@@ -340,10 +337,10 @@ impl Handler<CallRoute> for PluginActor {
 
     fn handle(&mut self, msg: CallRoute, ctx: &mut Self::Context) -> Self::Result {
         if !self.running {
-            let state = self.status.state();
+            let state = self.setup.status.state();
             return Box::pin(async move { Err(RouteError::Unavailable(state)) });
         }
-        let timeout = self.settings.timeout;
+        let timeout = self.setup.settings.timeout;
         let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
         let spawned = self.bridge(ctx, "a route", |py| {
             let headers = PyDict::new(py);
@@ -359,7 +356,7 @@ impl Handler<CallRoute> for PluginActor {
             let hosted = runtime().host_call(py, "hosted", (serve, timeout.as_secs_f64()))?;
             runtime().spawn(py, hosted, context.as_ref())
         });
-        let status = self.status.clone();
+        let status = self.setup.status.clone();
         Box::pin(async move {
             let future = match spawned {
                 None => return Err(RouteError::Failed("panic in the bridge".into())),
@@ -393,8 +390,8 @@ impl Handler<Close> for PluginActor {
 
     fn handle(&mut self, _: Close, ctx: &mut Self::Context) -> Self::Result {
         self.running = false;
-        self.routes.set(&self.name, &[]);
-        let deadline = self.settings.close_timeout;
+        self.setup.routes.set(&self.setup.name, &[]);
+        let deadline = self.setup.settings.close_timeout;
         let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
         let instances = std::mem::take(&mut self.instances);
         let spawned = self.bridge(ctx, "close", |py| {
@@ -420,12 +417,12 @@ impl Handler<Close> for PluginActor {
         };
         Box::pin(closing.into_actor(self).map(|errors, act, _| {
             for e in errors {
-                act.status.error(format!("close failed: {e}"));
+                act.setup.status.error(format!("close failed: {e}"));
             }
-            if act.status.state() != PluginState::Failed {
-                act.status.set_state(PluginState::Stopped);
+            if act.setup.status.state() != PluginState::Failed {
+                act.setup.status.set_state(PluginState::Stopped);
             }
-            log::info!(target: "luna_matcher::plugins", "plugin {} closed", act.name);
+            log::info!(target: "luna_matcher::plugins", "plugin {} closed", act.setup.name);
         }))
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::events::{Event, EventBroker, EventQueue, Publish};
-use crate::plugin::{CallRoute, Close, PluginActor, RouteError, RouteReply, ServiceInfo, TaskDied};
+use crate::plugin::{CallRoute, Close, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo, TaskDied};
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
 use crate::status::{PluginReport, PluginState, PluginStatus};
@@ -89,12 +89,16 @@ impl Plugins {
             let status = Arc::new(PluginStatus::new(name));
             let queue = Arc::new(EventQueue::new(config.queue_size, status.dropped.clone()));
             let arbiter = Arbiter::new();
-            let actor = {
-                let (name, settings, service, status, broker, routes, queue) =
-                    (name.clone(), config.settings(name), service.clone(), status.clone(), broker.clone(), routes.clone(), queue.clone());
-                move |_: &mut Context<PluginActor>| PluginActor::new(name, settings, service, status, broker, routes, queue)
+            let setup = PluginSetup {
+                name: name.clone(),
+                settings: config.settings(name),
+                service: service.clone(),
+                status: status.clone(),
+                broker: broker.clone(),
+                routes: routes.clone(),
+                queue: queue.clone(),
             };
-            let addr = Supervisor::start_in_arbiter(&arbiter.handle(), actor);
+            let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_: &mut Context<PluginActor>| PluginActor::new(setup));
             plugins.push(Plugin { status, queue, addr, _arbiter: arbiter });
         }
         let actors: HashMap<String, Addr<PluginActor>> = plugins.iter().map(|p| (p.status.name.clone(), p.addr.clone())).collect();
