@@ -199,6 +199,23 @@ pub struct VersionIndex {
     pub faces: Vec<FaceRecord>,
 }
 
+/// Where a face is: its descriptor version, that version's index, its slot.
+pub struct FaceAt<'a> {
+    pub version: u32,
+    pub vi: &'a VersionIndex,
+    pub slot: usize,
+}
+
+impl FaceAt<'_> {
+    pub fn record(&self) -> &FaceRecord {
+        &self.vi.faces[self.slot]
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        self.vi.vectors.payload(self.slot)
+    }
+}
+
 /// The whole in-memory index.
 #[derive(Default)]
 pub struct Index {
@@ -221,9 +238,9 @@ impl Index {
         vi.faces.push(face);
     }
 
-    pub fn face(&self, face_id: &Uuid) -> Option<(&VersionIndex, usize)> {
-        let (version, slot) = self.slots.get(face_id)?;
-        Some((&self.versions[version], *slot))
+    pub fn face(&self, face_id: &Uuid) -> Option<FaceAt<'_>> {
+        let &(version, slot) = self.slots.get(face_id)?;
+        Some(FaceAt { version, vi: &self.versions[&version], slot })
     }
 
     pub fn face_mut(&mut self, face_id: &Uuid) -> Option<&mut FaceRecord> {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::api::*;
 use crate::descriptor::{Descriptor, VersionSpec, Versions};
 use crate::errors::{Error, ErrorCode, Result};
-use crate::index::{FaceRecord, Index, ListRecord, Query, Vectors};
+use crate::index::{FaceAt, FaceRecord, Index, ListRecord, Query, Vectors};
 use crate::matching::{scan, Engine, Filter, SubQuery, TopK};
 use crate::store::{self, Store};
 
@@ -193,7 +193,8 @@ impl Core {
 
     pub fn get_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<FaceView> {
         let index = self.read_index();
-        let f = visible_face(&index, account, face_id)?;
+        let at = visible_face(&index, account, face_id)?;
+        let f = at.record();
         Ok(FaceView {
             face_id,
             account_id: f.account_id,
@@ -201,15 +202,14 @@ impl Core {
             user_data: f.user_data.clone(),
             create_time: format_time(f.create_time),
             lists: f.lists.to_vec(),
-            descriptor_version: index.slots[&face_id].0,
+            descriptor_version: at.version,
         })
     }
 
     /// A face with its descriptor, for plugins that keep their own copy of a list.
     pub fn stored_face(&self, face_id: Uuid) -> Result<StoredFace> {
         let index = self.read_index();
-        let (vi, slot) = index.face(&face_id).ok_or_else(|| Error::new(ErrorCode::FaceNotFound, format!("face {face_id} not found")))?;
-        Ok(stored(index.slots[&face_id].0, vi, slot))
+        visible_face(&index, None, face_id).map(|at| stored(&at))
     }
 
     /// Every face of a list with its descriptor.
@@ -219,7 +219,7 @@ impl Core {
         Ok(index
             .versions
             .iter()
-            .flat_map(|(version, vi)| (0..vi.faces.len()).filter(|&slot| vi.faces[slot].lists.contains(&list_id)).map(move |slot| stored(*version, vi, slot)))
+            .flat_map(|(&version, vi)| (0..vi.faces.len()).filter(|&slot| vi.faces[slot].lists.contains(&list_id)).map(move |slot| stored(&FaceAt { version, vi, slot })))
             .collect())
     }
 
@@ -253,11 +253,7 @@ impl Core {
                 }
                 Reference::Face { id } => {
                     let index = self.read_index();
-                    let loaded = visible_face(&index, account, id).map(|_| {
-                        let (vi, slot) = index.face(&id).expect("a visible face is indexed");
-                        let version = index.slots[&id].0;
-                        (version, Arc::new(Query::new(&vi.vectors.spec, vi.vectors.payload(slot))))
-                    });
+                    let loaded = visible_face(&index, account, id).map(|at| (at.version, Arc::new(Query::new(&at.vi.vectors.spec, at.payload()))));
                     (ReferenceEcho { kind: "face", id: Some(id.to_string()) }, loaded)
                 }
             });
@@ -399,8 +395,8 @@ pub struct StoredFace {
     pub descriptor: Descriptor,
 }
 
-fn stored(version: u32, vi: &crate::index::VersionIndex, slot: usize) -> StoredFace {
-    StoredFace { face: vi.faces[slot].clone(), descriptor: Descriptor { version, payload: vi.vectors.payload(slot).to_vec() } }
+fn stored(at: &FaceAt) -> StoredFace {
+    StoredFace { face: at.record().clone(), descriptor: Descriptor { version: at.version, payload: at.payload().to_vec() } }
 }
 
 type PreparedFace = (VersionSpec, Descriptor, FaceRecord);
@@ -454,11 +450,10 @@ fn visible_list(index: &Index, account: Option<Uuid>, list_id: Uuid) -> Result<&
         .ok_or_else(|| Error::new(ErrorCode::ListNotFound, format!("list {list_id} not found")))
 }
 
-fn visible_face(index: &Index, account: Option<Uuid>, face_id: Uuid) -> Result<&FaceRecord> {
+fn visible_face(index: &Index, account: Option<Uuid>, face_id: Uuid) -> Result<FaceAt<'_>> {
     index
         .face(&face_id)
-        .map(|(vi, slot)| &vi.faces[slot])
-        .filter(|f| account.is_none_or(|a| a == f.account_id))
+        .filter(|at| account.is_none_or(|a| a == at.record().account_id))
         .ok_or_else(|| Error::new(ErrorCode::FaceNotFound, format!("face {face_id} not found")))
 }
 
