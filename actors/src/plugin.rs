@@ -123,8 +123,7 @@ impl PluginActor {
                 .iter()
                 .map(|i| {
                     let coroutine = i.object.bind(py).call_method0("initialize")?;
-                    let hosted = rt.host_call(py, "hosted", (coroutine, init_timeout.as_secs_f64()))?;
-                    rt.spawn(py, hosted, Some(&context))
+                    rt.run_hosted(py, coroutine, init_timeout, Some(&context))
                 })
                 .collect::<PyResult<Vec<_>>>()
         });
@@ -250,8 +249,7 @@ impl Supervised for PluginActor {
             Python::attach(|py| -> PyResult<()> {
                 for i in &instances {
                     if let Ok(coroutine) = i.object.bind(py).call_method0("close") {
-                        let hosted = runtime().host_call(py, "hosted", (coroutine, close_timeout.as_secs_f64()))?;
-                        drop(runtime().spawn(py, hosted, None)?);
+                        drop(runtime().run_hosted(py, coroutine, close_timeout, None)?);
                     }
                 }
                 runtime().host_call(py, "unload", (&name,))?;
@@ -353,8 +351,7 @@ impl Handler<CallRoute> for PluginActor {
             }
             let body = pyo3::types::PyBytes::new(py, &msg.body);
             let serve = runtime().host_call(py, "serve", (&msg.template, params, &msg.method, &msg.path, &msg.query, headers, body))?;
-            let hosted = runtime().host_call(py, "hosted", (serve, timeout.as_secs_f64()))?;
-            runtime().spawn(py, hosted, context.as_ref())
+            runtime().run_hosted(py, serve, timeout, context.as_ref())
         });
         let status = self.setup.status.clone();
         Box::pin(async move {
@@ -399,8 +396,7 @@ impl Handler<Close> for PluginActor {
                 .iter()
                 .map(|i| {
                     let coroutine = i.object.bind(py).call_method0("close")?;
-                    let hosted = runtime().host_call(py, "hosted", (coroutine, deadline.as_secs_f64()))?;
-                    runtime().spawn(py, hosted, context.as_ref())
+                    runtime().run_hosted(py, coroutine, deadline, context.as_ref())
                 })
                 .collect::<PyResult<Vec<_>>>()
         });

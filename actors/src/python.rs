@@ -114,6 +114,13 @@ impl Runtime {
         pyo3_async_runtimes::into_future_with_locals(&locals, coroutine)
     }
 
+    /// Run a plugin coroutine on the loop within `limit`: cancelled there
+    /// (`asyncio.wait_for`) when it overruns. Call with the GIL.
+    pub fn run_hosted(&self, py: Python<'_>, coroutine: Bound<'_, PyAny>, limit: Duration, context: Option<&Py<PyAny>>) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
+        let hosted = self.host_call(py, "hosted", (coroutine, limit.as_secs_f64()))?;
+        self.spawn(py, hosted, context)
+    }
+
     /// Call a function of `luna_plugins._host`.
     pub fn host_call<'py>(&self, py: Python<'py>, name: &str, args: impl pyo3::call::PyCallArgs<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.host.bind(py).getattr(name)?.call1(args)

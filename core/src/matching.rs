@@ -273,10 +273,8 @@ pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
         for &i in &listed {
             let s = subs[i];
             for id in s.filter.face_ids.as_deref().unwrap_or_default() {
-                if let Some(&(v, slot)) = index.slots.get(id) {
-                    if v == version && s.filter.pass(&vi.faces[slot]) {
-                        scan(k, &vi.vectors, &s.query, slot..slot + 1, |_| true, |_| *id, &mut tops[i]);
-                    }
+                if let Some(at) = index.face(id).filter(|at| at.version == version && s.filter.pass(at.record())) {
+                    scan(k, &vi.vectors, &s.query, at.slot..at.slot + 1, |_| true, |_| *id, &mut tops[i]);
                 }
             }
         }
