@@ -130,3 +130,20 @@ fn an_acknowledged_write_survives_kill_9() {
     child.wait().unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+#[test]
+fn a_storage_failure_is_a_500_with_its_code_and_changes_nothing() {
+    let s = TestServer::start();
+    let list = s.create_list(ACCOUNT);
+    let kept = s.create_face(ACCOUNT, &descriptor(1), &[&list], "kept");
+    // Break the file under the running service: writes to faces now fail in SQLite.
+    let db = rusqlite::Connection::open(s.dir.join("luna-matcher.sqlite3")).unwrap();
+    db.execute_batch("DROP TABLE list_faces; DROP TABLE faces;").unwrap();
+    let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(2))}, "lists": [list]});
+    let r = s.json("POST", "/1/faces", Some(&body));
+    assert_eq!((r.status, r.code()), (500, 10002));
+    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 1, "the index did not take the failed write");
+    assert_eq!(s.json("GET", &format!("/1/faces/{kept}"), None).status, 200);
+    let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(2))}], "candidates": [{"filters": {"origin": "faces", "list_id": list}}]});
+    assert_eq!(s.json("POST", "/1/matcher/faces", Some(&q)).json()[0]["matches"][0]["total_found"], 1);
+}
