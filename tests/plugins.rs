@@ -487,3 +487,15 @@ class ListCache(BaseBackgroundPlugin):
     assert_eq!(r.code(), 10010);
     assert!(r.json()["detail"].as_str().unwrap().contains("11013"), "{}", r.json());
 }
+
+#[test]
+fn a_task_that_blocks_the_event_loop_is_named_and_restarted() {
+    let blocker = "import asyncio, time\nfrom luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin\nclass P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.task = asyncio.create_task(self.job())\n    async def job(self):\n        while True:\n            await asyncio.sleep(0.2)\n            time.sleep(1.5)\n";
+    let mut s = Service::spawn(&[("blocker.py", blocker), ("teapot.py", &shipped_plugin("teapot.py"))], &format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"blocker\", \"teapot\"]\n{FAST_SUPERVISION}"));
+    s.ready();
+    s.wait_for(|| s.plugin("blocker")["restarts"].as_u64().unwrap() >= 1, "the watchdog names the plugin holding the loop");
+    assert!(s.plugin("blocker")["last_error"].as_str().unwrap().contains("blocked the event loop"), "{}", s.plugin("blocker"));
+    assert_eq!(s.plugin("teapot")["restarts"], 0, "the plugin that merely waited is not blamed");
+    assert_eq!(s.call("GET", "/1/version", None).status, 200);
+    assert!(s.terminate().success());
+}

@@ -7,13 +7,20 @@ use std::sync::OnceLock;
 
 use pyo3::prelude::*;
 
-type TaskFailureSink = Box<dyn Fn(&str, u64, String) + Send + Sync>;
+type FaultSink = Box<dyn Fn(&str, u64, String) + Send + Sync>;
 
-static TASK_FAILURES: OnceLock<TaskFailureSink> = OnceLock::new();
+static FAULTS: OnceLock<FaultSink> = OnceLock::new();
 
-/// Where reports of background tasks that died go: (plugin, generation, error).
-pub fn on_task_failure(sink: impl Fn(&str, u64, String) + Send + Sync + 'static) {
-    let _ = TASK_FAILURES.set(Box::new(sink));
+/// Where faults found outside a call go: (plugin, generation, error).
+pub fn on_fault(sink: impl Fn(&str, u64, String) + Send + Sync + 'static) {
+    let _ = FAULTS.set(Box::new(sink));
+}
+
+/// Report a fault of a plugin generation.
+pub fn fault(plugin: &str, generation: u64, error: String) {
+    if let Some(sink) = FAULTS.get() {
+        sink(plugin, generation, error);
+    }
 }
 
 /// Python `logging` output, into the service log under the logger's name.
@@ -31,15 +38,20 @@ fn _log(level: u32, name: &str, message: &str) {
 /// A task a plugin created ended with an exception nobody retrieved.
 #[pyfunction]
 fn _task_failed(plugin: &str, generation: u64, error: String) {
-    if let Some(sink) = TASK_FAILURES.get() {
-        sink(plugin, generation, error);
-    }
+    fault(plugin, generation, format!("background task died: {error}"));
+}
+
+/// The event loop ran a callback: it is not blocked.
+#[pyfunction]
+fn _beat() {
+    crate::python::beat();
 }
 
 #[pymodule]
 pub fn luna_matcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_log, m)?)?;
     m.add_function(wrap_pyfunction!(_task_failed, m)?)?;
+    m.add_function(wrap_pyfunction!(_beat, m)?)?;
     m.add_class::<crate::helpers::DescriptorSet>()?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_get_face, m)?)?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_list_faces, m)?)?;

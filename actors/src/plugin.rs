@@ -282,20 +282,21 @@ impl Handler<Wake> for PluginActor {
     }
 }
 
-/// A background task of generation `generation` died.
+/// Plugin generation `generation` is broken though no call of the host
+/// failed: a background task died, or its code held the event loop too long.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct TaskDied {
+pub struct Fault {
     pub generation: u64,
     pub error: String,
 }
 
-impl Handler<TaskDied> for PluginActor {
+impl Handler<Fault> for PluginActor {
     type Result = ();
 
-    fn handle(&mut self, msg: TaskDied, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Fault, ctx: &mut Self::Context) {
         if msg.generation == self.generation && self.setup.status.state() != PluginState::Failed {
-            self.fail(ctx, format!("background task died: {}", msg.error));
+            self.fail(ctx, msg.error);
         }
     }
 }

@@ -6,8 +6,9 @@
 use std::ffi::CString;
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -45,7 +46,7 @@ pub fn runtime() -> &'static Runtime {
 }
 
 /// Start the interpreter and the event loop thread. Once per process.
-pub fn start(plugins_dir: &Path, service_paths: &[&str], active: &[String]) -> PyResult<&'static Runtime> {
+pub fn start(plugins_dir: &Path, service_paths: &[&str], active: &[String], stall_limit: Duration) -> PyResult<&'static Runtime> {
     if let Some(r) = RUNTIME.get() {
         return Ok(r);
     }
@@ -100,7 +101,59 @@ pub fn start(plugins_dir: &Path, service_paths: &[&str], active: &[String]) -> P
         host.call_method1("install", (event_loop.bind(py), dir.display().to_string(), service_paths.to_vec(), level, active.to_vec()))?;
         Ok(Runtime { host: host.unbind(), locals: TaskLocals::new(event_loop.bind(py).clone()), event_loop })
     })?;
-    Ok(RUNTIME.get_or_init(|| runtime))
+    let runtime = RUNTIME.get_or_init(|| runtime);
+    std::thread::Builder::new().name("python-watchdog".into()).spawn(move || watchdog(runtime, stall_limit)).expect("watchdog thread");
+    Ok(runtime)
+}
+
+/// Milliseconds since `EPOCH` when the event loop last ran a heartbeat.
+static LAST_BEAT: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn millis() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+pub(crate) fn beat() {
+    LAST_BEAT.store(millis(), Ordering::Relaxed);
+}
+
+/// Plugins share one event loop: code that blocks it (`time.sleep`, a busy
+/// loop) stalls every plugin. Send the loop a heartbeat a few times per
+/// `limit`; when beats stop for longer than `limit`, report the plugin whose
+/// task holds the loop, once per stall, so it is restarted.
+fn watchdog(runtime: &'static Runtime, limit: Duration) {
+    beat();
+    let every = (limit / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut reported = false;
+    // A plugin is named only when the same task holds the loop at two checks
+    // in a row: one look could catch a task that merely lost the CPU.
+    let mut suspect: Option<(String, u64)> = None;
+    loop {
+        std::thread::sleep(every);
+        let stalled = Duration::from_millis(millis().saturating_sub(LAST_BEAT.load(Ordering::Relaxed)));
+        let holder = Python::attach(|py| -> PyResult<Option<(String, u64)>> {
+            let event_loop = runtime.event_loop.bind(py);
+            event_loop.call_method1("call_soon_threadsafe", (py.import("luna_matcher")?.getattr("_beat")?,))?;
+            if stalled > limit && !reported {
+                return runtime.host_call(py, "blocking_owner", ())?.extract();
+            }
+            Ok(None)
+        });
+        match holder {
+            Ok(Some(owner)) if suspect.as_ref() == Some(&owner) => {
+                reported = true;
+                let (plugin, generation) = owner;
+                log::warn!(target: "luna_matcher::plugins", "plugin {plugin} holds the event loop: no heartbeat for {:.1}s", stalled.as_secs_f64());
+                crate::module::fault(&plugin, generation, format!("blocked the event loop for more than {:.1}s", limit.as_secs_f64()));
+            }
+            Ok(owner) => {
+                suspect = owner;
+                reported &= stalled > limit;
+            }
+            Err(e) => log::error!("event loop watchdog: {}", describe(&e)),
+        }
+    }
 }
 
 impl Runtime {

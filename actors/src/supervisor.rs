@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::events::{Event, EventBroker, EventQueue, Publish};
-use crate::plugin::{CallRoute, Close, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo, TaskDied};
+use crate::plugin::{CallRoute, Close, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo, Fault};
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
 use crate::status::{PluginReport, PluginState, PluginStatus};
@@ -80,7 +80,7 @@ impl Plugins {
     /// Start the interpreter and the active plugins. Must run inside an actix System.
     pub fn start(config: &PluginsConfig, active: &[String], service: ServiceInfo, service_paths: &[&str], core: Arc<luna_core::Core>) -> Result<Plugins, String> {
         crate::helpers::attach_core(core);
-        crate::python::start(&config.directory, service_paths, active).map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
+        crate::python::start(&config.directory, service_paths, active, config.timeout).map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
         let broker_arbiter = Arbiter::new();
         let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());
         let routes = Arc::new(RouteTable::default());
@@ -103,9 +103,9 @@ impl Plugins {
         }
         let actors: HashMap<String, Addr<PluginActor>> = plugins.iter().map(|p| (p.status.name.clone(), p.addr.clone())).collect();
         let sink = actors.clone();
-        crate::module::on_task_failure(move |plugin, generation, error| {
+        crate::module::on_fault(move |plugin, generation, error| {
             if let Some(addr) = sink.get(plugin) {
-                addr.do_send(TaskDied { generation, error });
+                addr.do_send(Fault { generation, error });
             }
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();

@@ -99,6 +99,18 @@ def _report_if_unobserved(owner, task):
         luna_matcher._task_failed(owner[0], owner[1], f"{type(error).__name__}: {error}")
 
 
+def blocking_owner():
+    """(plugin, generation) whose task holds the event loop now, if any. Called
+    from the watchdog thread while the loop is stuck."""
+    task = asyncio.current_task(_loop)
+    if task is None:
+        return None
+    for owner, tasks in list(_tasks.items()):
+        if task in tasks:
+            return owner
+    return None
+
+
 def context(name, generation):
     """A context in which plugin code runs, so the tasks it makes are its own."""
     import contextvars
