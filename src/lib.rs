@@ -4,5 +4,6 @@
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod pipeline;
 pub mod server;
 pub mod telemetry;

@@ -28,7 +28,7 @@ pub fn core(config: &Config) -> Result<Arc<Core>, String> {
 /// The shared state of the app.
 pub fn state(config: &Config, core: Arc<Core>, plugins: Option<Arc<Plugins>>) -> web::Data<AppState> {
     let telemetry = Telemetry::new(config.service_name(), plugins.clone());
-    web::Data::new(AppState { core, telemetry: Arc::new(telemetry), plugins })
+    web::Data::new(AppState { core, telemetry: Arc::new(telemetry), plugins, role: config.server.role })
 }
 
 /// Start the active plugins, if any. Must run inside the actix System.

@@ -10,6 +10,8 @@ use luna_actors::events::{Event, FieldValue, Point, MONITORING_EVENT};
 use luna_actors::status::{PluginReport, PluginState};
 use luna_actors::Plugins;
 use luna_core::service::StoreStats;
+
+use crate::pipeline::SubReport;
 use parking_lot::Mutex;
 
 /// Upper bounds, in seconds, of the request latency histogram.
@@ -61,6 +63,8 @@ pub struct RequestRecord<'a> {
     /// When the request started, in seconds since the epoch.
     pub start_time: f64,
     pub seconds: f64,
+    /// Who answered each matching sub-request.
+    pub matching: &'a [SubReport],
 }
 
 impl Telemetry {
@@ -99,6 +103,16 @@ impl Telemetry {
             tags.push(("error_code", r.error_code.unwrap_or(0).to_string()));
             points.push(Point { series: "error", event_time: r.start_time, tags, fields });
         }
+        points.extend(r.matching.iter().map(|m| Point {
+            series: "matching",
+            event_time: r.start_time,
+            tags: vec![("service", self.service.to_owned()), ("matcher", m.matcher.clone()), ("candidate_origin", "faces".to_owned())],
+            fields: vec![
+                ("request_id", FieldValue::Str(r.request_id.to_owned())),
+                ("candidates_scanned", FieldValue::Int(m.candidates_scanned as i64)),
+                ("execution_time", FieldValue::Float(m.seconds)),
+            ],
+        }));
         points
     }
 

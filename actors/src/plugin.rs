@@ -33,6 +33,7 @@ pub struct ServiceInfo {
 struct Instance {
     object: Py<PyAny>,
     event_name: Option<String>,
+    matching: bool,
 }
 
 /// What the supervisor gives a plugin's actor.
@@ -99,8 +100,13 @@ impl PluginActor {
                 let (object, kind): (Bound<PyAny>, String) = item.extract()?;
                 let class = rt.host_call(py, "describe", (&object,))?.extract::<String>()?;
                 let event_name = if kind == "event" { rt.host_call(py, "event_name", (&object,))?.extract::<Option<String>>()? } else { None };
-                classes.push(PluginClass { class, kind: if kind == "event" { "event" } else { "background" } });
-                instances.push(Instance { object: object.unbind(), event_name });
+                let kind = match kind.as_str() {
+                    "event" => "event",
+                    "matching" => "matching",
+                    _ => "background",
+                };
+                classes.push(PluginClass { class, kind });
+                instances.push(Instance { object: object.unbind(), event_name, matching: kind == "matching" });
             }
             Ok((instances, classes, context))
         });
@@ -420,6 +426,142 @@ impl Handler<Close> for PluginActor {
                 act.setup.status.set_state(PluginState::Stopped);
             }
             log::info!(target: "luna_matcher::plugins", "plugin {} closed", act.setup.name);
+        }))
+    }
+}
+
+/// One sub-request of the proxy pipeline, as matching plugins get it.
+#[derive(Debug, Clone)]
+pub struct MatchCall {
+    pub reference_type: &'static str,
+    pub reference_id: Option<String>,
+    pub descriptor: Vec<u8>,
+    pub descriptor_version: u32,
+    /// The candidate set's filters as JSON, as the request gave them.
+    pub filters: String,
+    pub targets: Vec<String>,
+    pub limit: usize,
+    pub threshold: f64,
+    pub account_id: Option<String>,
+    pub request_id: String,
+}
+
+impl MatchCall {
+    fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let reference = PyDict::new(py);
+        reference.set_item("type", self.reference_type)?;
+        reference.set_item("id", &self.reference_id)?;
+        reference.set_item("descriptor", pyo3::types::PyBytes::new(py, &self.descriptor))?;
+        reference.set_item("descriptor_version", self.descriptor_version)?;
+        let d = PyDict::new(py);
+        d.set_item("reference", reference)?;
+        d.set_item("filters", &self.filters)?;
+        d.set_item("targets", &self.targets)?;
+        d.set_item("limit", self.limit)?;
+        d.set_item("threshold", self.threshold)?;
+        d.set_item("account_id", &self.account_id)?;
+        d.set_item("request_id", &self.request_id)?;
+        Ok(d)
+    }
+}
+
+/// The plugin's cheapest offer for each sub-request: (cost, instance), or
+/// None where no matching class of it takes the sub-request.
+#[derive(Message)]
+#[rtype(result = "Vec<Option<(f64, usize)>>")]
+pub struct Costs(pub Arc<Vec<MatchCall>>);
+
+impl Handler<Costs> for PluginActor {
+    type Result = Vec<Option<(f64, usize)>>;
+
+    fn handle(&mut self, Costs(calls): Costs, ctx: &mut Self::Context) -> Self::Result {
+        let matchers: Vec<(usize, Py<PyAny>)> = Python::attach(|py| self.instances.iter().enumerate().filter(|(_, i)| i.matching).map(|(n, i)| (n, i.object.clone_ref(py))).collect());
+        if !self.running || matchers.is_empty() {
+            return vec![None; calls.len()];
+        }
+        let offers = self.bridge(ctx, "getMatchingCost", |py| {
+            calls
+                .iter()
+                .map(|call| {
+                    let data = call.to_python(py)?;
+                    let mut best: Option<(f64, usize)> = None;
+                    for (n, object) in &matchers {
+                        let cost: Option<f64> = runtime().host_call(py, "matching_cost", (object, &data))?.extract()?;
+                        if let Some(c) = cost.filter(|c| best.is_none_or(|(b, _)| *c < b)) {
+                            best = Some((c, *n));
+                        }
+                    }
+                    Ok(best)
+                })
+                .collect::<PyResult<Vec<_>>>()
+        });
+        match offers {
+            Some(Ok(offers)) => offers,
+            Some(Err(e)) => {
+                self.fail(ctx, format!("getMatchingCost raised: {e}"));
+                vec![None; calls.len()]
+            }
+            None => vec![None; calls.len()],
+        }
+    }
+}
+
+/// Answer sub-request `index` of `calls` with instance `instance`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, f64)>, MatchFailure>")]
+pub struct Match {
+    pub calls: Arc<Vec<MatchCall>>,
+    pub index: usize,
+    pub instance: usize,
+}
+
+#[derive(Debug)]
+pub enum MatchFailure {
+    /// The plugin handed the sub-request back.
+    Rematch,
+    /// Not running, or the instance is gone after a restart.
+    Unavailable,
+    TimedOut(String),
+    /// An unexpected exception, or a result that is not a list of FaceMatchResult.
+    Failed(String),
+}
+
+impl Handler<Match> for PluginActor {
+    type Result = ResponseActFuture<Self, Result<Vec<(String, f64)>, MatchFailure>>;
+
+    fn handle(&mut self, msg: Match, ctx: &mut Self::Context) -> Self::Result {
+        let object = self.instances.get(msg.instance).filter(|i| self.running && i.matching).map(|i| Python::attach(|py| i.object.clone_ref(py)));
+        let Some(object) = object else { return Box::pin(fut::ready(Err(MatchFailure::Unavailable))) };
+        let timeout = self.setup.settings.timeout;
+        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let spawned = self.bridge(ctx, "match", |py| {
+            let coroutine = runtime().host_call(py, "match", (object, msg.calls[msg.index].to_python(py)?))?;
+            runtime().run_hosted(py, coroutine, timeout, context.as_ref())
+        });
+        let start = Instant::now();
+        let answer = async move {
+            let future = match spawned {
+                None => return Err(MatchFailure::Failed("panic in the bridge".into())),
+                Some(Err(e)) => return Err(MatchFailure::Failed(e)),
+                Some(Ok(f)) => f,
+            };
+            match within(timeout + GRACE, future).await {
+                Ok(hits) => Python::attach(|py| hits.extract::<Vec<(String, f64)>>(py)).map_err(|e| MatchFailure::Failed(python::describe(&e))),
+                Err(e) if e.starts_with("Rematch") => Err(MatchFailure::Rematch),
+                Err(e) if e.starts_with("TimeoutError") || e.starts_with("no answer") => Err(MatchFailure::TimedOut(e)),
+                Err(e) => Err(MatchFailure::Failed(e)),
+            }
+        };
+        Box::pin(answer.into_actor(self).map(move |outcome, act, ctx| {
+            act.setup.status.call(start.elapsed());
+            match &outcome {
+                Ok(_) | Err(MatchFailure::Rematch | MatchFailure::Unavailable) => {}
+                Err(MatchFailure::TimedOut(e)) => act.setup.status.error(format!("match timed out: {e}")),
+                // Malformed results are counted; an unexpected exception also restarts the plugin.
+                Err(MatchFailure::Failed(e)) if e.starts_with("TypeError: match() returned") => act.setup.status.error(format!("malformed match result: {e}")),
+                Err(MatchFailure::Failed(e)) => act.fail(ctx, format!("match raised: {e}")),
+            }
+            outcome
         }))
     }
 }

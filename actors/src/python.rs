@@ -26,6 +26,10 @@ const SOURCES: &[(&str, bool, &str)] = &[
     ("luna_plugins.base.plugins_meta", true, include_str!("../python/luna_plugins/base/plugins_meta/__init__.py")),
     ("luna_plugins.base.plugins_meta._base", false, include_str!("../python/luna_plugins/base/plugins_meta/_base.py")),
     ("luna_plugins.base.plugins_meta.base_plugins", false, include_str!("../python/luna_plugins/base/plugins_meta/base_plugins.py")),
+    ("luna_plugins.matcher_plugins", true, include_str!("../python/luna_plugins/matcher_plugins/__init__.py")),
+    ("luna_plugins.matcher_plugins.base_plugin", false, include_str!("../python/luna_plugins/matcher_plugins/base_plugin.py")),
+    ("luna_plugins.matcher_plugins.base_struct", false, include_str!("../python/luna_plugins/matcher_plugins/base_struct.py")),
+    ("luna_plugins.matcher_plugins.exceptions", false, include_str!("../python/luna_plugins/matcher_plugins/exceptions.py")),
 ];
 
 const FINDER: &str = include_str!("../python/_embedded.py");

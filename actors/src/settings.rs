@@ -40,6 +40,9 @@ pub struct PluginsConfig {
     pub backoff_initial: Duration,
     #[serde(with = "duration")]
     pub backoff_max: Duration,
+    /// The default matcher's cost: a matching plugin takes a sub-request only
+    /// when it states a lower one.
+    pub default_matcher_cost: f64,
     /// Each plugin's own table, handed to it as `app.ctx.config`. `timeout` and
     /// `max_restarts` in it override the values above for that plugin.
     pub config: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
@@ -60,6 +63,7 @@ impl Default for PluginsConfig {
             restart_window: Duration::from_secs(60),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            default_matcher_cost: 100.0,
             config: BTreeMap::new(),
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::events::{Event, EventBroker, EventQueue, Publish};
-use crate::plugin::{CallRoute, Close, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo, Fault};
+use crate::plugin::{CallRoute, Close, Costs, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo};
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
 use crate::status::{PluginReport, PluginState, PluginStatus};
@@ -74,6 +74,10 @@ pub struct Plugins {
     statuses: Vec<Arc<PluginStatus>>,
     actors: HashMap<String, Addr<PluginActor>>,
     required: Vec<String>,
+    /// How long a plugin may take to state its matching costs.
+    timeout: Duration,
+    /// The default matcher's cost: a plugin wins a sub-request only below it.
+    default_cost: f64,
 }
 
 impl Plugins {
@@ -110,7 +114,7 @@ impl Plugins {
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();
         let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
-        Ok(Plugins { supervisor, broker, routes, statuses, actors, required: config.required.clone() })
+        Ok(Plugins { supervisor, broker, routes, statuses, actors, required: config.required.clone(), timeout: config.timeout, default_cost: config.default_matcher_cost })
     }
 
     /// Hand an event to the broker; never waits.
@@ -125,6 +129,48 @@ impl Plugins {
     pub async fn call_route(&self, plugin: &str, call: CallRoute) -> Result<RouteReply, RouteError> {
         let addr = self.actors.get(plugin).ok_or_else(|| RouteError::Failed(format!("no plugin {plugin}")))?;
         addr.send(call).await.map_err(|e| RouteError::Failed(format!("plugin {plugin} did not answer: {e}")))?
+    }
+
+    /// Running plugins with a matching class.
+    fn matchers(&self) -> Vec<&str> {
+        self.statuses
+            .iter()
+            .filter(|s| s.state() == PluginState::Running && s.report().classes.iter().any(|c| c.kind == "matching"))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
+    /// For each sub-request, the cheapest matching plugin below the default
+    /// matcher's cost: (plugin, instance); None goes to the default matcher.
+    /// A plugin that does not state its costs in time is left out.
+    pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<(String, usize)>> {
+        let asks = self.matchers().into_iter().map(|name| {
+            let ask = self.actors[name].send(Costs(calls.clone()));
+            async move { (name, tokio::time::timeout(self.timeout, ask).await) }
+        });
+        let mut best: Vec<Option<(f64, String, usize)>> = vec![None; calls.len()];
+        for (name, offers) in futures_util::future::join_all(asks).await {
+            let Ok(Ok(offers)) = offers else { continue };
+            for (slot, offer) in best.iter_mut().zip(offers) {
+                if let Some((cost, instance)) = offer.filter(|(c, _)| *c < self.default_cost && slot.as_ref().is_none_or(|(b, _, _)| c < b)) {
+                    *slot = Some((cost, name.to_owned(), instance));
+                }
+            }
+        }
+        best.into_iter().map(|b| b.map(|(_, name, instance)| (name, instance))).collect()
+    }
+
+    /// Have `plugin` answer sub-request `index`.
+    pub async fn run_match(&self, plugin: &str, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<Vec<(String, f64)>, MatchFailure> {
+        let addr = self.actors.get(plugin).ok_or(MatchFailure::Unavailable)?;
+        addr.send(Match { calls, index, instance }).await.map_err(|_| MatchFailure::Unavailable)?
+    }
+
+    /// Count a failure of a plugin the pipeline found (a malformed answer).
+    pub fn count_error(&self, plugin: &str, error: String) {
+        if let Some(s) = self.statuses.iter().find(|s| s.name == plugin) {
+            s.error(error);
+        }
     }
 
     /// Every plugin has finished its first start attempt.

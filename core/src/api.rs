@@ -147,6 +147,20 @@ pub enum Target {
     Lists,
 }
 
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::FaceId => "face_id",
+            Target::Similarity => "similarity",
+            Target::UserData => "user_data",
+            Target::ExternalId => "external_id",
+            Target::CreateTime => "create_time",
+            Target::AccountId => "account_id",
+            Target::Lists => "lists",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CandidateSet {

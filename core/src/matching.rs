@@ -60,15 +60,18 @@ pub struct TopK<K> {
     threshold: f64,
     heap: BinaryHeap<Hit<K>>,
     pub total: u64,
+    /// Candidates scored, above the threshold or not.
+    pub scanned: u64,
 }
 
 impl<K: Ord + Copy> TopK<K> {
     pub fn new(limit: usize, threshold: f64) -> Self {
-        TopK { limit, threshold, heap: BinaryHeap::with_capacity(limit + 1), total: 0 }
+        TopK { limit, threshold, heap: BinaryHeap::with_capacity(limit + 1), total: 0, scanned: 0 }
     }
 
     #[inline]
     pub fn push(&mut self, hit: Hit<K>) {
+        self.scanned += 1;
         if hit.similarity < self.threshold {
             return;
         }
@@ -87,6 +90,7 @@ impl<K: Ord + Copy> TopK<K> {
 
     pub fn merge(&mut self, other: TopK<K>) {
         self.total += other.total;
+        self.scanned += other.scanned;
         for hit in other.heap {
             self.keep(hit);
         }
@@ -159,6 +163,7 @@ pub struct SubQuery {
 pub struct SubResult {
     pub hits: Vec<(f64, FaceRecord)>,
     pub total_found: u64,
+    pub candidates_scanned: u64,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Vec<SubResult>>>;
@@ -304,10 +309,10 @@ pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
     tops.into_iter()
         .zip(subs)
         .map(|(top, s)| {
-            let total_found = top.total;
+            let (total_found, candidates_scanned) = (top.total, top.scanned);
             let vi = index.versions.get(&s.version);
             let hits = top.into_sorted().into_iter().map(|h| (h.similarity, vi.expect("hits come from a version").faces[h.slot].clone())).collect();
-            SubResult { hits, total_found }
+            SubResult { hits, total_found, candidates_scanned }
         })
         .collect()
 }

@@ -14,7 +14,7 @@ use crate::api::*;
 use crate::descriptor::{Descriptor, VersionSpec, Versions};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceAt, FaceRecord, Index, ListRecord, Query, Vectors};
-use crate::matching::{scan, Engine, Filter, SubQuery, TopK};
+use crate::matching::{scan, Engine, Filter, SubQuery, SubResult, TopK};
 use crate::store::{self, Store};
 
 /// The `[limits]` of api.md. Exceeding one is an error, never a truncation.
@@ -234,6 +234,14 @@ impl Core {
     // ---- matching ----
 
     pub async fn match_faces(&self, account: Option<Uuid>, req: MatchFacesRequest) -> Result<Vec<ReferenceMatches>> {
+        let plan = self.plan_faces(account, req)?;
+        let answered = plan.subs().map(|_| None).collect();
+        Ok(self.run_plan(plan, answered).await?.0)
+    }
+
+    /// Check a matching request and load its references: the sub-requests
+    /// (reference x candidate set) that `run_plan` answers.
+    pub fn plan_faces(&self, account: Option<Uuid>, req: MatchFacesRequest) -> Result<FacesPlan> {
         self.check_counts(req.references.len(), Some(req.candidates.len()))?;
         let sets = req
             .candidates
@@ -243,37 +251,57 @@ impl Core {
             .collect::<Result<Vec<_>>>()?;
 
         // Each reference is either a query to run or its own error.
-        let mut refs: Vec<(ReferenceEcho, Result<LoadedReference>)> = Vec::new();
+        let mut refs = Vec::new();
         for (i, reference) in req.references.into_iter().enumerate() {
             refs.push(match reference {
                 Reference::Descriptor { id, data, descriptor_version } => {
                     let d = data.decode().and_then(|b| self.versions.parse(&b, descriptor_version)).map_err(|e| e.at(format_args!("references[{i}]")))?;
-                    let query = Query::new(self.versions.get(d.version)?, &d.payload);
-                    (ReferenceEcho { kind: "descriptor", id }, Ok((d.version, Arc::new(query))))
+                    let query = Arc::new(Query::new(self.versions.get(d.version)?, &d.payload));
+                    (ReferenceEcho { kind: "descriptor", id }, Ok(LoadedReference { descriptor: d, query }))
                 }
                 Reference::Face { id } => {
                     let index = self.read_index();
-                    let loaded = visible_face(&index, account, id).map(|at| (at.version, Arc::new(Query::new(&at.vi.vectors.spec, at.payload()))));
+                    let loaded = visible_face(&index, account, id).map(|at| LoadedReference {
+                        descriptor: Descriptor { version: at.version, payload: at.payload().to_vec() },
+                        query: Arc::new(Query::new(&at.vi.vectors.spec, at.payload())),
+                    });
                     (ReferenceEcho { kind: "face", id: Some(id.to_string()) }, loaded)
                 }
             });
         }
+        Ok(FacesPlan { account, refs, sets })
+    }
 
-        let subs: Vec<SubQuery> = refs
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .flat_map(|(version, query)| {
-                sets.iter().map(|s| SubQuery { version: *version, query: query.clone(), filter: s.filter.clone(), limit: s.limit, threshold: s.threshold })
+    /// Answer a plan. `answered[i]` holds the answer to the plan's i-th
+    /// sub-request when something else (a matching plugin) gave one; the
+    /// others are matched here. Also returns, per sub-request, the candidates
+    /// scanned for it.
+    pub async fn run_plan(&self, plan: FacesPlan, answered: Vec<Option<SubResult>>) -> Result<(Vec<ReferenceMatches>, Vec<u64>)> {
+        let queries: Vec<SubQuery> = plan
+            .subs()
+            .zip(&answered)
+            .filter(|(_, a)| a.is_none())
+            .map(|(sub, _)| SubQuery {
+                version: sub.reference.descriptor.version,
+                query: sub.reference.query.clone(),
+                filter: sub.set.filter.clone(),
+                limit: sub.set.limit,
+                threshold: sub.set.threshold,
             })
             .collect();
-        let mut results = self.engine.match_faces(subs).await?.into_iter();
+        let mut matched = self.engine.match_faces(queries).await?.into_iter();
+        let results: Vec<SubResult> = answered.into_iter().map(|a| a.or_else(|| matched.next()).expect("one result per sub-request")).collect();
+        let scanned = results.iter().map(|r| r.candidates_scanned).collect();
+        let mut results = results.into_iter();
 
-        Ok(refs
+        let references = plan
+            .refs
             .into_iter()
             .map(|(reference, loaded)| match loaded {
                 Err(e) => ReferenceMatches { reference, matches: None, error: Some(ErrorBody::from(&e)) },
                 Ok(_) => {
-                    let matches = sets
+                    let matches = plan
+                        .sets
                         .iter()
                         .zip(results.by_ref())
                         .map(|(set, r)| CandidateMatches {
@@ -285,7 +313,32 @@ impl Core {
                     ReferenceMatches { reference, matches: Some(matches), error: None }
                 }
             })
-            .collect())
+            .collect();
+        Ok((references, scanned))
+    }
+
+    /// Turn a plugin's answer to a sub-request into a result, checked against
+    /// the store: every face must exist, be of the reference's version and
+    /// pass the sub-request's filters (its account included). None when one
+    /// does not: the answer is malformed. Ordered, cut by threshold and limit
+    /// as the API says; the targets come from the store.
+    pub fn check_answer(&self, sub: &SubRequest, hits: &[(Uuid, f64)]) -> Option<SubResult> {
+        let index = self.read_index();
+        let mut checked = Vec::with_capacity(hits.len());
+        for (face_id, similarity) in hits {
+            let at = index.face(face_id)?;
+            if at.version != sub.reference.descriptor.version || !sub.set.filter.pass(at.record()) || !similarity.is_finite() {
+                return None;
+            }
+            if *similarity >= sub.set.threshold {
+                checked.push((*similarity, at.record().clone()));
+            }
+        }
+        checked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.face_id.cmp(&b.1.face_id)));
+        checked.dedup_by(|a, b| a.1.face_id == b.1.face_id);
+        let total_found = checked.len() as u64;
+        checked.truncate(sub.set.limit);
+        Some(SubResult { hits: checked, total_found, candidates_scanned: hits.len() as u64 })
     }
 
     pub async fn match_raw(&self, req: MatchRawRequest) -> Result<Vec<RawReferenceMatches>> {
@@ -400,15 +453,46 @@ fn stored(at: &FaceAt) -> StoredFace {
 }
 
 type PreparedFace = (VersionSpec, Descriptor, FaceRecord);
-/// A reference ready to match: its version and prepared query.
-type LoadedReference = (u32, Arc<Query>);
 
-struct CompiledSet {
-    filter: Filter,
-    targets: Vec<Target>,
-    limit: usize,
-    threshold: f64,
-    echo: FaceFilters,
+/// A reference ready to match: its descriptor and the query prepared from it.
+pub struct LoadedReference {
+    pub descriptor: Descriptor,
+    pub query: Arc<Query>,
+}
+
+/// A checked matching request: its references (loaded, or an error of their
+/// own) and its compiled candidate sets.
+pub struct FacesPlan {
+    pub account: Option<Uuid>,
+    refs: Vec<(ReferenceEcho, Result<LoadedReference>)>,
+    sets: Vec<CompiledSet>,
+}
+
+/// One sub-request of a plan: a loaded reference against a candidate set.
+pub struct SubRequest<'a> {
+    pub reference_echo: &'a ReferenceEcho,
+    pub reference: &'a LoadedReference,
+    pub set: &'a CompiledSet,
+}
+
+impl FacesPlan {
+    /// The sub-requests, reference by reference, set by set; references that
+    /// could not be loaded have none.
+    pub fn subs(&self) -> impl Iterator<Item = SubRequest<'_>> {
+        self.refs
+            .iter()
+            .filter_map(|(echo, r)| r.as_ref().ok().map(|r| (echo, r)))
+            .flat_map(move |(reference_echo, reference)| self.sets.iter().map(move |set| SubRequest { reference_echo, reference, set }))
+    }
+}
+
+pub struct CompiledSet {
+    pub filter: Filter,
+    pub targets: Vec<Target>,
+    pub limit: usize,
+    pub threshold: f64,
+    /// The filters as the request gave them.
+    pub echo: FaceFilters,
 }
 
 fn check_threshold(threshold: Option<f64>) -> Result<f64> {

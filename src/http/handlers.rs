@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::future::{ready, Ready};
 use luna_core::api::*;
 use luna_core::{Core, Error, ErrorCode};
@@ -17,7 +17,8 @@ use serde_json::json;
 
 use super::codec::{read_body, Input, Output};
 use super::errors::ApiError;
-use super::middleware::PluginRoute;
+use super::middleware::{PluginRoute, RequestId};
+use crate::pipeline;
 use super::AppState;
 
 type Reply<T> = Result<Output<T>, ApiError>;
@@ -92,8 +93,11 @@ pub async fn delete_face(state: web::Data<AppState>, account: Account, req: Http
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub async fn match_faces(state: web::Data<AppState>, account: Account, body: Input<MatchFacesRequest>) -> Reply<Vec<ReferenceMatches>> {
-    Ok(Output::ok(state.core.match_faces(account.0, body.0).await?))
+pub async fn match_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<MatchFacesRequest>) -> Reply<Vec<ReferenceMatches>> {
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let (references, reports) = pipeline::match_faces(&state.core, state.matching_plugins(), account.0, &request_id, body.0).await?;
+    req.extensions_mut().insert(reports);
+    Ok(Output::ok(references))
 }
 
 pub async fn match_raw(state: web::Data<AppState>, body: Input<MatchRawRequest>) -> Reply<Vec<RawReferenceMatches>> {

@@ -12,6 +12,7 @@ use luna_core::ErrorCode;
 
 use super::errors::{ApiError, ErrorCodeTag};
 use super::AppState;
+use crate::pipeline::SubReport;
 use crate::telemetry::RequestRecord;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("luna-request-id");
@@ -74,6 +75,7 @@ pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) 
             error_code: res.response().extensions().get::<ErrorCodeTag>().map(|t| t.0),
             start_time,
             seconds: start.elapsed().as_secs_f64(),
+            matching: &request.extensions_mut().remove::<Vec<SubReport>>().unwrap_or_default(),
         });
     }
     Ok(res)

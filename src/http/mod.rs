@@ -15,6 +15,7 @@ use actix_web::{web, App, Route};
 use luna_actors::Plugins;
 use luna_core::Core;
 
+use crate::config::Role;
 use crate::telemetry::Telemetry;
 use handlers as h;
 
@@ -24,6 +25,15 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// None when no plugin is active: Python is then never started.
     pub plugins: Option<Arc<Plugins>>,
+    pub role: Role,
+}
+
+impl AppState {
+    /// The plugins that may answer matching sub-requests: the proxy pipeline
+    /// of roles standalone and proxy, never the matcher role.
+    pub fn matching_plugins(&self) -> Option<&Plugins> {
+        self.plugins.as_deref().filter(|_| self.role != Role::Matcher)
+    }
 }
 
 /// One resource: its routes, and our 405 body for any other method.

@@ -18,6 +18,8 @@ from luna_plugins import _routes
 from luna_plugins.base.monitoring import make_point
 from luna_plugins.base.plugins_meta._base import BaseEventPlugin, BasePlugin
 from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, BaseBackgroundPlugin, pluginHTTPResponse
+from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
+from luna_plugins.matcher_plugins.base_struct import Face, FaceMatchResult, MatchRequest, MatchUnitType, Reference
 
 # Classes activated so far, by any plugin: one class object is activated once.
 _activated = {}  # class -> plugin name
@@ -145,7 +147,7 @@ def _is_plugin_class(obj):
     return (
         isinstance(obj, type)
         and issubclass(obj, BasePlugin)
-        and obj not in (BasePlugin, BaseEventPlugin, BaseBackgroundPlugin)
+        and obj not in (BasePlugin, BaseEventPlugin, BaseBackgroundPlugin, BaseMatcherPlugin)
         and not issubclass(obj, BaseBackgroundHandler)
         and not inspect.isabstract(obj)
     )
@@ -185,7 +187,15 @@ def load(name, config, service_name, service_url):
         for cls in classes:
             _activated[cls] = name
     app = App(name, config, service_name, service_url)
-    return [(cls(app), "event" if issubclass(cls, BaseEventPlugin) else "background") for cls in classes]
+    return [(cls(app), _kind(cls)) for cls in classes]
+
+
+def _kind(cls):
+    if issubclass(cls, BaseEventPlugin):
+        return "event"
+    if issubclass(cls, BaseMatcherPlugin):
+        return "matching"
+    return "background"
 
 
 def _owner(cls):
@@ -266,3 +276,39 @@ async def serve(template, match_info, method, path, query_string, headers, body)
     if not isinstance(result, pluginHTTPResponse):
         result = pluginHTTPResponse(body=result if result is not None else "")
     return result.encode()
+
+
+def _match_request(data):
+    r = data["reference"]
+    reference = Reference(r["type"], r["id"], r["descriptor"], r["descriptor_version"])
+    return MatchRequest(reference, json.loads(data["filters"]), data["targets"], data["limit"], data["threshold"], data["account_id"], data["request_id"])
+
+
+def _admits(available, value):
+    return value in {MatchUnitType(v) if v in MatchUnitType._value2member_map_ else v for v in available}
+
+
+def matching_cost(instance, data):
+    """The plugin's cost for a sub-request; None where its capabilities do not
+    admit it or it declines (float("inf"))."""
+    request = _match_request(data)
+    if not (_admits(instance.availableReferenceTypes, request.reference.type)
+            and _admits(instance.availableCandidateTypes, MatchUnitType.face)
+            and "similarity" in instance.availableSortOrder):
+        return None
+    cost = float(instance.getMatchingCost(request))
+    return None if cost != cost or cost == float("inf") else cost
+
+
+async def match(instance, data):
+    """[(face_id, similarity)] from the plugin's match(); TypeError when what
+    it returned is not a list of FaceMatchResult."""
+    results = await instance.match(_match_request(data))
+    if not isinstance(results, (list, tuple)):
+        raise TypeError(f"match() returned {type(results).__name__}, not a list of FaceMatchResult")
+    out = []
+    for r in results:
+        if not isinstance(r, FaceMatchResult) or not isinstance(r.face, Face) or isinstance(r.similarity, bool) or not isinstance(r.similarity, (int, float)):
+            raise TypeError(f"match() returned {r!r}, not a FaceMatchResult")
+        out.append((r.face.face_id, float(r.similarity)))
+    return out

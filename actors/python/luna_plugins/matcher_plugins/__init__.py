@@ -1,0 +1,1 @@
+"""Matching plugins: answer sub-requests of the proxy pipeline faster than the default matcher."""

@@ -1,0 +1,84 @@
+//! The proxy pipeline of the standalone role: each sub-request of
+//! `/1/matcher/faces` (one reference against one candidate set) goes to the
+//! matcher that states the lowest cost, a matching plugin or the default
+//! matcher (ties to the default). A plugin that raises `Rematch`, fails, times
+//! out or answers something malformed hands its sub-request back, and the
+//! default matcher answers it in the same request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use luna_actors::plugin::MatchCall;
+use luna_actors::Plugins;
+use luna_core::api::{MatchFacesRequest, ReferenceMatches};
+use luna_core::matching::SubResult;
+use luna_core::service::SubRequest;
+use luna_core::{Core, Result};
+use uuid::Uuid;
+
+/// Who answered a sub-request, for its `matching` monitoring point.
+#[derive(Debug, Clone)]
+pub struct SubReport {
+    pub matcher: String,
+    pub candidates_scanned: u64,
+    pub seconds: f64,
+}
+
+/// Answer a matching request; with `plugins`, through the matching plugins.
+pub async fn match_faces(core: &Core, plugins: Option<&Plugins>, account: Option<Uuid>, request_id: &str, req: MatchFacesRequest) -> Result<(Vec<ReferenceMatches>, Vec<SubReport>)> {
+    let plan = core.plan_faces(account, req)?;
+    let count = plan.subs().count();
+    let mut answered: Vec<Option<SubResult>> = (0..count).map(|_| None).collect();
+    let mut reports: Vec<Option<SubReport>> = vec![None; count];
+    if let Some(plugins) = plugins {
+        let calls: Arc<Vec<MatchCall>> = Arc::new(plan.subs().map(|sub| match_call(&sub, account, request_id)).collect());
+        let chosen = plugins.choose(&calls).await;
+        let runs = chosen.into_iter().enumerate().filter_map(|(i, choice)| {
+            let (plugin, instance) = choice?;
+            let calls = calls.clone();
+            Some(async move {
+                let start = Instant::now();
+                let outcome = plugins.run_match(&plugin, calls, i, instance).await;
+                (i, plugin, outcome, start.elapsed())
+            })
+        });
+        let subs: Vec<SubRequest> = plan.subs().collect();
+        for (i, plugin, outcome, took) in join_all(runs).await {
+            // Rematch, an exception, a timeout: the default matcher answers.
+            let Ok(hits) = outcome else { continue };
+            let hits: Option<Vec<(Uuid, f64)>> = hits.iter().map(|(id, s)| id.parse().ok().map(|id| (id, *s))).collect();
+            match hits.and_then(|h| core.check_answer(&subs[i], &h)) {
+                Some(result) => {
+                    reports[i] = Some(SubReport { matcher: plugin, candidates_scanned: result.candidates_scanned, seconds: took.as_secs_f64() });
+                    answered[i] = Some(result);
+                }
+                None => plugins.count_error(&plugin, "malformed match result: a face that is not a uuid, unknown, of another version or outside the filters".into()),
+            }
+        }
+    }
+    let start = Instant::now();
+    let (references, scanned) = core.run_plan(plan, answered).await?;
+    let default_time: Duration = start.elapsed();
+    let reports = reports
+        .into_iter()
+        .zip(scanned)
+        .map(|(r, candidates_scanned)| r.unwrap_or(SubReport { matcher: "default".into(), candidates_scanned, seconds: default_time.as_secs_f64() }))
+        .collect();
+    Ok((references, reports))
+}
+
+fn match_call(sub: &SubRequest, account: Option<Uuid>, request_id: &str) -> MatchCall {
+    MatchCall {
+        reference_type: sub.reference_echo.kind,
+        reference_id: sub.reference_echo.id.clone(),
+        descriptor: sub.reference.descriptor.payload.clone(),
+        descriptor_version: sub.reference.descriptor.version,
+        filters: serde_json::to_string(&sub.set.echo).unwrap_or_default(),
+        targets: sub.set.targets.iter().map(|t| t.as_str().to_owned()).collect(),
+        limit: sub.set.limit,
+        threshold: sub.set.threshold,
+        account_id: account.map(|a| a.to_string()),
+        request_id: request_id.to_owned(),
+    }
+}
