@@ -499,3 +499,117 @@ fn a_task_that_blocks_the_event_loop_is_named_and_restarted() {
     assert_eq!(s.call("GET", "/1/version", None).status, 200);
     assert!(s.terminate().success());
 }
+
+/// A matching plugin whose behaviour the test sets through a route.
+const MATCHING_PLUGIN: &str = r#"
+import asyncio
+import luna_matcher
+from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, pluginHTTPResponse
+from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
+from luna_plugins.matcher_plugins.base_struct import Face, FaceMatchResult, MatchUnitType
+from luna_plugins.matcher_plugins.exceptions import Rematch
+
+state = {"mode": "ok", "foreign": None, "seen": []}
+
+
+class Control(BaseBackgroundPlugin):
+    async def initialize(self):
+        self.addRoute("/mode/{mode}", self.mode, methods={"post"})
+
+    async def mode(self, request):
+        state["mode"] = request.match_info["mode"]
+        state["foreign"] = request.query.get("face")
+        return {"mode": state["mode"], "seen": state["seen"]}
+
+
+class ListCache(BaseMatcherPlugin):
+    availableReferenceTypes = frozenset([MatchUnitType.descriptor, MatchUnitType.face])
+    availableCandidateTypes = frozenset([MatchUnitType.face])
+
+    def __init__(self, app):
+        super().__init__(app)
+        self.sets = {}
+
+    def getAvailableTargets(self, origin):
+        return frozenset(["face_id", "similarity"])
+
+    def getMatchingCost(self, request):
+        # Only plain list filters; "external_ids" marks a request left to the default matcher.
+        return 10.0 if set(request.filters) == {"origin", "list_id"} else float("inf")
+
+    async def match(self, request):
+        state["seen"].append([request.reference.type.value, request.limit, request.targets])
+        mode = state["mode"]
+        if mode == "rematch":
+            raise Rematch()
+        if mode == "raise":
+            raise RuntimeError("matcher broke")
+        if mode == "slow":
+            await asyncio.sleep(10)
+        if mode == "malformed":
+            return "not a list"
+        if mode == "foreign":
+            return [FaceMatchResult(Face(state["foreign"]), 0.99)]
+        list_id = request.filters["list_id"]
+        if list_id not in self.sets:
+            faces = await luna_matcher.store.list_faces(list_id) or []
+            s = self.sets[list_id] = luna_matcher.DescriptorSet(request.reference.descriptor_version)
+            for f in faces:
+                s.add(f["face_id"], f["descriptor"])
+        hits = self.sets[list_id].match(request.reference.descriptor, request.limit, request.threshold)
+        return [FaceMatchResult(Face(face_id), similarity) for face_id, similarity in hits]
+"#;
+
+#[test]
+fn matching_plugins_answer_or_hand_back_their_sub_requests() {
+    let (url, bodies) = receiver();
+    let config = format!(
+        "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"list_cache\", \"request_monitoring\"]\n{FAST_SUPERVISION}\n[plugins.config.request_monitoring]\nurl = \"{url}\"\nflush_interval = 0.1\n"
+    );
+    let s = Service::spawn(&[("list_cache.py", MATCHING_PLUGIN), ("request_monitoring.py", &shipped_plugin("request_monitoring.py"))], &config);
+    s.ready();
+    assert_eq!(s.plugin("list_cache")["kind"], "background+matching");
+    let list = s.call("POST", "/1/lists", Some(&json!({"account_id": ACCOUNT}))).json()["list_id"].as_str().unwrap().to_owned();
+    for i in 0..30u64 {
+        let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&blend(&descriptor(0), &descriptor(300 + i), (i as usize % 9) * 50))}, "lists": [list], "user_data": format!("u{i}")});
+        assert_eq!(s.call("POST", "/1/faces", Some(&body)).status, 201);
+    }
+    let other = s.call("POST", "/1/faces", Some(&json!({"account_id": OTHER_ACCOUNT, "descriptor": {"data": b64(&descriptor(0))}}))).json()["face_id"].as_str().unwrap().to_owned();
+    let targets = json!(["face_id", "similarity", "user_data"]);
+    let ask = |extra: bool| {
+        let mut filters = json!({"origin": "faces", "list_id": list});
+        if extra {
+            filters["external_ids"] = json!([]);
+        }
+        let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(0))}], "candidates": [{"filters": filters, "limit": 4, "targets": targets}]});
+        let r = s.call("POST", &format!("/1/matcher/faces?account_id={ACCOUNT}"), Some(&q));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()[0]["matches"][0]["result"].clone()
+    };
+    let by_default = ask(true);
+    assert_eq!(by_default.as_array().unwrap().len(), 4);
+    assert_eq!(ask(false), by_default, "the plugin's answer, targets filled from the store, is the default matcher's");
+    let seen = s.call("POST", "/mode/ok", None).json()["seen"].clone();
+    assert_eq!(seen, json!([["descriptor", 4, ["face_id", "similarity", "user_data"]]]), "one sub-request went to the plugin");
+
+    let lines = || bodies.lock().unwrap().join("\n");
+    s.wait_for(|| lines().contains("matcher=list_cache") && lines().contains("matcher=default"), "matching points name the matcher");
+    assert!(lines().lines().any(|l| l.starts_with("matching,candidate_origin=faces,matcher=list_cache,") && l.contains("candidates_scanned=4i")), "{}", lines());
+
+    // Every way of failing hands the sub-request back: same answer, and counted.
+    for mode in ["rematch", "malformed", "slow"] {
+        s.call("POST", &format!("/mode/{mode}"), None);
+        assert_eq!(ask(false), by_default, "{mode}");
+        assert_eq!(s.plugin("list_cache")["restarts"], 0, "{mode} does not restart the plugin");
+    }
+    // A face the request may not see is a malformed answer, never a leak.
+    s.call("POST", &format!("/mode/foreign?face={other}"), None);
+    assert_eq!(ask(false), by_default);
+    let errors = s.plugin("list_cache")["errors"].as_u64().unwrap();
+    assert!(errors >= 3, "malformed, slow and foreign are counted: {errors}");
+    // An unexpected exception also restarts the plugin.
+    s.call("POST", "/mode/raise", None);
+    assert_eq!(ask(false), by_default);
+    s.wait_for(|| s.plugin("list_cache")["restarts"].as_u64().unwrap() == 1, "the plugin is restarted after an exception");
+    assert!(s.plugin("list_cache")["last_error"].as_str().unwrap().contains("matcher broke"));
+}
