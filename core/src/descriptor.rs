@@ -103,10 +103,6 @@ impl Versions {
         })
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &VersionSpec)> {
-        self.table.iter().map(|(v, s)| (*v, s))
-    }
-
     /// Read a descriptor from the bytes a client sent: an SDK container, or a
     /// raw payload whose version is `version` or the default.
     pub fn parse(&self, data: &[u8], version: Option<u32>) -> Result<Descriptor> {
@@ -149,17 +145,6 @@ impl Versions {
 pub struct Descriptor {
     pub version: u32,
     pub payload: Vec<u8>,
-}
-
-impl Descriptor {
-    /// The SDK container form: magic, version, payload.
-    pub fn to_sdk(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(SDK_HEADER_LEN + self.payload.len());
-        out.extend_from_slice(SDK_MAGIC);
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.payload);
-        out
-    }
 }
 
 /// A binary field: base64 text in JSON, raw bytes in msgpack.
@@ -218,7 +203,8 @@ mod tests {
         let v = versions();
         let raw = vec![7u8; 512];
         let d = v.parse(&raw, Some(59)).unwrap();
-        assert_eq!(v.parse(&d.to_sdk(), None).unwrap(), d);
+        let sdk = [&SDK_MAGIC[..], &59u32.to_le_bytes(), &raw].concat();
+        assert_eq!(v.parse(&sdk, None).unwrap(), d);
         assert_eq!(v.parse(&raw, None).unwrap().version, 62);
     }
 

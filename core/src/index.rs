@@ -298,8 +298,4 @@ impl Index {
         }
         Some(list)
     }
-
-    pub fn face_count(&self) -> usize {
-        self.slots.len()
-    }
 }
