@@ -64,6 +64,12 @@ impl PluginActor {
         PluginActor { setup, generation: 0, instances: Vec::new(), context: None, running: false, restarts: VecDeque::new() }
     }
 
+    /// Its own reference to this generation's context, for a closure that runs
+    /// while the actor is borrowed.
+    fn context(&self) -> Option<Py<PyAny>> {
+        self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)))
+    }
+
     /// Stop so that the supervisor restarts this plugin.
     fn fail(&mut self, ctx: &mut Context<Self>, error: String) {
         self.setup.status.error(error);
@@ -181,7 +187,7 @@ impl PluginActor {
         }
         let objects: Vec<Py<PyAny>> = Python::attach(|py| targets.iter().map(|i| i.object.clone_ref(py)).collect());
         let timeout = self.setup.settings.timeout;
-        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let context = self.context();
         let spawned = self.bridge(ctx, "handleEvent", |py| {
             let points = points_to_python(py, &event)?;
             let coroutine = runtime().host_call(py, "deliver", (PyList::new(py, objects)?, event.name, points, timeout.as_secs_f64()))?;
@@ -346,7 +352,7 @@ impl Handler<CallRoute> for PluginActor {
             return Box::pin(async move { Err(RouteError::Unavailable(state)) });
         }
         let timeout = self.setup.settings.timeout;
-        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let context = self.context();
         let spawned = self.bridge(ctx, "a route", |py| {
             let headers = PyDict::new(py);
             for (k, v) in &msg.headers {
@@ -396,7 +402,7 @@ impl Handler<Close> for PluginActor {
         self.running = false;
         self.setup.routes.set(&self.setup.name, &[]);
         let deadline = self.setup.settings.close_timeout;
-        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let context = self.context();
         let instances = std::mem::take(&mut self.instances);
         let spawned = self.bridge(ctx, "close", |py| {
             instances
@@ -533,7 +539,7 @@ impl Handler<Match> for PluginActor {
         let object = self.instances.get(msg.instance).filter(|i| self.running && i.matching).map(|i| Python::attach(|py| i.object.clone_ref(py)));
         let Some(object) = object else { return Box::pin(fut::ready(Err(MatchFailure::Unavailable))) };
         let timeout = self.setup.settings.timeout;
-        let context = self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)));
+        let context = self.context();
         let spawned = self.bridge(ctx, "match", |py| {
             let coroutine = runtime().host_call(py, "match", (object, msg.calls[msg.index].to_python(py)?))?;
             runtime().run_hosted(py, coroutine, timeout, context.as_ref())

@@ -118,6 +118,13 @@ impl PluginStatus {
         }
     }
 
+    /// Running, with a class of `kind`: read without building a report, as the
+    /// matching pipeline asks on every request.
+    pub fn serves(&self, kind: &str) -> bool {
+        let i = self.inner.lock();
+        i.state == PluginState::Running && i.classes.iter().any(|c| c.kind == kind)
+    }
+
     pub fn attempted(&self) -> bool {
         self.inner.lock().attempted
     }

@@ -135,9 +135,14 @@ impl Plugins {
     fn matchers(&self) -> Vec<&str> {
         self.statuses
             .iter()
-            .filter(|s| s.state() == PluginState::Running && s.report().classes.iter().any(|c| c.kind == "matching"))
+            .filter(|s| s.serves("matching"))
             .map(|s| s.name.as_str())
             .collect()
+    }
+
+    /// Whether any matching plugin is running now.
+    pub fn has_matchers(&self) -> bool {
+        self.statuses.iter().any(|s| s.serves("matching"))
     }
 
     /// For each sub-request, the cheapest matching plugin below the default

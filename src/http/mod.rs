@@ -30,9 +30,10 @@ pub struct AppState {
 
 impl AppState {
     /// The plugins that may answer matching sub-requests: the proxy pipeline
-    /// of roles standalone and proxy, never the matcher role.
+    /// of roles standalone and proxy, never the matcher role. None when no
+    /// matching plugin runs, so a request then skips the pipeline's work.
     pub fn matching_plugins(&self) -> Option<&Plugins> {
-        self.plugins.as_deref().filter(|_| self.role != Role::Matcher)
+        self.plugins.as_deref().filter(|p| self.role != Role::Matcher && p.has_matchers())
     }
 }
 
