@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use luna_core::descriptor::{VersionSpec, Versions};
 use luna_actors::settings::{duration, PluginsConfig};
+use luna_core::descriptor::{VersionSpec, Versions};
 use luna_core::Limits;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
@@ -191,7 +191,8 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
     }
     for name in ["LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", "LUNA_MATCHER_PROXY_ACTIVE_PLUGINS"] {
         if let Some(raw) = env.get(name) {
-            let list: Vec<String> = serde_json::from_str(raw).map_err(|e| format!("environment variable {name}: a JSON list of names, as '[\"my_plugin\"]': {e}"))?;
+            let list: Vec<String> =
+                serde_json::from_str(raw).map_err(|e| format!("environment variable {name}: a JSON list of names, as '[\"my_plugin\"]': {e}"))?;
             let key = set(&mut tree, &["plugins".into(), name.into()], Value::try_from(list).map_err(|e| e.to_string())?)?;
             origin.insert(key, format!("environment variable {name}"));
         }

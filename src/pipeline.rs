@@ -26,7 +26,13 @@ pub struct SubReport {
 }
 
 /// Answer a matching request; with `plugins`, through the matching plugins.
-pub async fn match_faces(core: &Core, plugins: Option<&Plugins>, account: Option<Uuid>, request_id: &str, req: MatchFacesRequest) -> Result<(Vec<ReferenceMatches>, Vec<SubReport>)> {
+pub async fn match_faces(
+    core: &Core,
+    plugins: Option<&Plugins>,
+    account: Option<Uuid>,
+    request_id: &str,
+    req: MatchFacesRequest,
+) -> Result<(Vec<ReferenceMatches>, Vec<SubReport>)> {
     let plan = core.plan_faces(account, req)?;
     let count = plan.subs().count();
     let mut answered: Vec<Option<SubResult>> = (0..count).map(|_| None).collect();
@@ -53,7 +59,9 @@ pub async fn match_faces(core: &Core, plugins: Option<&Plugins>, account: Option
                     reports[i] = Some(SubReport { matcher: plugin, candidates_scanned: result.candidates_scanned, seconds: took.as_secs_f64() });
                     answered[i] = Some(result);
                 }
-                None => plugins.count_error(&plugin, "malformed match result: a face that is not a uuid, unknown, of another version or outside the filters".into()),
+                None => {
+                    plugins.count_error(&plugin, "malformed match result: a face that is not a uuid, unknown, of another version or outside the filters".into())
+                }
             }
         }
     }

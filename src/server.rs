@@ -15,13 +15,8 @@ use crate::telemetry::Telemetry;
 
 /// Open the store: the SQLite file, loaded into memory.
 pub fn core(config: &Config) -> Result<Arc<Core>, String> {
-    let core = Core::open(CoreConfig {
-        db_path: config.db_path(),
-        versions: config.versions()?,
-        limits: config.limits.clone(),
-        threads: config.threads(),
-    })
-    .map_err(|e| format!("cannot open the store {}: {e}", config.db_path().display()))?;
+    let core = Core::open(CoreConfig { db_path: config.db_path(), versions: config.versions()?, limits: config.limits.clone(), threads: config.threads() })
+        .map_err(|e| format!("cannot open the store {}: {e}", config.db_path().display()))?;
     Ok(Arc::new(core))
 }
 

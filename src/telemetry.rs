@@ -159,7 +159,9 @@ impl Telemetry {
                 let _ = writeln!(out, "luna_matcher_plugin_state{{plugin=\"{}\",state=\"{}\"}} {}", p.name, state.as_str(), u8::from(p.state == state));
             }
         }
-        out.push_str("# HELP luna_matcher_plugin_latency_seconds Mean and p99 latency of a plugin's recent calls.\n# TYPE luna_matcher_plugin_latency_seconds gauge\n");
+        out.push_str(
+            "# HELP luna_matcher_plugin_latency_seconds Mean and p99 latency of a plugin's recent calls.\n# TYPE luna_matcher_plugin_latency_seconds gauge\n",
+        );
         for p in plugins {
             for (q, v) in [("mean", p.mean_latency), ("p99", p.p99_latency)] {
                 if let Some(v) = v {

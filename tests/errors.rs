@@ -119,7 +119,11 @@ fn rejected_writes_change_nothing() {
         ("PATCH", format!("/1/lists/{list}/faces"), json!({"action": "explode", "face_ids": [face]})),
         ("POST", "/1/faces".into(), json!({"account_id": ACCOUNT, "descriptor": {"data": "%%"}, "lists": [list]})),
         ("POST", "/1/faces".into(), json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(2))}, "lists": [list, missing]})),
-        ("POST", "/1/faces/bulk".into(), json!([{"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(2))}, "lists": [list]}, {"account_id": ACCOUNT}])),
+        (
+            "POST",
+            "/1/faces/bulk".into(),
+            json!([{"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(2))}, "lists": [list]}, {"account_id": ACCOUNT}]),
+        ),
     ];
     for (method, path, body) in bad {
         let r = s.json(method, &path, Some(&body));
@@ -146,10 +150,18 @@ fn damaged_bodies_never_get_a_5xx() {
         ("POST", "/1/faces".into(), json!({"account_id": ACCOUNT, "descriptor": {"data": d, "version": 62}, "lists": [list], "external_id": "e"})),
         ("POST", "/1/faces/bulk".into(), json!([{"account_id": ACCOUNT, "descriptor": {"data": d}}])),
         ("PATCH", format!("/1/lists/{list}/faces"), json!({"action": "attach", "face_ids": [face]})),
-        ("POST", "/1/matcher/faces".into(), json!({"references": [{"type": "descriptor", "id": "r", "data": d}, {"type": "face", "id": face}],
+        (
+            "POST",
+            "/1/matcher/faces".into(),
+            json!({"references": [{"type": "descriptor", "id": "r", "data": d}, {"type": "face", "id": face}],
             "candidates": [{"filters": {"origin": "faces", "list_id": list, "create_time__gte": "2020-01-01T00:00:00Z", "face_ids": [face]},
-                            "targets": ["face_id", "similarity", "lists"], "limit": 3, "threshold": 0.1}]})),
-        ("POST", "/1/matcher/raw".into(), json!({"references": [{"id": "r", "data": d}], "candidates": [{"id": "c", "data": d}], "descriptor_version": 62, "limit": 2})),
+                            "targets": ["face_id", "similarity", "lists"], "limit": 3, "threshold": 0.1}]}),
+        ),
+        (
+            "POST",
+            "/1/matcher/raw".into(),
+            json!({"references": [{"id": "r", "data": d}], "candidates": [{"id": "c", "data": d}], "descriptor_version": 62, "limit": 2}),
+        ),
     ];
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for (method, path, body) in &bodies {

@@ -95,7 +95,8 @@ fn every_filter() {
                        "candidates": [{"filters": filters, "limit": 100, "targets": ["face_id"]}]});
         let r = s.json("POST", "/1/matcher/faces", Some(&q));
         assert_eq!(r.status, 200, "{}", r.json());
-        let mut got: Vec<String> = r.json()[0]["matches"][0]["result"].as_array().unwrap().iter().map(|m| m["face"]["face_id"].as_str().unwrap().to_owned()).collect();
+        let mut got: Vec<String> =
+            r.json()[0]["matches"][0]["result"].as_array().unwrap().iter().map(|m| m["face"]["face_id"].as_str().unwrap().to_owned()).collect();
         got.sort();
         got
     };
@@ -190,7 +191,8 @@ fn raw_matching() {
     let mut want: Vec<(String, f64)> = cands.iter().map(|(id, d)| (id.clone(), u8_similarity(&reference, d))).filter(|(_, s)| *s >= 0.05).collect();
     want.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     want.truncate(7);
-    let got: Vec<(String, f64)> = body[0]["matches"].as_array().unwrap().iter().map(|m| (m["candidate_id"].as_str().unwrap().to_owned(), m["similarity"].as_f64().unwrap())).collect();
+    let got: Vec<(String, f64)> =
+        body[0]["matches"].as_array().unwrap().iter().map(|m| (m["candidate_id"].as_str().unwrap().to_owned(), m["similarity"].as_f64().unwrap())).collect();
     assert_eq!(body[0]["reference_id"], "r");
     assert_eq!(got, want);
 }
@@ -219,7 +221,9 @@ fn float_descriptors_and_zero_vectors() {
 #[test]
 fn platt_calibration_from_config() {
     let s = TestServer::start_with(|c| {
-        c.descriptors.versions.insert("77".into(), luna_core::descriptor::VersionSpec { length: 512, dtype: luna_core::descriptor::Dtype::U8, a: Some(4.0), b: Some(-2.0) });
+        c.descriptors
+            .versions
+            .insert("77".into(), luna_core::descriptor::VersionSpec { length: 512, dtype: luna_core::descriptor::Dtype::U8, a: Some(4.0), b: Some(-2.0) });
     });
     let (r, c) = (descriptor(0), blend(&descriptor(0), &descriptor(9), 300));
     let q = json!({"references": [{"id": "r", "data": b64(&r)}], "candidates": [{"id": "c", "data": b64(&c)}], "descriptor_version": 77});

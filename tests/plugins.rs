@@ -14,7 +14,10 @@ const FAST_SUPERVISION: &str = "max_restarts = 2\nbackoff_initial = \"50ms\"\nba
 
 #[test]
 fn teapot_routes_job_and_shutdown() {
-    let mut s = Service::spawn(&[("teapot.py", &shipped_plugin("teapot.py"))], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"teapot\"]\n[plugins.config.teapot]\ninterval = 0.05\n");
+    let mut s = Service::spawn(
+        &[("teapot.py", &shipped_plugin("teapot.py"))],
+        "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"teapot\"]\n[plugins.config.teapot]\ninterval = 0.05\n",
+    );
     s.ready();
     let r = s.call("GET", "/teapot", None);
     assert_eq!((r.status, r.body.as_slice(), r.header("Content-Type")), (418, &b"I am teapot"[..], Some("text/plain")));
@@ -77,7 +80,9 @@ fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
 #[test]
 fn request_monitoring_reaches_the_receiver() {
     let (url, bodies) = receiver();
-    let config = format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"request_monitoring\"]\n[plugins.config.request_monitoring]\nurl = \"{url}\"\nflush_interval = 0.1\n");
+    let config = format!(
+        "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"request_monitoring\"]\n[plugins.config.request_monitoring]\nurl = \"{url}\"\nflush_interval = 0.1\n"
+    );
     let mut s = Service::spawn(&[("request_monitoring.py", &shipped_plugin("request_monitoring.py"))], &config);
     s.ready();
     let id = "1700000000,0123abcd-0000-4000-8000-00000000abcd";
@@ -206,7 +211,10 @@ fn redis_stream_creates_faces() {
                    "candidates": [{"filters": {"origin": "faces", "list_id": list}, "targets": ["face_id", "similarity", "user_data", "external_id"]}]});
     let found = s.call("POST", "/1/matcher/faces", Some(&q)).json();
     let hit = &found[0]["matches"][0]["result"][0];
-    assert_eq!((hit["face"]["user_data"].as_str(), hit["face"]["external_id"].as_str(), hit["similarity"].as_f64()), (Some("from redis"), Some("cam-7"), Some(1.0)));
+    assert_eq!(
+        (hit["face"]["user_data"].as_str(), hit["face"]["external_id"].as_str(), hit["similarity"].as_f64()),
+        (Some("from redis"), Some("cam-7"), Some(1.0))
+    );
     assert!(redis(&["XPENDING", &stream, "luna-matcher"]).starts_with("*4\r\n:0"), "every message is acknowledged");
     redis(&["DEL", &stream]);
 }
@@ -228,7 +236,9 @@ fn every_failure_path_leaves_the_service_serving() {
         "{base}class P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.task = asyncio.create_task(self.job())\n    async def job(self):\n        await asyncio.sleep(0.05)\n        raise RuntimeError('job died')\n"
     );
     let panicky = format!("{base}import luna_matcher\nclass P(BaseBackgroundPlugin):\n    def __init__(self, app):\n        raise luna_matcher.PanicException('native code panicked')\n");
-    let collide = format!("{base}class P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.addRoute('/1/lists/{{x}}', lambda r: 'mine', methods={{'get'}})\n");
+    let collide = format!(
+        "{base}class P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.addRoute('/1/lists/{{x}}', lambda r: 'mine', methods={{'get'}})\n"
+    );
     let plugins = [
         ("bad_init.py", bad_init.as_str()),
         ("bad_initialize.py", &bad_initialize),
@@ -250,7 +260,12 @@ fn every_failure_path_leaves_the_service_serving() {
     assert_eq!((p["state"].as_str(), p["restarts"].as_u64()), (Some("failed"), Some(0)), "{p}");
     assert!(p["last_error"].as_str().unwrap().contains("no init here"), "{p}");
 
-    for (name, error) in [("bad_initialize", "cannot initialize"), ("dying_task", "job died"), ("panicky", "panic in the bridge"), ("collide", "collides with the service route")] {
+    for (name, error) in [
+        ("bad_initialize", "cannot initialize"),
+        ("dying_task", "job died"),
+        ("panicky", "panic in the bridge"),
+        ("collide", "collides with the service route"),
+    ] {
         s.wait_for(|| s.plugin(name)["state"] == "failed", &format!("{name} fails after max_restarts"));
         let p = s.plugin(name);
         assert_eq!(p["restarts"], 3, "{p}");
@@ -491,7 +506,10 @@ class ListCache(BaseBackgroundPlugin):
 #[test]
 fn a_task_that_blocks_the_event_loop_is_named_and_restarted() {
     let blocker = "import asyncio, time\nfrom luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin\nclass P(BaseBackgroundPlugin):\n    async def initialize(self):\n        self.task = asyncio.create_task(self.job())\n    async def job(self):\n        while True:\n            await asyncio.sleep(0.2)\n            time.sleep(1.5)\n";
-    let mut s = Service::spawn(&[("blocker.py", blocker), ("teapot.py", &shipped_plugin("teapot.py"))], &format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"blocker\", \"teapot\"]\n{FAST_SUPERVISION}"));
+    let mut s = Service::spawn(
+        &[("blocker.py", blocker), ("teapot.py", &shipped_plugin("teapot.py"))],
+        &format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"blocker\", \"teapot\"]\n{FAST_SUPERVISION}"),
+    );
     s.ready();
     s.wait_for(|| s.plugin("blocker")["restarts"].as_u64().unwrap() >= 1, "the watchdog names the plugin holding the loop");
     assert!(s.plugin("blocker")["last_error"].as_str().unwrap().contains("blocked the event loop"), "{}", s.plugin("blocker"));
@@ -574,14 +592,18 @@ fn matching_plugins_answer_or_hand_back_their_sub_requests() {
         let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&blend(&descriptor(0), &descriptor(300 + i), (i as usize % 9) * 50))}, "lists": [list], "user_data": format!("u{i}")});
         assert_eq!(s.call("POST", "/1/faces", Some(&body)).status, 201);
     }
-    let other = s.call("POST", "/1/faces", Some(&json!({"account_id": OTHER_ACCOUNT, "descriptor": {"data": b64(&descriptor(0))}}))).json()["face_id"].as_str().unwrap().to_owned();
+    let other = s.call("POST", "/1/faces", Some(&json!({"account_id": OTHER_ACCOUNT, "descriptor": {"data": b64(&descriptor(0))}}))).json()["face_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let targets = json!(["face_id", "similarity", "user_data"]);
     let ask = |extra: bool| {
         let mut filters = json!({"origin": "faces", "list_id": list});
         if extra {
             filters["external_ids"] = json!([]);
         }
-        let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(0))}], "candidates": [{"filters": filters, "limit": 4, "targets": targets}]});
+        let q =
+            json!({"references": [{"type": "descriptor", "data": b64(&descriptor(0))}], "candidates": [{"filters": filters, "limit": 4, "targets": targets}]});
         let r = s.call("POST", &format!("/1/matcher/faces?account_id={ACCOUNT}"), Some(&q));
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         r.json()[0]["matches"][0]["result"].clone()
@@ -594,7 +616,11 @@ fn matching_plugins_answer_or_hand_back_their_sub_requests() {
 
     let lines = || bodies.lock().unwrap().join("\n");
     s.wait_for(|| lines().contains("matcher=list_cache") && lines().contains("matcher=default"), "matching points name the matcher");
-    assert!(lines().lines().any(|l| l.starts_with("matching,candidate_origin=faces,matcher=list_cache,") && l.contains("candidates_scanned=4i")), "{}", lines());
+    assert!(
+        lines().lines().any(|l| l.starts_with("matching,candidate_origin=faces,matcher=list_cache,") && l.contains("candidates_scanned=4i")),
+        "{}",
+        lines()
+    );
 
     // Every way of failing hands the sub-request back: same answer, and counted.
     for mode in ["rematch", "malformed", "slow"] {

@@ -41,7 +41,10 @@ pub struct DescriptorSet {
 
 impl DescriptorSet {
     fn parse(&self, descriptor: &[u8]) -> PyResult<Vec<u8>> {
-        let d = core()?.versions().parse(descriptor, Some(self.version)).map_err(|e| PyValueError::new_err(format!("{} {}: {}", e.code.code(), e.code.desc(), e.detail)))?;
+        let d = core()?
+            .versions()
+            .parse(descriptor, Some(self.version))
+            .map_err(|e| PyValueError::new_err(format!("{} {}: {}", e.code.code(), e.code.desc(), e.detail)))?;
         Ok(d.payload)
     }
 }

@@ -167,7 +167,12 @@ impl PluginActor {
         let mut event_names: Vec<String> = self.instances.iter().filter_map(|i| i.event_name.clone()).collect();
         event_names.dedup();
         if !event_names.is_empty() {
-            self.setup.broker.do_send(Subscribe { plugin: self.setup.name.clone(), event_names, queue: self.setup.queue.clone(), wake: ctx.address().recipient() });
+            self.setup.broker.do_send(Subscribe {
+                plugin: self.setup.name.clone(),
+                event_names,
+                queue: self.setup.queue.clone(),
+                wake: ctx.address().recipient(),
+            });
         }
         self.running = true;
         self.setup.status.running(classes, paths);
@@ -215,7 +220,10 @@ impl PluginActor {
                 // A handler that blocks the event loop (time.sleep) finishes before
                 // asyncio can time it out: the wall clock still shows the overrun.
                 Ok(_) if took > timeout => {
-                    return act.fail(ctx, format!("event handler timed out: it held the event loop for {:.2}s (timeout {:.2}s)", took.as_secs_f64(), timeout.as_secs_f64()))
+                    return act.fail(
+                        ctx,
+                        format!("event handler timed out: it held the event loop for {:.2}s (timeout {:.2}s)", took.as_secs_f64(), timeout.as_secs_f64()),
+                    )
                 }
                 Ok(errors) => errors.into_iter().for_each(|e| act.setup.status.error(e)),
                 // Only an overrun gets here: the handler may be stuck, so start afresh.
@@ -278,7 +286,12 @@ impl Supervised for PluginActor {
             log::error!(target: "luna_matcher::plugins", "plugin {} failed: {} restarts within {:?}", self.setup.name, self.restarts.len(), self.setup.settings.restart_window);
             self.setup.status.set_state(PluginState::Failed);
             // A failed plugin takes no more events; what it had is dropped and counted.
-            self.setup.broker.do_send(Subscribe { plugin: self.setup.name.clone(), event_names: Vec::new(), queue: self.setup.queue.clone(), wake: ctx.address().recipient() });
+            self.setup.broker.do_send(Subscribe {
+                plugin: self.setup.name.clone(),
+                event_names: Vec::new(),
+                queue: self.setup.queue.clone(),
+                wake: ctx.address().recipient(),
+            });
             self.setup.queue.discard();
         } else {
             self.setup.status.set_state(PluginState::Restarting);
@@ -481,7 +494,8 @@ impl Handler<Costs> for PluginActor {
     type Result = Vec<Option<(f64, usize)>>;
 
     fn handle(&mut self, Costs(calls): Costs, ctx: &mut Self::Context) -> Self::Result {
-        let matchers: Vec<(usize, Py<PyAny>)> = Python::attach(|py| self.instances.iter().enumerate().filter(|(_, i)| i.matching).map(|(n, i)| (n, i.object.clone_ref(py))).collect());
+        let matchers: Vec<(usize, Py<PyAny>)> =
+            Python::attach(|py| self.instances.iter().enumerate().filter(|(_, i)| i.matching).map(|(n, i)| (n, i.object.clone_ref(py))).collect());
         if !self.running || matchers.is_empty() {
             return vec![None; calls.len()];
         }

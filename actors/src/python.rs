@@ -163,7 +163,12 @@ fn watchdog(runtime: &'static Runtime, limit: Duration) {
 impl Runtime {
     /// Schedule a coroutine on the event loop, in `context` (a contextvars
     /// Context or None), and return a future of its result. Call with the GIL.
-    pub fn spawn(&self, py: Python<'_>, coroutine: Bound<'_, PyAny>, context: Option<&Py<PyAny>>) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
+    pub fn spawn(
+        &self,
+        py: Python<'_>,
+        coroutine: Bound<'_, PyAny>,
+        context: Option<&Py<PyAny>>,
+    ) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
         let locals = match context {
             Some(ctx) => self.locals.clone().with_context(ctx.bind(py).clone()),
             None => self.locals.clone(),
@@ -173,7 +178,13 @@ impl Runtime {
 
     /// Run a plugin coroutine on the loop within `limit`: cancelled there
     /// (`asyncio.wait_for`) when it overruns. Call with the GIL.
-    pub fn run_hosted(&self, py: Python<'_>, coroutine: Bound<'_, PyAny>, limit: Duration, context: Option<&Py<PyAny>>) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
+    pub fn run_hosted(
+        &self,
+        py: Python<'_>,
+        coroutine: Bound<'_, PyAny>,
+        limit: Duration,
+        context: Option<&Py<PyAny>>,
+    ) -> PyResult<impl Future<Output = PyResult<Py<PyAny>>> + Send + 'static> {
         let hosted = self.host_call(py, "hosted", (coroutine, limit.as_secs_f64()))?;
         self.spawn(py, hosted, context)
     }

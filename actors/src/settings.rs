@@ -84,7 +84,10 @@ impl PluginsConfig {
         }
         for (name, table) in &self.config {
             if let Some(t) = table.get("timeout") {
-                t.as_str().ok_or("a duration such as \"500ms\"".to_string()).and_then(duration::parse).map_err(|e| format!("config key plugins.config.{name}.timeout: {e}"))?;
+                t.as_str()
+                    .ok_or("a duration such as \"500ms\"".to_string())
+                    .and_then(duration::parse)
+                    .map_err(|e| format!("config key plugins.config.{name}.timeout: {e}"))?;
             }
             if let Some(m) = table.get("max_restarts") {
                 m.as_u64().ok_or_else(|| format!("config key plugins.config.{name}.max_restarts: a whole number"))?;

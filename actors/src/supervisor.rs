@@ -44,7 +44,8 @@ impl Handler<Shutdown> for PluginSupervisor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, msg: Shutdown, _: &mut Self::Context) -> Self::Result {
-        let plugins: Vec<(Arc<PluginStatus>, Arc<EventQueue>, Addr<PluginActor>)> = self.plugins.iter().map(|p| (p.status.clone(), p.queue.clone(), p.addr.clone())).collect();
+        let plugins: Vec<(Arc<PluginStatus>, Arc<EventQueue>, Addr<PluginActor>)> =
+            self.plugins.iter().map(|p| (p.status.clone(), p.queue.clone(), p.addr.clone())).collect();
         Box::pin(async move {
             let until = Instant::now() + msg.flush;
             // Only a running plugin drains its queue; the others' events are dropped below.
@@ -82,9 +83,16 @@ pub struct Plugins {
 
 impl Plugins {
     /// Start the interpreter and the active plugins. Must run inside an actix System.
-    pub fn start(config: &PluginsConfig, active: &[String], service: ServiceInfo, service_paths: &[&str], core: Arc<luna_core::Core>) -> Result<Plugins, String> {
+    pub fn start(
+        config: &PluginsConfig,
+        active: &[String],
+        service: ServiceInfo,
+        service_paths: &[&str],
+        core: Arc<luna_core::Core>,
+    ) -> Result<Plugins, String> {
         crate::helpers::attach_core(core);
-        crate::python::start(&config.directory, service_paths, active, config.timeout).map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
+        crate::python::start(&config.directory, service_paths, active, config.timeout)
+            .map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
         let broker_arbiter = Arbiter::new();
         let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());
         let routes = Arc::new(RouteTable::default());
@@ -114,7 +122,16 @@ impl Plugins {
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();
         let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
-        Ok(Plugins { supervisor, broker, routes, statuses, actors, required: config.required.clone(), timeout: config.timeout, default_cost: config.default_matcher_cost })
+        Ok(Plugins {
+            supervisor,
+            broker,
+            routes,
+            statuses,
+            actors,
+            required: config.required.clone(),
+            timeout: config.timeout,
+            default_cost: config.default_matcher_cost,
+        })
     }
 
     /// Hand an event to the broker; never waits.
@@ -133,11 +150,7 @@ impl Plugins {
 
     /// Running plugins with a matching class.
     fn matchers(&self) -> Vec<&str> {
-        self.statuses
-            .iter()
-            .filter(|s| s.serves("matching"))
-            .map(|s| s.name.as_str())
-            .collect()
+        self.statuses.iter().filter(|s| s.serves("matching")).map(|s| s.name.as_str()).collect()
     }
 
     /// Whether any matching plugin is running now.

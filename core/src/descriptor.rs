@@ -158,9 +158,7 @@ impl Binary {
     pub fn decode(&self) -> Result<Vec<u8>> {
         match self {
             Binary::Bytes(b) => Ok(b.clone()),
-            Binary::Base64(s) => base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map_err(|e| Error::new(ErrorCode::BadBase64, e.to_string())),
+            Binary::Base64(s) => base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|e| Error::new(ErrorCode::BadBase64, e.to_string())),
         }
     }
 }

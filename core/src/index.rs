@@ -101,7 +101,11 @@ impl Query {
         // One square root of the product: exact for u8, so a descriptor has similarity 1 with itself.
         let cos = dot / (norm2 * row_norm2).sqrt();
         // Zero vectors (and f32 overflow) have similarity 0 with everything.
-        if cos.is_finite() { cos } else { 0.0 }
+        if cos.is_finite() {
+            cos
+        } else {
+            0.0
+        }
     }
 }
 

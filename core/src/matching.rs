@@ -183,15 +183,8 @@ pub struct Engine {
 impl Engine {
     pub fn start(index: Arc<RwLock<Index>>, threads: usize) -> Engine {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("matcher-{i}"))
-            .build()
-            .expect("matching thread pool");
-        std::thread::Builder::new()
-            .name("matcher-batcher".into())
-            .spawn(move || batch_loop(rx, index, pool))
-            .expect("matching batcher thread");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("matcher-{i}")).build().expect("matching thread pool");
+        std::thread::Builder::new().name("matcher-batcher".into()).spawn(move || batch_loop(rx, index, pool)).expect("matching batcher thread");
         Engine { tx }
     }
 

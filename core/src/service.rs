@@ -147,11 +147,7 @@ impl Core {
     /// Create faces in one transaction: all of them, or none.
     pub fn create_faces(&self, account: Option<Uuid>, faces: Vec<NewFace>) -> Result<CreatedFaces> {
         let face_ids = self.insert_faces(|index| {
-            faces
-                .into_iter()
-                .enumerate()
-                .map(|(i, f)| self.prepare_face(index, account, f).map_err(|e| e.at(format_args!("faces[{i}]"))))
-                .collect()
+            faces.into_iter().enumerate().map(|(i, f)| self.prepare_face(index, account, f).map_err(|e| e.at(format_args!("faces[{i}]")))).collect()
         })?;
         Ok(CreatedFaces { face_ids })
     }
@@ -219,7 +215,9 @@ impl Core {
         Ok(index
             .versions
             .iter()
-            .flat_map(|(&version, vi)| (0..vi.faces.len()).filter(|&slot| vi.faces[slot].lists.contains(&list_id)).map(move |slot| stored(&FaceAt { version, vi, slot })))
+            .flat_map(|(&version, vi)| {
+                (0..vi.faces.len()).filter(|&slot| vi.faces[slot].lists.contains(&list_id)).map(move |slot| stored(&FaceAt { version, vi, slot }))
+            })
             .collect())
     }
 
@@ -387,7 +385,8 @@ impl Core {
                     .map(|(reference_id, d)| {
                         let mut top = TopK::new(limit, threshold);
                         scan(k, &vectors, &Query::new(&spec, &d.payload), 0..vectors.len(), |_| true, |row| row, &mut top);
-                        let matches = top.into_sorted().into_iter().map(|h| RawMatch { candidate_id: candidates[h.key].0.clone(), similarity: h.similarity }).collect();
+                        let matches =
+                            top.into_sorted().into_iter().map(|h| RawMatch { candidate_id: candidates[h.key].0.clone(), similarity: h.similarity }).collect();
                         RawReferenceMatches { reference_id, matches }
                     })
                     .collect())

@@ -59,9 +59,8 @@ impl Store {
     pub fn load(&self, versions: &Versions) -> Result<Index> {
         let mut index = Index::default();
         let mut stmt = self.conn.prepare("SELECT list_id, account_id, user_data, create_time FROM lists")?;
-        let lists = stmt.query_map([], |r| {
-            Ok(ListRecord { list_id: r.get(0)?, account_id: r.get(1)?, user_data: r.get(2)?, create_time: r.get(3)?, face_count: 0 })
-        })?;
+        let lists =
+            stmt.query_map([], |r| Ok(ListRecord { list_id: r.get(0)?, account_id: r.get(1)?, user_data: r.get(2)?, create_time: r.get(3)?, face_count: 0 }))?;
         for list in lists {
             let list = list?;
             index.lists.insert(list.list_id, list);
@@ -72,9 +71,7 @@ impl Store {
             let (face, list) = row?;
             memberships.entry(face).or_default().push(list);
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT face_id, account_id, version, descriptor, external_id, user_data, create_time FROM faces ORDER BY rowid")?;
+        let mut stmt = self.conn.prepare("SELECT face_id, account_id, version, descriptor, external_id, user_data, create_time FROM faces ORDER BY rowid")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let face_id: Uuid = r.get(0)?;

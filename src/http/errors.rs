@@ -12,9 +12,21 @@ pub fn status(code: ErrorCode) -> StatusCode {
         Internal | StorageFailure | PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
         PluginUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
-        BadJson | SchemaViolation | BadQueryParameter | BadRequestId | BadBase64 | BadDescriptorMagic | UnknownDescriptorVersion
-        | BadDescriptorLength | DescriptorNotFinite | DescriptorVersionMismatch | TooManyCandidateSets | LimitTooLarge
-        | TooManyRawCandidates | TooManyReferences | AccountMismatch => StatusCode::BAD_REQUEST,
+        BadJson
+        | SchemaViolation
+        | BadQueryParameter
+        | BadRequestId
+        | BadBase64
+        | BadDescriptorMagic
+        | UnknownDescriptorVersion
+        | BadDescriptorLength
+        | DescriptorNotFinite
+        | DescriptorVersionMismatch
+        | TooManyCandidateSets
+        | LimitTooLarge
+        | TooManyRawCandidates
+        | TooManyReferences
+        | AccountMismatch => StatusCode::BAD_REQUEST,
         BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         RouteNotFound | ListNotFound | FaceNotFound => StatusCode::NOT_FOUND,

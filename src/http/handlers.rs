@@ -18,8 +18,8 @@ use serde_json::json;
 use super::codec::{read_body, Input, Output};
 use super::errors::ApiError;
 use super::middleware::{PluginRoute, RequestId};
-use crate::pipeline;
 use super::AppState;
+use crate::pipeline;
 
 type Reply<T> = Result<Output<T>, ApiError>;
 
@@ -107,7 +107,12 @@ pub async fn match_raw(state: web::Data<AppState>, body: Input<MatchRawRequest>)
 pub async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
     let start = Instant::now();
     if let Some(plugins) = state.plugins.as_ref().filter(|p| !p.ready()) {
-        let starting: Vec<_> = plugins.reports().into_iter().filter(|r| r.state == PluginState::Loading).map(|r| json!({"component": format!("plugin:{}", r.name), "error": "starting"})).collect();
+        let starting: Vec<_> = plugins
+            .reports()
+            .into_iter()
+            .filter(|r| r.state == PluginState::Loading)
+            .map(|r| json!({"component": format!("plugin:{}", r.name), "error": "starting"}))
+            .collect();
         return HttpResponse::ServiceUnavailable().json(json!({"errors": starting}));
     }
     let core: Arc<Core> = state.core.clone();
@@ -170,7 +175,8 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
         (405, true) => return method_not_allowed(req).await,
         _ => {}
     }
-    let status = StatusCode::from_u16(reply.status).map_err(|_| ApiError::new(ErrorCode::PluginFailed, format!("plugin {} answered status {}", route.plugin, reply.status)))?;
+    let status = StatusCode::from_u16(reply.status)
+        .map_err(|_| ApiError::new(ErrorCode::PluginFailed, format!("plugin {} answered status {}", route.plugin, reply.status)))?;
     let mut response = HttpResponse::build(status);
     for (k, v) in reply.headers {
         response.insert_header((k, v));

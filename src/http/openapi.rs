@@ -45,10 +45,7 @@ pub const PATHS: [&str; 13] = [
 ];
 
 pub fn document() -> Value {
-    let errors: Vec<Value> = ErrorCode::ALL
-        .iter()
-        .map(|c| json!({"error_code": c.code(), "status": status(*c).as_u16(), "desc": c.desc()}))
-        .collect();
+    let errors: Vec<Value> = ErrorCode::ALL.iter().map(|c| json!({"error_code": c.code(), "status": status(*c).as_u16(), "desc": c.desc()})).collect();
     let paths = json!({
         PATHS[0]: {"get": op("Health of the service, its store and plugins", None, "200", "healthy")},
         PATHS[1]: {"get": op("Every configured plugin: kind, class, state, restarts, last error, calls, latency, dropped events", None, "200", "plugins")},
