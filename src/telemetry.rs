@@ -9,7 +9,7 @@ use std::sync::Arc;
 use luna_actors::events::{Event, FieldValue, Point, MONITORING_EVENT};
 use luna_actors::status::{PluginReport, PluginState};
 use luna_actors::Plugins;
-use luna_core::service::StoreStats;
+use luna_core::StoreStats;
 
 use crate::pipeline::SubReport;
 use parking_lot::Mutex;
