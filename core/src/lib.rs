@@ -7,6 +7,8 @@ pub mod descriptor;
 pub mod errors;
 pub mod index;
 pub mod kernels;
+pub mod limits;
+pub mod maintenance;
 pub mod matching;
 pub mod service;
 pub mod store;

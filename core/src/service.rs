@@ -7,33 +7,15 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::*;
 use crate::descriptor::{Descriptor, VersionSpec, Versions};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceAt, FaceRecord, Index, ListRecord, Query, Vectors};
+pub use crate::limits::Limits;
 use crate::matching::{scan, Engine, Filter, SubQuery, SubResult, TopK};
 use crate::store::{self, Store};
-
-/// The `[limits]` of api.md. Exceeding one is an error, never a truncation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub references: usize,
-    pub candidate_sets: usize,
-    pub default_limit: usize,
-    pub max_limit: usize,
-    pub raw_candidates: usize,
-    pub body_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { references: 30, candidate_sets: 10, default_limit: 3, max_limit: 100, raw_candidates: 10_000, body_bytes: 64 << 20 }
-    }
-}
 
 pub struct CoreConfig {
     pub db_path: PathBuf,
@@ -54,7 +36,7 @@ pub struct Core {
     limits: Limits,
     /// Writers hold this across the SQLite commit and the index update, so the
     /// two never disagree.
-    store: Mutex<Store>,
+    pub(crate) store: Mutex<Store>,
     index: Arc<RwLock<Index>>,
     engine: Engine,
 }
@@ -97,6 +79,7 @@ impl Core {
 
     pub fn create_list(&self, account: Option<Uuid>, new: NewList) -> Result<CreatedList> {
         same_account(account, new.account_id)?;
+        self.limits.check_list(&new)?;
         let list = ListRecord { list_id: Uuid::new_v4(), account_id: new.account_id, user_data: new.user_data, create_time: now(), face_count: 0 };
         let mut store = self.store.lock();
         store.write(|tx| store::insert_list(tx, &list))?;
@@ -167,6 +150,7 @@ impl Core {
 
     fn prepare_face(&self, index: &Index, account: Option<Uuid>, new: NewFace) -> Result<PreparedFace> {
         same_account(account, new.account_id)?;
+        self.limits.check_face(&new)?;
         let descriptor = self.versions.parse(&new.descriptor.data.decode()?, new.descriptor.version)?;
         let spec = *self.versions.get(descriptor.version)?;
         let mut lists = smallvec::SmallVec::new();
@@ -289,6 +273,7 @@ impl Core {
             .collect();
         let mut matched = self.engine.match_faces(queries).await?.into_iter();
         let results: Vec<SubResult> = answered.into_iter().map(|a| a.or_else(|| matched.next()).expect("one result per sub-request")).collect();
+        self.limits.check_faces_response(&plan, &results)?;
         let scanned = results.iter().map(|r| r.candidates_scanned).collect();
         let mut results = results.into_iter();
 
@@ -348,6 +333,7 @@ impl Core {
             ));
         }
         let limit = self.check_limit(req.limit)?;
+        self.limits.check_raw_response(&req.references, &req.candidates, limit)?;
         let threshold = check_threshold(req.threshold)?;
         let parse = |place: &str, items: Vec<RawItem>| {
             items
@@ -463,8 +449,8 @@ pub struct LoadedReference {
 /// own) and its compiled candidate sets.
 pub struct FacesPlan {
     pub account: Option<Uuid>,
-    refs: Vec<(ReferenceEcho, Result<LoadedReference>)>,
-    sets: Vec<CompiledSet>,
+    pub(crate) refs: Vec<(ReferenceEcho, Result<LoadedReference>)>,
+    pub(crate) sets: Vec<CompiledSet>,
 }
 
 /// One sub-request of a plan: a loaded reference against a candidate set.
