@@ -1,7 +1,6 @@
 //! Start-up and shutdown of the service: store, plugins, HTTP server.
 
 use std::net::TcpListener;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +32,6 @@ pub fn state(config: &Config, core: Arc<Core>, plugins: Option<Arc<Plugins>>) ->
         plugins,
         role: config.server.role,
         body_timeout: config.server.body_timeout,
-        draining: Default::default(),
     })
 }
 
@@ -76,7 +74,8 @@ pub enum Failure {
 }
 
 /// Serve until SIGTERM (or a first SIGINT): stop accepting, drain in-flight
-/// requests, flush plugins' event queues, `close()` every plugin, checkpoint
+/// requests (actix-http answers them with `Connection: close` and closes idle
+/// kept-alive connections), flush plugins' event queues, `close()` every plugin, checkpoint
 /// the store. A signal during start-up stops it at once.
 pub async fn run(config: Config) -> Result<(), Failure> {
     // First, before the store loads and Python starts: an interpreter that
@@ -107,13 +106,12 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     }
     let plugins = plugins(&config, &core).map_err(Failure::Failed)?;
     let state = state(&config, core.clone(), plugins.clone());
-    let server = serve(&config, state.clone(), listener).map_err(|e| Failure::Failed(e.to_string()))?;
+    let server = serve(&config, state, listener).map_err(|e| Failure::Failed(e.to_string()))?;
     log::info!("luna-matcher {} listening on {}:{} as {:?}", env!("CARGO_PKG_VERSION"), addr.0, addr.1, config.server.role);
     let handle = server.handle();
     actix_rt::spawn(async move {
         let signal = signals.stop().await;
         log::info!("{signal}: stopping: no new connections, draining in-flight requests");
-        state.draining.store(true, Ordering::Relaxed);
         let graceful = handle.stop(true);
         // A second SIGINT does not wait for the drain.
         tokio::select! {

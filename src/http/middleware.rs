@@ -1,15 +1,14 @@
 //! The request context every route gets: the size of its head (checked),
 //! `Luna-Request-Id` (checked or made, and echoed), the access log line and
-//! the request metrics; at shutdown, `Connection: close` on every response.
+//! the request metrics.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::{ConnectionType, Method};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 use luna_core::ErrorCode;
@@ -98,9 +97,6 @@ pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) 
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(REQUEST_ID, v);
-    }
-    if state.as_ref().is_some_and(|s| s.draining.load(Ordering::Relaxed)) {
-        res.response_mut().head_mut().set_connection_type(ConnectionType::Close);
     }
     if let Some(state) = state {
         let request = res.request();

@@ -7,7 +7,6 @@ pub mod handlers;
 pub mod middleware;
 pub mod openapi;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +31,6 @@ pub struct AppState {
     pub role: Role,
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
-    /// Set at shutdown: every response then closes its connection.
-    pub draining: AtomicBool,
 }
 
 impl AppState {
