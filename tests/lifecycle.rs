@@ -243,3 +243,77 @@ fn a_request_in_flight_on_a_kept_alive_connection_at_sigterm_is_answered_with_cl
     s.ready();
     assert!(String::from_utf8(s.call("GET", "/metrics", None).body).unwrap().contains("luna_matcher_store_lists 1"));
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).status().unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    fn remount(&self, mode: &str) {
+        let ok = std::process::Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(self.path()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Write a file until the file system is full.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        while f.write_all(&[7u8; 4096]).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+fn store_error(s: &Service) -> Option<String> {
+    let r = s.call("GET", "/healthcheck", None);
+    match r.status {
+        200 => None,
+        502 => {
+            let errors = r.json()["errors"].clone();
+            assert_eq!(errors[0]["component"], "store", "{errors}");
+            Some(errors[0]["error"].as_str().unwrap().to_owned())
+        }
+        other => panic!("healthcheck answered {other}"),
+    }
+}
+
+#[test]
+fn health_tells_when_the_store_cannot_write() {
+    let disk = Tmpfs::mount("2m");
+    let mut s = Service::launch(&[], "", NO_PLUGINS, Some(disk.path()));
+    s.ready();
+    let face = new_face(&s, 1);
+
+    disk.fill();
+    let error = store_error(&s).expect("a full disk is reported");
+    assert!(error.contains("No space left"), "{error}");
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    assert_eq!(store_error(&s), None, "healthy again once there is room");
+
+    assert_eq!(s.terminate().code(), Some(0));
+
+    // Started on a read-only data directory: a loud warning, reads served, health 502.
+    // (A file system with files open for writing cannot be made read-only under the service.)
+    disk.remount("ro");
+    let s = Service::launch(&[], "", NO_PLUGINS, Some(disk.path()));
+    s.wait_for(|| TcpStream::connect(s.addr).is_ok(), "the service listens");
+    assert!(s.log().contains("IS NOT WRITABLE"), "{}", s.log());
+    let error = store_error(&s).expect("a read-only data directory is reported");
+    assert!(error.contains("Read-only file system"), "{error}");
+    assert_eq!(s.call("GET", &format!("/1/faces/{face}"), None).status, 200, "reads go on");
+    let r = s.call("POST", "/1/faces", Some(&json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(2))}})));
+    assert_eq!((r.status, r.code()), (500, 10002), "{}", s.log());
+}

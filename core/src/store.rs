@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, MAIN_DB};
 use uuid::Uuid;
 
 use crate::descriptor::{Descriptor, Versions};
@@ -54,8 +54,11 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::storage(format!("cannot create {}: {e}", dir.display())))?;
-        let conn = Connection::open(path).map_err(|e| damaged(path, e))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| damaged(path, e))?;
+        let conn = match open_writable(path) {
+            Ok(conn) => conn,
+            // A read-only data directory still serves reads; ping says why writes fail.
+            Err(e) => open_read_only(path).ok_or_else(|| damaged(path, e))?,
+        };
         // FULL: the WAL is fsynced at every commit, so an acknowledged write
         // survives kill -9 and power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -63,7 +66,9 @@ impl Store {
         conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         quick_check(&conn, path)?;
-        conn.execute_batch(SCHEMA).map_err(|e| damaged(path, e))?;
+        if !conn.is_readonly(MAIN_DB)? {
+            conn.execute_batch(SCHEMA).map_err(|e| damaged(path, e))?;
+        }
         Ok(Store { conn, dir })
     }
 
@@ -127,7 +132,11 @@ impl Store {
         let probe = self.dir.join(PROBE);
         let written = std::fs::write(&probe, [0u8; PROBE_BYTES]).and_then(|_| std::fs::File::open(&probe)?.sync_all());
         let _ = std::fs::remove_file(&probe);
-        written.map_err(|e| Error::storage(format!("cannot write to {}: {e}", self.dir.display())))
+        written.map_err(|e| Error::storage(format!("cannot write to {}: {e}", self.dir.display())))?;
+        if self.conn.is_readonly(MAIN_DB)? {
+            return Err(Error::storage("the store was opened read-only: restart the service now that its data directory is writable"));
+        }
+        Ok(())
     }
 
     /// Copy the WAL into the database file and truncate the WAL.
@@ -138,6 +147,30 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The file opened for writing, in WAL mode.
+fn open_writable(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    Ok(conn)
+}
+
+/// The file opened for reading only, as a read-only file system allows: with
+/// its WAL when SQLite can map it, or, when the WAL is empty (after a clean
+/// stop), as an immutable file.
+fn open_read_only(path: &Path) -> Option<Connection> {
+    let readable = |conn: Connection| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).is_ok().then_some(conn);
+    if let Some(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok().and_then(readable) {
+        return Some(conn);
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return None;
+    }
+    let escaped = path.display().to_string().replace('%', "%25").replace('?', "%3f").replace('#', "%23");
+    Connection::open_with_flags(format!("file:{escaped}?immutable=1"), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI).ok().and_then(readable)
 }
 
 /// `PRAGMA quick_check` over the whole file, logged; a damaged file is an error.
