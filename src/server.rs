@@ -26,13 +26,7 @@ pub fn core(config: &Config) -> Result<Arc<Core>, String> {
 /// The shared state of the app.
 pub fn state(config: &Config, core: Arc<Core>, plugins: Option<Arc<Plugins>>) -> web::Data<AppState> {
     let telemetry = Telemetry::new(config.service_name(), plugins.clone());
-    web::Data::new(AppState {
-        core,
-        telemetry: Arc::new(telemetry),
-        plugins,
-        role: config.server.role,
-        body_timeout: config.server.body_timeout,
-    })
+    web::Data::new(AppState { core, telemetry: Arc::new(telemetry), plugins, role: config.server.role, body_timeout: config.server.body_timeout })
 }
 
 /// Start the active plugins, if any. Must run inside the actix System.
@@ -99,10 +93,7 @@ pub async fn run(config: Config) -> Result<(), Failure> {
         }
     };
     if let Err(e) = core.check_store() {
-        log::error!(
-            "THE DATA DIRECTORY {} IS NOT WRITABLE: {e}. Writes fail and /healthcheck answers 502 until it is.",
-            config.storage.data_dir.display()
-        );
+        log::error!("THE DATA DIRECTORY {} IS NOT WRITABLE: {e}. Writes fail and /healthcheck answers 502 until it is.", config.storage.data_dir.display());
     }
     let plugins = plugins(&config, &core).map_err(Failure::Failed)?;
     let state = state(&config, core.clone(), plugins.clone());

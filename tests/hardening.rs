@@ -117,7 +117,12 @@ fn methods_allow_and_head() {
     assert_eq!((r.status, r.code()), (405, 11031));
     let r = s.call("GET", "/1/version", &bad_id, b"");
     assert_eq!((r.status, r.code()), (400, 11005));
-    let r = s.call("POST", "/1/lists", &[("Luna-Request-Id", "not-an-id"), ("Content-Type", "application/json")], br#"{"account_id": "6d3f2a5e-1111-4222-8333-444455556666"}"#);
+    let r = s.call(
+        "POST",
+        "/1/lists",
+        &[("Luna-Request-Id", "not-an-id"), ("Content-Type", "application/json")],
+        br#"{"account_id": "6d3f2a5e-1111-4222-8333-444455556666"}"#,
+    );
     assert_eq!((r.status, r.code()), (400, 11005), "a write with a bad id is not made");
     assert_eq!(s.call("GET", "/nowhere", &bad_id, b"").code(), 11005);
 }

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 fn the_worst_case_request_under_the_limits_stays_under_its_memory_bound() {
     let s = Service::spawn_with_env(&[], "", &[("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", "[]")]);
     s.ready();
-    let lists: Vec<String> = (0..2).map(|_| s.call("POST", "/1/lists", Some(&json!({"account_id": ACCOUNT}))).json()["list_id"].as_str().unwrap().to_owned()).collect();
+    let lists: Vec<String> =
+        (0..2).map(|_| s.call("POST", "/1/lists", Some(&json!({"account_id": ACCOUNT}))).json()["list_id"].as_str().unwrap().to_owned()).collect();
     // Fields at their limits; 110 of the 128 characters of user_data are
     // control characters, six bytes each in JSON: the answer below is just
     // under limits.response_bytes.
@@ -38,7 +39,11 @@ fn the_worst_case_request_under_the_limits_stays_under_its_memory_bound() {
 
     let after = s.peak_rss_kib();
     let grown_mib = after.saturating_sub(before) as f64 / 1024.0;
-    eprintln!("worst-case answer: {response_mib:.1} MiB of JSON; peak RSS {:.0} MiB before, {:.0} MiB after (+{grown_mib:.0} MiB)", before as f64 / 1024.0, after as f64 / 1024.0);
+    eprintln!(
+        "worst-case answer: {response_mib:.1} MiB of JSON; peak RSS {:.0} MiB before, {:.0} MiB after (+{grown_mib:.0} MiB)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
     assert!(response_mib > 25.0, "the request is near the response cap: {response_mib:.1} MiB");
     assert!(grown_mib < 256.0, "the worst-case request grew the peak RSS by {grown_mib:.0} MiB");
 }

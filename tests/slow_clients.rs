@@ -55,7 +55,7 @@ impl Tricklers {
             .filter(|s| {
                 s.set_nonblocking(true).unwrap();
                 let mut b = [0u8; 1];
-                let got = matches!(s.peek(&mut b), Ok(_));
+                let got = s.peek(&mut b).is_ok();
                 s.set_nonblocking(false).unwrap();
                 got
             })

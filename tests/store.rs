@@ -101,7 +101,7 @@ fn no_acknowledged_write_is_lost_across_kill_9_cycles() {
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let spawn = || {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"))
             .args(["--config", "conf/luna-matcher.toml", "--port", &port.to_string(), "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "warn")
@@ -114,6 +114,8 @@ fn no_acknowledged_write_is_lost_across_kill_9_cycles() {
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the service did not start");
     };
     let mut acknowledged: Vec<String> = Vec::new();

@@ -40,7 +40,7 @@ impl Default for Limits {
             user_data_chars: 128,
             external_id_chars: 36,
             // A full answer at the default counts (30 x 10 x 100 hits, every
-            // target, 128-character user_data) is about 14 MiB of JSON: twice
+            // target, 128-character user_data) is about 13 MiB of JSON: twice
             // that leaves room for escaped text and a few lists per face.
             response_bytes: 32 << 20,
         }
@@ -76,9 +76,7 @@ impl Limits {
                 }
             }
             if total > self.response_bytes {
-                return Err(self.too_large(
-                    "lower the number of references, candidate sets or their limit, ask for fewer targets, or send smaller filters",
-                ));
+                return Err(self.too_large("lower the number of references, candidate sets or their limit, ask for fewer targets, or send smaller filters"));
             }
         }
         Ok(())
@@ -140,7 +138,18 @@ fn hit_len(face: &FaceRecord, targets: &[Target]) -> usize {
 /// Bytes of a JSON string literal, quotes included, at the most a control
 /// character can take (`\u001f`).
 fn json_len(s: &str) -> usize {
-    2 + s.bytes().map(|b| if b < 0x20 { 6 } else if b == b'"' || b == b'\\' { 2 } else { 1 }).sum::<usize>()
+    2 + s
+        .bytes()
+        .map(|b| {
+            if b < 0x20 {
+                6
+            } else if b == b'"' || b == b'\\' {
+                2
+            } else {
+                1
+            }
+        })
+        .sum::<usize>()
 }
 
 #[cfg(test)]

@@ -180,7 +180,11 @@ fn quick_check(conn: &Connection, path: &Path) -> Result<()> {
     let found = stmt.query_map([], |r| r.get::<_, String>(0)).and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>()).map_err(|e| damaged(path, e))?;
     if found != ["ok"] {
         let shown: Vec<&str> = found.iter().take(5).map(String::as_str).collect();
-        return Err(Error::storage(format!("the store {} is damaged (quick_check: {}): restore it from a backup or move it away", path.display(), shown.join("; "))));
+        return Err(Error::storage(format!(
+            "the store {} is damaged (quick_check: {}): restore it from a backup or move it away",
+            path.display(),
+            shown.join("; ")
+        )));
     }
     log::info!("store {}: quick_check ok in {} ms", path.display(), start.elapsed().as_millis());
     Ok(())

@@ -191,7 +191,8 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
 
 /// 405, with the methods the resource serves in `Allow` when they are known.
 pub async fn method_not_allowed(req: HttpRequest, allow: Option<String>) -> HttpResponse {
-    let mut res = actix_web::ResponseError::error_response(&ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())));
+    let mut res =
+        actix_web::ResponseError::error_response(&ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())));
     if let Some(allow) = allow.and_then(|a| actix_web::http::header::HeaderValue::from_str(&a).ok()) {
         res.headers_mut().insert(actix_web::http::header::ALLOW, allow);
     }
