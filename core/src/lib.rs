@@ -14,4 +14,5 @@ pub mod service;
 pub mod store;
 
 pub use errors::{Error, ErrorCode, Result};
-pub use service::{Core, CoreConfig, Limits};
+pub use limits::Limits;
+pub use service::{Core, CoreConfig};

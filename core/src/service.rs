@@ -13,7 +13,7 @@ use crate::api::*;
 use crate::descriptor::{Descriptor, VersionSpec, Versions};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceAt, FaceRecord, Index, ListRecord, Query, Vectors};
-pub use crate::limits::Limits;
+use crate::limits::Limits;
 use crate::matching::{scan, Engine, Filter, SubQuery, SubResult, TopK};
 use crate::store::{self, Store};
 
