@@ -258,6 +258,9 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
     })?;
     config.versions()?;
     config.plugins.validate()?;
+    if config.server.body_timeout.is_zero() {
+        return Err("config key server.body_timeout: must be above 0ms, or every body would be refused".into());
+    }
     Ok(config)
 }
 
@@ -343,6 +346,8 @@ mod tests {
         assert!(err.contains("server.port") && err.contains("LUNA_MATCHER__SERVER__PORT"), "{err}");
         let err = load(&dir.path().join("none.toml"), false, &env(&[("LUNA_MATCHER__SERVER__ROLE", "boss")]), &Overrides::default()).unwrap_err();
         assert!(err.contains("server.role"), "{err}");
+        let err = load(&dir.path().join("none.toml"), false, &env(&[("LUNA_MATCHER__SERVER__BODY_TIMEOUT", "0s")]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("server.body_timeout"), "{err}");
         assert!(load(&dir.path().join("none.toml"), true, &HashMap::new(), &Overrides::default()).is_err());
         let err = load(&file_ok(&dir), true, &env(&[("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", r#"["../x"]"#)]), &Overrides::default()).unwrap_err();
         assert!(err.contains("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS") && err.contains("../x"), "{err}");
