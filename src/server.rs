@@ -68,9 +68,10 @@ pub enum Failure {
 }
 
 /// Serve until SIGTERM (or a first SIGINT): stop accepting, drain in-flight
-/// requests (actix-http answers them with `Connection: close` and closes idle
-/// kept-alive connections), flush plugins' event queues, `close()` every plugin, checkpoint
-/// the store. A signal during start-up stops it at once.
+/// requests (actix-http answers them with `Connection: close` and closes
+/// idle kept-alive connections), flush plugins' event queues, `close()`
+/// every plugin, checkpoint the store. A signal during start-up stops it at
+/// once.
 pub async fn run(config: Config) -> Result<(), Failure> {
     // First, before the store loads and Python starts: an interpreter that
     // finds SIGINT at its default installs its own handler, which would
