@@ -15,6 +15,7 @@ use crate::time::{format_time, now};
 impl Core {
     pub fn create_list(&self, account: Option<Uuid>, new: NewList) -> Result<CreatedList> {
         same_account(account, new.account_id)?;
+        self.limits.check_list(&new)?;
         let list = ListRecord { list_id: Uuid::new_v4(), account_id: new.account_id, user_data: new.user_data, create_time: now(), face_count: 0 };
         let mut store = self.store.lock();
         store.write(|tx| store::insert_list(tx, &list))?;
@@ -85,6 +86,7 @@ impl Core {
 
     fn prepare_face(&self, index: &Index, account: Option<Uuid>, new: NewFace) -> Result<PreparedFace> {
         same_account(account, new.account_id)?;
+        self.limits.check_face(&new)?;
         let descriptor = self.versions.parse(&new.descriptor.data.decode()?, new.descriptor.version)?;
         let spec = *self.versions.get(descriptor.version)?;
         let mut lists = SmallVec::new();

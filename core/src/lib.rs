@@ -9,6 +9,8 @@ pub mod errors;
 pub mod flat;
 pub mod index;
 pub mod kernels;
+pub mod limits;
+pub mod maintenance;
 pub mod matching;
 pub mod planning;
 pub mod raw;
@@ -17,4 +19,5 @@ pub mod store;
 pub mod time;
 
 pub use errors::{Error, ErrorCode, Result};
-pub use service::{Core, CoreConfig, Limits, StoreStats};
+pub use limits::Limits;
+pub use service::{Core, CoreConfig, StoreStats};

@@ -12,6 +12,7 @@ use crate::catalog::visible_face;
 use crate::descriptor::Descriptor;
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceRecord, Query};
+use crate::limits;
 use crate::matching::{Filter, SubQuery, SubResult};
 use crate::service::Core;
 use crate::time::{format_time, parse_time};
@@ -85,6 +86,30 @@ impl FacesPlan {
     }
 }
 
+impl FacesPlan {
+    /// An upper bound of the bytes the answer to this plan with `results`
+    /// encodes to, computed before the response objects exist.
+    fn encoded_len_bound(&self, results: &[SubResult]) -> usize {
+        let echoes: Vec<usize> = self.sets.iter().map(|s| serde_json::to_vec(&s.echo).map_or(0, |v| v.len())).collect();
+        let mut results = results.iter();
+        let mut total: usize = 2;
+        for (echo, loaded) in &self.refs {
+            total = total.saturating_add(limits::REFERENCE + echo.id.as_deref().map_or(0, limits::json_len));
+            match loaded {
+                Err(e) => total = total.saturating_add(limits::ERROR + limits::json_len(&e.detail)),
+                Ok(_) => {
+                    for (set, echo_bytes) in self.sets.iter().zip(&echoes) {
+                        let hits = results.next().map_or(&[][..], |r| &r.hits[..]);
+                        let hits_bytes: usize = hits.iter().map(|(_, face)| limits::hit_len(face, &set.targets)).sum();
+                        total = total.saturating_add(limits::CANDIDATE_SET + echo_bytes + hits_bytes);
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
 impl Core {
     /// Check a matching request and load its references: the sub-requests
     /// (reference x candidate set) that `run_plan` answers.
@@ -138,6 +163,7 @@ impl Core {
             .collect();
         let mut matched = self.engine.match_faces(queries).await?.into_iter();
         let results: Vec<SubResult> = answered.into_iter().map(|a| a.or_else(|| matched.next()).expect("one result per sub-request")).collect();
+        self.limits.check_faces_response(plan.encoded_len_bound(&results))?;
         let scanned = results.iter().map(|r| r.candidates_scanned).collect();
         let mut results = results.into_iter();
 

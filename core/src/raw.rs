@@ -18,6 +18,7 @@ impl Core {
             ));
         }
         let limit = self.check_limit(req.limit)?;
+        self.limits.check_raw_response(&req.references, &req.candidates, limit)?;
         let threshold = check_threshold(req.threshold)?;
         let parse = |place: &str, items: Vec<RawItem>| {
             items

@@ -8,31 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use serde::{Deserialize, Serialize};
 
 use crate::descriptor::Versions;
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::Index;
+use crate::limits::Limits;
 use crate::matching::Engine;
 use crate::store::Store;
-
-/// The `[limits]` of api.md. Exceeding one is an error, never a truncation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub references: usize,
-    pub candidate_sets: usize,
-    pub default_limit: usize,
-    pub max_limit: usize,
-    pub raw_candidates: usize,
-    pub body_bytes: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { references: 30, candidate_sets: 10, default_limit: 3, max_limit: 100, raw_candidates: 10_000, body_bytes: 64 << 20 }
-    }
-}
 
 pub struct CoreConfig {
     pub db_path: PathBuf,

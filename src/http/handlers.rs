@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::codec::{read_body, Input, Output};
 use super::errors::ApiError;
-use super::middleware::{PluginRoute, RequestId};
+use super::middleware::{BadRequestId, PluginRoute, RequestId};
 use super::AppState;
 use crate::pipeline;
 
@@ -150,6 +150,9 @@ pub async fn spec() -> HttpResponse {
 
 /// Any path the service does not route: a plugin route, or 11030.
 pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    if let Some(bad) = req.extensions().get::<BadRequestId>() {
+        return Err(bad.error());
+    }
     let not_found = || ApiError::new(ErrorCode::RouteNotFound, format!("no route {} {}", req.method(), req.path()));
     let Some((plugins, route)) = state.plugins.as_ref().and_then(|p| Some((p, p.resolve(req.path())?))) else {
         return Err(not_found());
@@ -172,7 +175,7 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
     })?;
     match (reply.status, reply.body.is_empty()) {
         (404, true) => return Err(not_found()),
-        (405, true) => return method_not_allowed(req).await,
+        (405, true) => return Ok(method_not_allowed(req, None).await),
         _ => {}
     }
     let status = StatusCode::from_u16(reply.status)
@@ -186,6 +189,12 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
     Ok(response)
 }
 
-pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())))
+/// 405, with the methods the resource serves in `Allow` when they are known.
+pub async fn method_not_allowed(req: HttpRequest, allow: Option<String>) -> HttpResponse {
+    let mut res =
+        actix_web::ResponseError::error_response(&ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())));
+    if let Some(allow) = allow.and_then(|a| actix_web::http::header::HeaderValue::from_str(&a).ok()) {
+        res.headers_mut().insert(actix_web::http::header::ALLOW, allow);
+    }
+    res
 }
