@@ -48,6 +48,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/1/plugins", vec![web::get().to(h::plugins)]))
         .service(resource("/1/version", vec![web::get().to(h::version)]))
         .service(resource("/1/docs/spec", vec![web::get().to(h::spec)]))
+        .service(resource("/1/docs/errors", vec![web::get().to(h::errors_page)]))
         .service(resource("/metrics", vec![web::get().to(h::metrics)]))
         .service(resource("/1/lists", vec![web::post().to(h::create_list)]))
         .service(resource("/1/lists/{list_id}", vec![web::get().to(h::get_list), web::delete().to(h::delete_list)]))
