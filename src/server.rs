@@ -38,7 +38,9 @@ pub fn plugins(config: &Config, core: &Arc<Core>) -> Result<Option<Arc<Plugins>>
     luna_actors::supervisor::check_directory(&config.plugins.directory)?;
     let host = if config.server.host == "0.0.0.0" { "127.0.0.1" } else { config.server.host.as_str() };
     let service = ServiceInfo { name: config.service_name(), url: format!("http://{host}:{}", config.port()) };
-    let plugins = Plugins::start(&config.plugins, active, service, &openapi::PATHS, core.clone())?;
+    let paths = openapi::paths();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let plugins = Plugins::start(&config.plugins, active, service, &paths, core.clone())?;
     log::info!("plugins starting: {}", active.join(", "));
     Ok(Some(Arc::new(plugins)))
 }

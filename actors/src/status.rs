@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginState {
     Loading,
@@ -36,7 +37,7 @@ impl PluginState {
 /// Latencies kept for the p99.
 const SAMPLES: usize = 1024;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginClass {
     pub class: String,
     pub kind: &'static str,
@@ -67,7 +68,7 @@ pub struct PluginStatus {
 }
 
 /// A copy of a status, as `/1/plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginReport {
     pub name: String,
     /// The kinds of its classes, joined with `+` (`event`, `background`, `event+background`).

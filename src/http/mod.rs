@@ -77,6 +77,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/1/plugins", vec![on(M::GET, h::plugins)]))
         .service(resource("/1/version", vec![on(M::GET, h::version)]))
         .service(resource("/1/docs/spec", vec![on(M::GET, h::spec)]))
+        .service(resource("/1/docs/errors", vec![on(M::GET, h::errors_page)]))
         .service(resource("/metrics", vec![on(M::GET, h::metrics)]))
         .service(resource("/1/lists", vec![on(M::POST, h::create_list)]))
         .service(resource("/1/lists/{list_id}", vec![on(M::GET, h::get_list), on(M::DELETE, h::delete_list)]))
