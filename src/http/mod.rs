@@ -12,7 +12,7 @@ use std::sync::Arc;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{web, App, Route};
-use luna_actors::Plugins;
+use luna_actors::PluginHost;
 use luna_core::Core;
 
 use crate::config::Role;
@@ -24,7 +24,7 @@ pub struct AppState {
     pub core: Arc<Core>,
     pub telemetry: Arc<Telemetry>,
     /// None when no plugin is active: Python is then never started.
-    pub plugins: Option<Arc<Plugins>>,
+    pub plugins: Option<Arc<PluginHost>>,
     pub role: Role,
 }
 
@@ -32,7 +32,7 @@ impl AppState {
     /// The plugins that may answer matching sub-requests: the proxy pipeline
     /// of roles standalone and proxy, never the matcher role. None when no
     /// matching plugin runs, so a request then skips the pipeline's work.
-    pub fn matching_plugins(&self) -> Option<&Plugins> {
+    pub fn matching_plugins(&self) -> Option<&PluginHost> {
         self.plugins.as_deref().filter(|p| self.role != Role::Matcher && p.has_matchers())
     }
 }

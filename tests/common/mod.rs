@@ -205,6 +205,11 @@ impl Service {
     }
 
     pub fn spawn_with_env(plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Service {
+        Self::spawn_on("127.0.0.1".parse().unwrap(), plugins, config, env)
+    }
+
+    /// The service listening on `host` (`--host`).
+    pub fn spawn_on(host: std::net::IpAddr, plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().unwrap();
         for (name, source) in plugins {
             let path = dir.path().join("plugins").join(name);
@@ -218,13 +223,13 @@ impl Service {
         std::fs::write(dir.path().join("config.toml"), toml).unwrap();
         let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"));
-        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--port", &port.to_string(), "--data-dir"]).arg(dir.path().join("data"));
+        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--host", &host.to_string(), "--port", &port.to_string(), "--data-dir"]).arg(dir.path().join("data"));
         cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let s = Service { addr: format!("127.0.0.1:{port}").parse().unwrap(), dir, child: Some(child) };
+        let s = Service { addr: std::net::SocketAddr::new(host, port), dir, child: Some(child) };
         s.wait_for(|| std::net::TcpStream::connect(s.addr).is_ok(), "the service listens");
         s
     }
