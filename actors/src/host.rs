@@ -195,14 +195,19 @@ impl Host {
     /// Import `plugins.<name>` and claim its plugin classes.
     pub fn discover(&self, py: Python<'_>, name: &str) -> PyResult<Vec<Discovered>> {
         let found: Vec<(Py<PyAny>, String, String, Option<String>)> = self.discover.bind(py).call1((name,))?.extract()?;
-        Ok(found
-            .into_iter()
-            .map(|(class, kind, name, event_name)| Discovered { class, kind: PluginKind::parse(&kind), name, event_name })
-            .collect())
+        Ok(found.into_iter().map(|(class, kind, name, event_name)| Discovered { class, kind: PluginKind::parse(&kind), name, event_name }).collect())
     }
 
     /// One instance of each class, constructed with the plugin's `app`.
-    pub fn construct(&self, py: Python<'_>, name: &str, classes: &[Discovered], config_json: &str, service_name: &str, service_url: &str) -> PyResult<Vec<Py<PyAny>>> {
+    pub fn construct(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        classes: &[Discovered],
+        config_json: &str,
+        service_name: &str,
+        service_url: &str,
+    ) -> PyResult<Vec<Py<PyAny>>> {
         let classes = PyList::new(py, classes.iter().map(|c| c.class.bind(py)))?;
         self.construct.bind(py).call1((name, classes, config_json, service_name, service_url))?.extract()
     }

@@ -182,7 +182,7 @@ impl PluginStatus {
 
     /// Count an error and log it, with its Python traceback if it has one;
     /// repeats are rate-limited.
-    pub fn error(&self, error: String, traceback: Option<&str>) {
+    pub(crate) fn error(&self, error: String, traceback: Option<&str>) {
         let verdict = {
             let mut i = self.inner.lock();
             i.errors += 1;
@@ -197,18 +197,18 @@ impl PluginStatus {
     }
 
     /// Sum up the errors left unlogged in intervals that have ended.
-    pub fn flush_log(&self) {
+    pub(crate) fn flush_log(&self) {
         let summaries = self.inner.lock().log.summaries(Instant::now());
         for (error, n) in summaries {
             log::warn!(target: "luna_matcher::plugins", "plugin {}: {error} (repeated {n} more times in the last {}s)", self.name, INTERVAL.as_secs());
         }
     }
 
-    pub fn restarted(&self) {
+    pub(crate) fn restarted(&self) {
         self.inner.lock().restarts += 1;
     }
 
-    pub fn call(&self, took: Duration) {
+    pub(crate) fn call(&self, took: Duration) {
         let mut i = self.inner.lock();
         let s = took.as_secs_f64();
         i.calls += 1;

@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::events::{Event, EventBroker, EventQueue, Publish};
-use crate::plugin::{CallRoute, Close, Costs, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo};
+use crate::host::GRACE;
+use crate::plugin::{
+    CallRoute, Close, Costs, CountError, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
+};
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
-use crate::host::GRACE;
 use crate::status::{PluginKind, PluginReport, PluginState, PluginStatus};
 
 struct Plugin {
@@ -187,8 +189,8 @@ impl PluginHost {
 
     /// Count a failure of a plugin the pipeline found (a malformed answer).
     pub fn count_error(&self, plugin: &str, error: String) {
-        if let Some(s) = self.statuses.iter().find(|s| s.name == plugin) {
-            s.error(error, None);
+        if let Some(addr) = self.actors.get(plugin) {
+            addr.do_send(CountError(error));
         }
     }
 

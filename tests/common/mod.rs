@@ -223,7 +223,10 @@ impl Service {
         std::fs::write(dir.path().join("config.toml"), toml).unwrap();
         let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"));
-        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--host", &host.to_string(), "--port", &port.to_string(), "--data-dir"]).arg(dir.path().join("data"));
+        cmd.arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .args(["--host", &host.to_string(), "--port", &port.to_string(), "--data-dir"])
+            .arg(dir.path().join("data"));
         cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);

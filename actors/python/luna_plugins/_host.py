@@ -15,7 +15,6 @@ import types
 import urllib.parse
 
 import luna_matcher
-
 from luna_plugins import _routes, _tasks, _workers
 from luna_plugins.base.monitoring import make_point
 from luna_plugins.base.plugins_meta._base import BaseEventPlugin, BasePlugin
@@ -207,7 +206,7 @@ async def _each(instances, method, timeout, *args):
 
 def _errors(outcomes, prefixes):
     """[(error, traceback)] of the outcomes that are exceptions."""
-    return [(f"{p}{type(o).__name__}: {o}", _tasks.format_traceback(o)) for p, o in zip(prefixes, outcomes) if isinstance(o, BaseException)]
+    return [(f"{p}{type(o).__name__}: {o}", _tasks.format_traceback(o)) for p, o in zip(prefixes, outcomes, strict=True) if isinstance(o, BaseException)]
 
 
 async def start(instances, timeout):
@@ -227,9 +226,12 @@ async def deliver(instances, event_name, points, timeout):
     """Hand one event to each instance; their errors. A handler that overruns
     raises HostTimeout here, so the host restarts the plugin."""
     objects = [make_point(series, event_time, tags, fields) for series, event_time, tags, fields in points]
-    loggers = [i.app.ctx.logger if getattr(i, "app", None) else logging.getLogger("plugins") for i in instances]
-    calls = [_tasks.within(_call(i.handleEvent, objects, log), timeout, f"{_describe(i)}.handleEvent on {event_name}") for i, log in zip(instances, loggers)]
-    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+
+    def handle(instance):
+        logger = instance.app.ctx.logger if getattr(instance, "app", None) else logging.getLogger("plugins")
+        return _tasks.within(_call(instance.handleEvent, objects, logger), timeout, f"{_describe(instance)}.handleEvent on {event_name}")
+
+    outcomes = await asyncio.gather(*[handle(i) for i in instances], return_exceptions=True)
     for outcome in outcomes:
         if isinstance(outcome, HostTimeout):
             raise outcome

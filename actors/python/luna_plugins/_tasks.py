@@ -8,7 +8,6 @@ import time
 import traceback
 
 import luna_matcher
-
 from luna_plugins import _routes
 from luna_plugins.errors import HostTimeout
 

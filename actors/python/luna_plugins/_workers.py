@@ -8,7 +8,6 @@ import threading
 import time
 
 import luna_matcher
-
 from luna_plugins.errors import HostTimeout
 
 # plugin name -> its worker

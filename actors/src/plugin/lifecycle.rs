@@ -64,6 +64,9 @@ impl PluginActor {
 
     /// After `initialize`: mount routes, subscribe to events, take work.
     fn serve(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.state, PluginState::Loading | PluginState::Restarting) {
+            return; // shutting down meanwhile
+        }
         let name = self.setup.name.clone();
         let paths = match bridge(|py| host().route_paths(py, &name)) {
             Ok(paths) => paths,
@@ -89,18 +92,16 @@ impl PluginActor {
 
     /// Take events of `event_names` from now on; none: take no events.
     fn subscribe(&self, ctx: &mut Context<Self>, event_names: Vec<String>) {
-        self.setup.broker.do_send(Subscribe {
-            plugin: self.setup.name.clone(),
-            event_names,
-            queue: self.setup.queue.clone(),
-            wake: ctx.address().recipient(),
-        });
+        self.setup.broker.do_send(Subscribe { plugin: self.setup.name.clone(), event_names, queue: self.setup.queue.clone(), wake: ctx.address().recipient() });
     }
 
-    /// Stop, so that the supervisor restarts this plugin.
+    /// Stop, so that the supervisor restarts this plugin; once shutting down,
+    /// only count the error, so that `close()` still runs.
     pub(super) fn fail(&mut self, ctx: &mut Context<Self>, error: String, traceback: Option<&str>) {
         self.setup.status.error(error, traceback);
-        ctx.stop();
+        if self.state != PluginState::Stopping {
+            ctx.stop();
+        }
     }
 
     /// A failure of a call: restart the plugin, with what went wrong.
@@ -129,7 +130,8 @@ impl Supervised for PluginActor {
     fn restarting(&mut self, ctx: &mut Self::Context) {
         self.setup.queue.delivering.store(false, Ordering::Release);
         self.setup.routes.set(&self.setup.name, &[]);
-        let (name, instances, context, limit) = (self.setup.name.clone(), std::mem::take(&mut self.instances), self.context.take(), self.setup.settings.close_timeout);
+        let (name, instances, context, limit) =
+            (self.setup.name.clone(), std::mem::take(&mut self.instances), self.context.take(), self.setup.settings.close_timeout);
         // Best effort: let the old instances close, then forget them and their tasks.
         let _ = bridge(|py| {
             let objects: Vec<Py<PyAny>> = instances.iter().map(|i| i.object.clone_ref(py)).collect();
@@ -173,6 +175,19 @@ impl Handler<Fault> for PluginActor {
         if msg.generation == self.generation && matches!(self.state, PluginState::Loading | PluginState::Running | PluginState::Restarting) {
             self.fail(ctx, msg.error, msg.traceback.as_deref());
         }
+    }
+}
+
+/// An error of the plugin found outside it (a malformed answer the pipeline rejected), to count.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CountError(pub String);
+
+impl Handler<CountError> for PluginActor {
+    type Result = ();
+
+    fn handle(&mut self, CountError(error): CountError, _: &mut Self::Context) {
+        self.setup.status.error(error, None);
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use pyo3::prelude::*;
 
-pub use lifecycle::{Close, Fault};
+pub use lifecycle::{Close, CountError, Fault};
 pub use matching::{Costs, Match, MatchCall, MatchFailure};
 pub use routes::{CallRoute, RouteError, RouteReply};
 
