@@ -256,6 +256,7 @@ class P(BaseBackgroundPlugin):
 #[test]
 fn a_generation_without_event_classes_takes_no_events() {
     // The first import has an event class whose handler hangs; the one after the restart has none.
+    // The failed first generation is closed.
     let shifting = r#"
 import asyncio
 import os
@@ -271,6 +272,10 @@ if FIRST:
 
         async def handleEvent(self, points, logger):
             await asyncio.Event().wait()
+
+        async def close(self):
+            with open(os.environ["SHIFT_MARK"], "a") as f:
+                f.write("first generation closed\n")
 else:
     class Quiet(BaseBackgroundPlugin):
         async def initialize(self):
@@ -287,6 +292,7 @@ else:
         assert_eq!(s.call("GET", "/1/version", None).status, 200);
     }
     s.wait_for(|| s.plugin("shifting")["state"] == "running", "the second generation runs");
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "first generation closed\n", "the failed generation is closed");
     let p = s.plugin("shifting");
     assert_eq!(p["kind"], "background", "{p}");
     // What was queued for the old subscription is dropped, counted, and no more comes.

@@ -117,6 +117,7 @@ pub struct Host {
     context: Py<PyAny>,
     start: Py<PyAny>,
     stop: Py<PyAny>,
+    retire: Py<PyAny>,
     deliver: Py<PyAny>,
     route_paths: Py<PyAny>,
     serve: Py<PyAny>,
@@ -150,6 +151,7 @@ impl Host {
             context: f("context")?,
             start: f("start")?,
             stop: f("stop")?,
+            retire: f("retire")?,
             deliver: f("deliver")?,
             route_paths: f("route_paths")?,
             serve: f("serve")?,
@@ -226,6 +228,13 @@ impl Host {
     pub fn stop(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: Option<&PluginContext>) -> Hosted<Vec<HandlerError>> {
         let coroutine = PyList::new(py, instances).and_then(|i| self.stop.bind(py).call1((i, limit.as_secs_f64())));
         self.spawn(py, coroutine, limit, context)
+    }
+
+    /// Close the instances of a failed generation, each within `limit`, then
+    /// cancel the tasks it left.
+    pub fn retire(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: &PluginContext) -> Hosted<Py<PyAny>> {
+        let coroutine = PyList::new(py, instances).and_then(|i| self.retire.bind(py).call1((i, limit.as_secs_f64())));
+        self.spawn(py, coroutine, limit, Some(context))
     }
 
     /// Hand `event` to `instances`, each handler within `limit`: their errors.

@@ -117,9 +117,7 @@ def _is_plugin_class(obj):
 
 def unload(name):
     """Forget a plugin: its module (so the next load imports it afresh),
-    classes, routes, tasks and worker thread.
-
-    Called from the plugin's actor thread: the tasks are cancelled on the loop's own thread."""
+    classes, routes and worker thread. Its tasks end with `retire`."""
     with _load_lock:
         for module in [m for m in list(sys.modules) if m == f"plugins.{name}" or m.startswith(f"plugins.{name}.")]:
             sys.modules.pop(module, None)
@@ -127,7 +125,15 @@ def unload(name):
             del _activated[cls]
     _routes.drop(name)
     _workers.retire(name)
-    _loop.call_soon_threadsafe(_tasks.cancel, name)
+
+
+async def retire(instances, timeout):
+    """Close the instances of a failed generation, each within `timeout`, then
+    cancel the tasks that generation left. Runs in that generation's context."""
+    owner = _routes.current_plugin.get()
+    for error, _ in await stop(instances, timeout):
+        logging.getLogger(f"plugins.{owner[0]}").warning("close of a failed generation: %s", error)
+    _tasks.cancel(owner, asyncio.current_task())
 
 
 # Plugin code that asks for "the" event loop outside a coroutine (at import, in

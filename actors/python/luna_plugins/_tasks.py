@@ -105,10 +105,10 @@ def _finished(task):
         luna_matcher._task_failed(task.owner[0], task.owner[1], f"{type(error).__name__}: {error}", format_traceback(error))
 
 
-def cancel(name):
-    """Cancel every task of every generation of plugin `name`."""
-    for owner in [o for o in live if o[0] == name]:
-        for task in live.pop(owner):
+def cancel(owner, spare):
+    """Cancel every task of plugin generation `owner` but `spare`."""
+    for task in live.pop(owner, ()):
+        if task is not spare:
             task.cancel()
 
 

@@ -132,10 +132,12 @@ impl Supervised for PluginActor {
         self.setup.routes.set(&self.setup.name, &[]);
         let (name, instances, context, limit) =
             (self.setup.name.clone(), std::mem::take(&mut self.instances), self.context.take(), self.setup.settings.close_timeout);
-        // Best effort: let the old instances close, then forget them and their tasks.
+        // Best effort, not awaited: the old instances close, then their tasks are cancelled.
         let _ = bridge(|py| {
-            let objects: Vec<Py<PyAny>> = instances.iter().map(|i| i.object.clone_ref(py)).collect();
-            drop(host().stop(py, &objects, limit, context.as_ref()));
+            if let Some(context) = &context {
+                let objects: Vec<Py<PyAny>> = instances.iter().map(|i| i.object.clone_ref(py)).collect();
+                drop(host().retire(py, &objects, limit, context));
+            }
             host().unload(py, &name)
         });
         if matches!(self.state, PluginState::Stopping | PluginState::Stopped | PluginState::Failed) {
