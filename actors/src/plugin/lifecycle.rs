@@ -52,7 +52,7 @@ impl PluginActor {
         self.context = Some(context);
         ctx.spawn(answer(started, Wait::Answer).into_actor(self).map(|outcome, act, ctx| match outcome {
             Ok(_) => act.serve(ctx),
-            Err(e) => act.fail(ctx, format!("initialize failed: {}", e.summary()), e.traceback()),
+            Err(e) => act.fail_with(ctx, "initialize failed", &e),
         }));
     }
 
@@ -174,7 +174,9 @@ impl Handler<Fault> for PluginActor {
     type Result = ();
 
     fn handle(&mut self, msg: Fault, ctx: &mut Self::Context) {
-        if msg.generation == self.generation && matches!(self.state, PluginState::Loading | PluginState::Running | PluginState::Restarting) {
+        // A generation torn down (no context) or shutting down has nothing left to fail.
+        let live = self.context.is_some() && matches!(self.state, PluginState::Loading | PluginState::Running | PluginState::Restarting);
+        if msg.generation == self.generation && live {
             self.fail(ctx, msg.error, msg.traceback.as_deref());
         }
     }
