@@ -79,7 +79,8 @@ def _store_module():
 def blocking_owner():
     """(plugin, generation, step) whose task step holds the event loop now, if
     any. Called from the watchdog thread while the loop is stuck."""
-    return _tasks.holding
+    holder = _tasks.holder
+    return None if holder is None else (*holder, _tasks.serial)
 
 
 def context(name, generation):

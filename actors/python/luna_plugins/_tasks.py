@@ -13,48 +13,60 @@ from luna_plugins.errors import HostTimeout
 
 # (plugin, generation) -> its live tasks
 live = {}
-# plugin name -> seconds the steps of its tasks held the loop
-_held = {}
+# Seconds the steps of plugin tasks held the loop: all told, and per plugin name.
 _held_total = 0.0
-# (plugin, generation, serial) of the task step running now, if any
-holding = None
-_serial = 0
+_held = {}
+# The owner, (plugin, generation), of the task step running now, if any, and
+# the serial number of that step.
+holder = None
+serial = 0
+_clock = time.perf_counter
 
 
 def format_traceback(error):
     return "".join(traceback.format_exception(error)).rstrip()
 
 
+class _Account:
+    __slots__ = ("held",)
+
+    def __init__(self):
+        self.held = 0.0
+
+
 class _Steps(collections.abc.Coroutine):
     """A plugin coroutine whose every step is timed and charged to its owner."""
 
-    __slots__ = ("_coro", "_owner")
+    __slots__ = ("_coro", "_owner", "_account")
 
     def __init__(self, coro, owner):
         self._coro = coro
         self._owner = owner
-
-    def _step(self, method, *args):
-        global holding, _serial, _held_total
-        _serial += 1
-        holding = (*self._owner, _serial)
-        start = time.perf_counter()
-        try:
-            return method(*args)
-        finally:
-            spent = time.perf_counter() - start
-            holding = None
-            name = self._owner[0]
-            _held[name] = _held.get(name, 0.0) + spent
-            _held_total += spent
+        self._account = _held.get(owner[0]) or _held.setdefault(owner[0], _Account())
 
     def send(self, value):
-        return self._step(self._coro.send, value)
+        global holder, serial, _held_total
+        holder, serial = self._owner, serial + 1
+        start = _clock()
+        try:
+            return self._coro.send(value)
+        finally:
+            spent = _clock() - start
+            holder = None
+            self._account.held += spent
+            _held_total += spent
 
     def throw(self, typ, val=None, tb=None):
-        if val is None and tb is None:
-            return self._step(self._coro.throw, typ)
-        return self._step(self._coro.throw, typ, val, tb)
+        global holder, serial, _held_total
+        holder, serial = self._owner, serial + 1
+        start = _clock()
+        try:
+            return self._coro.throw(typ) if val is None and tb is None else self._coro.throw(typ, val, tb)
+        finally:
+            spent = _clock() - start
+            holder = None
+            self._account.held += spent
+            _held_total += spent
 
     def close(self):
         return self._coro.close()
@@ -114,7 +126,8 @@ def cancel(owner, spare):
 
 def _others(name):
     """Seconds other plugins' steps have held the loop, all told."""
-    return _held_total - _held.get(name, 0.0)
+    account = _held.get(name)
+    return _held_total - (account.held if account else 0.0)
 
 
 def _watched(task):
