@@ -144,10 +144,10 @@ async def within(awaitable, timeout, what):
     name = owner[0] if owner else None
     task = asyncio.ensure_future(awaitable)
     task.add_done_callback(_watched)
-    start, others = time.perf_counter(), _others(name)
+    start, others = _clock(), _others(name)
     try:
         while not task.done():
-            remaining = timeout - (time.perf_counter() - start - (_others(name) - others))
+            remaining = timeout - (_clock() - start - (_others(name) - others))
             if remaining <= 0:
                 task.cancel()
                 raise HostTimeout(f"{what} took longer than {timeout:g}s")
