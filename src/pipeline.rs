@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use luna_actors::plugin::MatchCall;
-use luna_actors::Plugins;
+use luna_actors::PluginHost;
 use luna_core::api::{MatchFacesRequest, ReferenceMatches};
 use luna_core::matching::SubResult;
 use luna_core::planning::SubRequest;
@@ -28,7 +28,7 @@ pub struct SubReport {
 /// Answer a matching request; with `plugins`, through the matching plugins.
 pub async fn match_faces(
     core: &Core,
-    plugins: Option<&Plugins>,
+    plugins: Option<&PluginHost>,
     account: Option<Uuid>,
     request_id: &str,
     req: MatchFacesRequest,

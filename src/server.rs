@@ -1,13 +1,13 @@
 //! Start-up and shutdown of the service: store, plugins, HTTP server.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use luna_actors::plugin::ServiceInfo;
-use luna_actors::Plugins;
+use luna_actors::PluginHost;
 use luna_core::{Core, CoreConfig};
 use tokio::signal::unix;
 
@@ -24,25 +24,35 @@ pub fn core(config: &Config) -> Result<Arc<Core>, String> {
 }
 
 /// The shared state of the app.
-pub fn state(config: &Config, core: Arc<Core>, plugins: Option<Arc<Plugins>>) -> web::Data<AppState> {
+pub fn state(config: &Config, core: Arc<Core>, plugins: Option<Arc<PluginHost>>) -> web::Data<AppState> {
     let telemetry = Telemetry::new(config.service_name(), plugins.clone());
     web::Data::new(AppState { core, telemetry: Arc::new(telemetry), plugins, role: config.server.role, body_timeout: config.server.body_timeout })
 }
 
 /// Start the active plugins, if any. Must run inside the actix System.
-pub fn plugins(config: &Config, core: &Arc<Core>) -> Result<Option<Arc<Plugins>>, String> {
+pub fn plugins(config: &Config, core: &Arc<Core>) -> Result<Option<Arc<PluginHost>>, String> {
     let active = config.active_plugins();
     if active.is_empty() {
         return Ok(None);
     }
     luna_actors::supervisor::check_directory(&config.plugins.directory)?;
-    let host = if config.server.host == "0.0.0.0" { "127.0.0.1" } else { config.server.host.as_str() };
-    let service = ServiceInfo { name: config.service_name(), url: format!("http://{host}:{}", config.port()) };
+    let service = ServiceInfo { name: config.service_name(), url: service_url(&config.server.host, config.port()) };
     let paths = openapi::paths();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let plugins = Plugins::start(&config.plugins, active, service, &paths, core.clone())?;
+    let plugins = PluginHost::start(&config.plugins, active, service, &paths, core.clone())?;
     log::info!("plugins starting: {}", active.join(", "));
     Ok(Some(Arc::new(plugins)))
+}
+
+/// Where plugins reach the service's API (`app.ctx.serviceUrl`): the address
+/// it listens on, loopback for a wildcard, an IPv6 address in brackets.
+fn service_url(host: &str, port: u16) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) if ip.is_unspecified() => format!("http://{}:{port}", Ipv4Addr::LOCALHOST),
+        Ok(IpAddr::V6(ip)) if ip.is_unspecified() => format!("http://[{}]:{port}", Ipv6Addr::LOCALHOST),
+        Ok(IpAddr::V6(ip)) => format!("http://[{ip}]:{port}"),
+        _ => format!("http://{host}:{port}"),
+    }
 }
 
 /// The HTTP server on `listener`. It handles no signals itself: `run` does.
@@ -214,4 +224,19 @@ fn raise_nofile() -> u64 {
         }
     }
     nofile()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_url;
+
+    #[test]
+    fn plugins_reach_the_service_where_it_listens() {
+        assert_eq!(service_url("0.0.0.0", 5100), "http://127.0.0.1:5100");
+        assert_eq!(service_url("127.0.0.1", 5100), "http://127.0.0.1:5100");
+        assert_eq!(service_url("::", 5100), "http://[::1]:5100");
+        assert_eq!(service_url("::1", 5100), "http://[::1]:5100");
+        assert_eq!(service_url("fe80::1", 80), "http://[fe80::1]:80");
+        assert_eq!(service_url("localhost", 5100), "http://localhost:5100");
+    }
 }

@@ -169,7 +169,8 @@ fn luna_documented_example_runs_unchanged() {
     let mut s = Service::spawn(&[("luna_example.py", &plugin)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"luna_example\"]\n");
     s.ready();
     s.call("GET", "/1/lists/not-a-uuid", None);
-    s.wait_for(|| bodies.lock().unwrap().iter().any(|b| b.contains("\"error\"")), "both points arrive");
+    let arrived = |series: &str| bodies.lock().unwrap().iter().any(|b| b.contains(&format!("\"series\": \"{series}\"")));
+    s.wait_for(|| arrived("error") && arrived("request"), "both points arrive");
     let points: Vec<serde_json::Value> = bodies.lock().unwrap().iter().map(|b| serde_json::from_str(b).unwrap()).collect();
     let error = points.iter().find(|p| p["series"] == "error").unwrap();
     assert_eq!(error["tags"], json!({"service": "luna-matcher-proxy", "route": "GET:/1/lists/{list_id}", "status_code": "400", "error_code": "11004"}));

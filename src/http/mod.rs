@@ -15,7 +15,7 @@ use actix_web::dev::{HttpServiceFactory, ServiceFactory, ServiceRequest, Service
 use actix_web::http::Method;
 use actix_web::middleware::from_fn;
 use actix_web::{guard, web, App, FromRequest, Handler, HttpRequest, Responder, Route};
-use luna_actors::Plugins;
+use luna_actors::PluginHost;
 use luna_core::Core;
 
 use crate::config::Role;
@@ -27,7 +27,7 @@ pub struct AppState {
     pub core: Arc<Core>,
     pub telemetry: Arc<Telemetry>,
     /// None when no plugin is active: Python is then never started.
-    pub plugins: Option<Arc<Plugins>>,
+    pub plugins: Option<Arc<PluginHost>>,
     pub role: Role,
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
@@ -37,7 +37,7 @@ impl AppState {
     /// The plugins that may answer matching sub-requests: the proxy pipeline
     /// of roles standalone and proxy, never the matcher role. None when no
     /// matching plugin runs, so a request then skips the pipeline's work.
-    pub fn matching_plugins(&self) -> Option<&Plugins> {
+    pub fn matching_plugins(&self) -> Option<&PluginHost> {
         self.plugins.as_deref().filter(|p| self.role != Role::Matcher && p.has_matchers())
     }
 }

@@ -210,7 +210,12 @@ impl Service {
     }
 
     pub fn spawn_with_env(plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Service {
-        let s = Self::launch(plugins, config, env, None);
+        Self::spawn_on("127.0.0.1".parse().unwrap(), plugins, config, env)
+    }
+
+    /// The service listening on `host` (`--host`).
+    pub fn spawn_on(host: std::net::IpAddr, plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Service {
+        let s = Self::launch_on(host, plugins, config, env, None);
         s.wait_for(|| std::net::TcpStream::connect(s.addr).is_ok(), "the service listens");
         s
     }
@@ -218,6 +223,10 @@ impl Service {
     /// Start the binary without waiting for it to listen; `data_dir` defaults
     /// to `data` in the service's own directory.
     pub fn launch(plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)], data_dir: Option<&Path>) -> Service {
+        Self::launch_on("127.0.0.1".parse().unwrap(), plugins, config, env, data_dir)
+    }
+
+    fn launch_on(host: std::net::IpAddr, plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)], data_dir: Option<&Path>) -> Service {
         let dir = tempfile::tempdir().unwrap();
         for (name, source) in plugins {
             let path = dir.path().join("plugins").join(name);
@@ -232,13 +241,13 @@ impl Service {
         let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
         let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"));
-        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--port", &port.to_string(), "--data-dir"]).arg(data_dir);
+        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--host", &host.to_string(), "--port", &port.to_string(), "--data-dir"]).arg(data_dir);
         cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        Service { addr: format!("127.0.0.1:{port}").parse().unwrap(), dir, child: Some(child) }
+        Service { addr: std::net::SocketAddr::new(host, port), dir, child: Some(child) }
     }
 
     pub fn pid(&self) -> u32 {
