@@ -148,8 +148,8 @@ def parse(body):
     """The JSON object of a body; raises `PoisonMessageError`."""
     try:
         message = json.loads(body)
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-        raise PoisonMessageError(f"the body is not JSON: {error}") from error
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
+        raise PoisonMessageError(f"the body is not JSON: {type(error).__name__}: {error}") from error
     if not isinstance(message, dict):
         raise PoisonMessageError(f"the body is JSON but not an object: {type(message).__name__}")
     return message

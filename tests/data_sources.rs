@@ -435,10 +435,10 @@ fn rabbitmq_stats(s: &Service) -> Value {
 
 /// The broker's process id of the plugin's connection to `queue`.
 fn plugin_connection(queue: &str) -> Option<String> {
-    let out = std::process::Command::new("rabbitmqctl").args(["list_connections", "pid", "client_properties", "--formatter", "json", "-q"]).output().expect("rabbitmqctl");
-    let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    let name = format!("luna-matcher rabbitmq_faces {queue}");
-    all.iter().find(|c| c["client_properties"].to_string().contains(&name)).map(|c| c["pid"].as_str().unwrap().to_owned())
+    // One line a connection: `<rabbit@host.N.N.N>\t[{"connection_name","..."},...]`.
+    let out = std::process::Command::new("rabbitmqctl").args(["list_connections", "pid", "client_properties", "-s"]).output().expect("rabbitmqctl");
+    let name = format!("{{\"connection_name\",\"luna-matcher rabbitmq_faces {queue}\"}}");
+    String::from_utf8_lossy(&out.stdout).lines().find(|l| l.contains(&name)).map(|l| l.split('\t').next().unwrap().to_owned())
 }
 
 #[test]
@@ -453,6 +453,7 @@ fn rabbitmq_queue_creates_faces_dead_letters_and_reconnects() {
     let bad = [
         ("{\"descriptor\": ", "the body is not JSON"),
         ("[1, 2]", "not an object"),
+        (&*"[".repeat(100_000), "RecursionError"),
         (&*json!({"descriptor": d, "descriptor_version": "abc", "user_data": "bad-version"}).to_string(), "11002"),
         (&*json!({"descriptor": "not base64!", "user_data": "bad-base64"}).to_string(), "11010"),
         (&*json!({"descriptor": d, "list_id": uuid::Uuid::new_v4(), "user_data": "unknown-list"}).to_string(), "22001"),
@@ -465,34 +466,34 @@ fn rabbitmq_queue_creates_faces_dead_letters_and_reconnects() {
         bodies.push(good(n as u64));
         bodies.push(body.clone());
     }
-    bodies.push(good(7));
+    bodies.push(good(8));
     queue.publish(&bodies);
     s.wait_for(
         || {
             let stats = rabbitmq_stats(&s);
-            stats["created"] == 8 && stats["rejected"] == 7
+            stats["created"] == 9 && stats["rejected"] == 8
         },
         "every message is handled",
     );
-    assert_eq!(user_data_in(&s, &list), (0..8).map(|n| format!("good-{n}")).collect::<BTreeSet<_>>());
+    assert_eq!(user_data_in(&s, &list), (0..9).map(|n| format!("good-{n}")).collect::<BTreeSet<_>>());
     let dead = queue.dead_letters();
-    assert_eq!(dead.len(), 7, "{dead:?}");
+    assert_eq!(dead.len(), 8, "{dead:?}");
     for ((body, reason), letter) in bad.iter().zip(&dead) {
         assert_eq!(letter["body"], *body, "the dead letter is the original message, in order");
         let error = letter["headers"]["luna-error"].as_str().unwrap();
         assert!(error.contains(reason), "{body}: {error}");
         assert_eq!(letter["headers"]["luna-queue"], queue.0);
     }
-    assert_eq!(dead[4]["headers"]["luna-status"], 404, "the service's answer to the unknown list");
+    assert_eq!(dead[5]["headers"]["luna-status"], 404, "the service's answer to the unknown list");
 
     // The broker drops the plugin's connection; what is published meanwhile is not lost.
     let pid = plugin_connection(&queue.0).expect("the plugin's connection is listed");
     let closed = std::process::Command::new("rabbitmqctl").args(["close_connection", &pid, "test"]).output().unwrap();
     assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
-    queue.publish(&[good(8), good(9)]);
-    s.wait_for(|| rabbitmq_stats(&s)["created"] == 10, "messages published after the drop are ingested");
+    queue.publish(&[good(9), good(10)]);
+    s.wait_for(|| rabbitmq_stats(&s)["created"] == 11, "messages published after the drop are ingested");
     assert_eq!(rabbitmq_stats(&s)["connections"], 2, "the plugin connected again");
-    assert_eq!(user_data_in(&s, &list), (0..10).map(|n| format!("good-{n}")).collect::<BTreeSet<_>>());
+    assert_eq!(user_data_in(&s, &list), (0..11).map(|n| format!("good-{n}")).collect::<BTreeSet<_>>());
     assert_running_without_restarts(&s, "rabbitmq_faces");
 }
 
