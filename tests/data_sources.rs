@@ -97,7 +97,7 @@ impl Redis {
         }
     }
 
-    /// XADD with an automatic id; returns the id.
+    /// XADD with an automatic id; returns the id (or QUEUED in a transaction).
     fn add(&mut self, stream: &str, fields: &[(&str, &[u8])]) -> String {
         let mut args: Vec<&[u8]> = vec![b"XADD", stream.as_bytes(), b"*"];
         for (k, v) in fields {
@@ -163,8 +163,16 @@ fn user_data_in(s: &Service, list: &str) -> BTreeSet<String> {
     let q = json!({"references": [{"type": "descriptor", "data": probe}],
                    "candidates": [{"filters": {"origin": "faces", "list_id": list}, "targets": ["user_data"], "limit": 100}]});
     let found = s.call("POST", "/1/matcher/faces", Some(&q)).json();
-    found[0]["matches"][0]["result"].as_array().unwrap_or_else(|| panic!("{found}")).iter().map(|r| r["face"]["user_data"].as_str().unwrap().to_owned()).collect()
+    found[0]["matches"][0]["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{found}"))
+        .iter()
+        .map(|r| r["face"]["user_data"].as_str().unwrap().to_owned())
+        .collect()
 }
+
+/// A stream entry's fields.
+type Fields = Vec<(&'static str, Vec<u8>)>;
 
 fn assert_running_without_restarts(s: &Service, name: &str) {
     let p = s.plugin(name);
@@ -202,26 +210,26 @@ fn redis_poison_messages_go_to_the_dead_letter_stream() {
     s.ready();
     s.wait_for(|| s.call("GET", "/redis-faces/stats", None).json()["connected"] == true, "the plugin reads the stream");
     let list = create_list(&s);
-    let good = |n: u64| (format!("good-{n}"), b64(&descriptor(100 + n)));
+    let good = |n: u64| -> Fields { vec![("descriptor", b64(&descriptor(100 + n)).into()), ("list_id", list.clone().into())] };
     let unknown_list = uuid::Uuid::new_v4().to_string();
     let short = b64(&descriptor(7)[..100]);
     let d = b64(&descriptor(8));
-    // (user_data, fields, what the dead letter's error says); no reason: a good message.
-    let mut messages: Vec<(String, Vec<(&str, Vec<u8>)>, Option<&str>)> = Vec::new();
-    let bad: [(&str, Vec<(&str, Vec<u8>)>, &str); 6] = [
+    // (user_data, fields, what the dead letter's error says)
+    let bad: [(&str, Fields, &str); 6] = [
         ("bad-version", vec![("descriptor", d.clone().into()), ("descriptor_version", b"abc".to_vec())], "descriptor_version is not an integer: 'abc'"),
         ("bad-base64", vec![("descriptor", b"not base64!".to_vec())], "11010"),
-        ("unknown-list", vec![("descriptor", d.clone().into()), ("list_id", unknown_list.clone().into())], "22001"),
+        ("unknown-list", vec![("descriptor", d.clone().into()), ("list_id", unknown_list.into())], "22001"),
         ("wrong-length", vec![("descriptor", short.into())], "11013"),
         ("misspelt-field", vec![("descriptor", d.clone().into()), ("lsit_id", list.clone().into())], "unknown fields ['lsit_id']"),
         ("not-utf8", vec![("descriptor", d.clone().into()), ("external_id", b"\xff\xfe".to_vec())], "not UTF-8"),
     ];
+    // Good and bad interleaved; a good message has no reason.
+    let mut messages: Vec<(String, Fields, Option<&str>)> = Vec::new();
     for (n, (name, fields, reason)) in bad.into_iter().enumerate() {
-        let (user_data, data) = good(n as u64);
-        messages.push((user_data, vec![("descriptor", data.into()), ("list_id", list.clone().into())], None));
+        messages.push((format!("good-{n}"), good(n as u64), None));
         messages.push((name.to_owned(), fields, Some(reason)));
     }
-    messages.push((good(6).0, vec![("descriptor", good(6).1.into()), ("list_id", list.clone().into())], None));
+    messages.push(("good-6".to_owned(), good(6), None));
 
     // All in one transaction, so the plugin finds them together in its batch.
     let mut r = Redis::connect();
@@ -229,7 +237,7 @@ fn redis_poison_messages_go_to_the_dead_letter_stream() {
     for (user_data, fields, _) in &messages {
         let mut all: Vec<(&str, &[u8])> = fields.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         all.push(("user_data", user_data.as_bytes()));
-        assert_eq!(r.raw(&[b"XADD", stream.0.as_bytes(), b"*"].into_iter().chain(all.iter().flat_map(|(k, v)| [k.as_bytes(), *v])).collect::<Vec<_>>()), Resp::Status("QUEUED".into()));
+        assert_eq!(r.add(&stream.0, &all), "QUEUED");
     }
     let ids: Vec<String> = r.cmd(&["EXEC"]).items().iter().map(Resp::text).collect();
 
