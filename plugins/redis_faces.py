@@ -49,6 +49,8 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
         self.timeout = float(config.get("request_timeout", 30.0))
         self.logger = app.ctx.logger
         self.stats = {"created": 0, "rejected": 0, "retried": 0, "connected": False}
+        # How the connection shows in the server's CLIENT LIST (a name takes '!' to '~' only).
+        self.client_name = "".join(c if "!" <= c <= "~" else "_" for c in f"luna-matcher-redis_faces-{self.stream}")
         self.task = None
         self.faces = None
 
@@ -64,7 +66,7 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
         """Read forever; a lost connection is retried, never fatal."""
         backoff = Backoff()
         while True:
-            client = redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10)
+            client = redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10, client_name=self.client_name)
             try:
                 await self.join_group(client)
                 self.stats["connected"] = True
@@ -124,7 +126,7 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
         while True:
             cursor, claimed, *_ = await client.xautoclaim(self.stream, self.group, self.consumer, int(self.claim_idle * 1000), cursor, count=BATCH)
             if claimed:
-                self.logger.warning("claimed %d messages left pending by idle consumers of %s", len(claimed), self.group)
+                self.logger.warning("took over %d messages of %s pending for %.0fs or more", len(claimed), self.group, self.claim_idle)
             if cursor in (b"0-0", "0-0"):
                 return
 

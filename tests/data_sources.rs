@@ -201,6 +201,17 @@ fn redis_stream_creates_faces() {
         (Some("from redis"), Some("cam-7"), Some(1.0))
     );
     assert_eq!(r.pending(&stream.0, "luna-matcher"), 0, "every message is acknowledged");
+
+    // The server drops the plugin's connection; what is added meanwhile is not lost.
+    let clients = r.cmd(&["CLIENT", "LIST"]).text();
+    let name = format!("name=luna-matcher-redis_faces-{}", stream.0);
+    let line = clients.lines().find(|l| l.split(' ').any(|f| f == name)).unwrap_or_else(|| panic!("{clients}"));
+    let id = line.split(' ').find_map(|f| f.strip_prefix("id=")).unwrap();
+    assert_eq!(r.cmd(&["CLIENT", "KILL", "ID", id]).int(), 1);
+    r.add(&stream.0, &[("descriptor", b64(&descriptor(12)).as_bytes()), ("user_data", b"after the drop"), ("list_id", list.as_bytes())]);
+    s.wait_for(|| s.call("GET", "/redis-faces/stats", None).json()["created"] == 2, "the message added after the drop is ingested");
+    assert!(user_data_in(&s, &list).contains("after the drop"));
+    assert_running_without_restarts(&s, "redis_faces");
 }
 
 #[test]
