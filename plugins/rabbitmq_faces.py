@@ -75,20 +75,8 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
                 # The name shows in the broker's connection list (rabbitmqctl list_connections client_properties).
                 properties = {"connection_name": f"luna-matcher rabbitmq_faces {self.queue}"}
                 async with await aio_pika.connect(self.url, timeout=10, client_properties=properties) as connection:
-                    channel = await connection.channel()
-                    await channel.set_qos(prefetch_count=self.prefetch)
-                    dead = await channel.declare_exchange(self.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True)
-                    await (await channel.declare_queue(self.dead_letter, durable=True)).bind(dead)
-                    queue = await channel.declare_queue(self.queue, durable=True, arguments={"x-dead-letter-exchange": self.dead_letter})
-                    self.stats["connected"] = True
-                    self.stats["connections"] += 1
-                    backoff.reset()
-                    async with queue.iterator() as messages:
-                        async for message in messages:
-                            if channel.is_closed:
-                                break  # buffered before the connection dropped: the broker redelivers them
-                            await self.handle(message, dead)
-                failure = "the connection was closed"
+                    await self.consume_on(connection, backoff)
+                failure = "the channel was closed or the queue deleted"
             except BROKER_ERRORS as error:
                 failure = f"{type(error).__name__}: {error}"
             finally:
@@ -96,6 +84,31 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
             delay = backoff.next()
             self.logger.warning("rabbitmq %s queue %s unavailable (%s); connecting again in %.1fs", loggable(self.url), self.queue, failure, delay)
             await asyncio.sleep(delay)
+
+    async def consume_on(self, connection, backoff):
+        """Declare what the plugin uses and handle deliveries until the channel
+        closes or the broker cancels the consumer because the queue went
+        (deleted, its node lost)."""
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        dead = await channel.declare_exchange(self.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True)
+        await (await channel.declare_queue(self.dead_letter, durable=True)).bind(dead)
+        queue = await channel.declare_queue(self.queue, durable=True, arguments={"x-dead-letter-exchange": self.dead_letter})
+        # Deliveries (at most `prefetch`), then None: stop.
+        inbox = asyncio.Queue()
+
+        def stop(*_):
+            inbox.put_nowait(None)
+
+        channel.close_callbacks.add(stop)
+        (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(stop)
+        await queue.consume(inbox.put)
+        self.stats["connected"] = True
+        self.stats["connections"] += 1
+        backoff.reset()
+        # What was delivered before the channel closed is not acknowledged: the broker delivers it again.
+        while (message := await inbox.get()) is not None and not channel.is_closed:
+            await self.handle(message, dead)
 
     async def handle(self, message, dead):
         try:

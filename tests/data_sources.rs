@@ -211,6 +211,13 @@ fn redis_stream_creates_faces() {
     r.add(&stream.0, &[("descriptor", b64(&descriptor(12)).as_bytes()), ("user_data", b"after the drop"), ("list_id", list.as_bytes())]);
     s.wait_for(|| s.call("GET", "/redis-faces/stats", None).json()["created"] == 2, "the message added after the drop is ingested");
     assert!(user_data_in(&s, &list).contains("after the drop"));
+
+    // The stream is deleted under the consumer: the plugin creates its group again and goes on.
+    r.cmd(&["DEL", &stream.0]);
+    r.add(&stream.0, &[("descriptor", b64(&descriptor(13)).as_bytes()), ("user_data", b"new stream"), ("list_id", list.as_bytes())]);
+    s.wait_for(|| s.call("GET", "/redis-faces/stats", None).json()["created"] == 3, "a message in the new stream is ingested");
+    assert!(user_data_in(&s, &list).contains("new stream"));
+    assert_eq!(r.pending(&stream.0, "luna-matcher"), 0);
     assert_running_without_restarts(&s, "redis_faces");
 }
 
@@ -513,6 +520,12 @@ fn rabbitmq_queue_creates_faces_dead_letters_and_reconnects() {
     s.wait_for(|| rabbitmq_stats(&s)["created"] == 11, "messages published after the drop are ingested");
     assert_eq!(rabbitmq_stats(&s)["connections"], 2, "the plugin connected again");
     assert_eq!(user_data_in(&s, &list), (0..11).map(|n| format!("good-{n}")).collect::<BTreeSet<_>>());
+
+    // The queue is deleted under the consumer: the plugin declares it again and goes on.
+    amqp(&["delete", &queue.0], "");
+    s.wait_for(|| rabbitmq_stats(&s)["connections"] == 3, "the plugin declares the queue again");
+    queue.publish(&[good(11)]);
+    s.wait_for(|| rabbitmq_stats(&s)["created"] == 12, "a message in the new queue is ingested");
     assert_running_without_restarts(&s, "rabbitmq_faces");
 }
 
