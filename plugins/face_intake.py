@@ -17,14 +17,24 @@ import urllib.parse
 
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
-FIELDS = frozenset({"descriptor", "descriptor_version", "account_id", "list_id", "user_data", "external_id"})
+FIELDS = frozenset(
+    {
+        "descriptor",
+        "descriptor_version",
+        "account_id",
+        "list_id",
+        "user_data",
+        "external_id",
+    }
+)
 
 # 4xx answers that mean "later", not "never".
 TRANSIENT_4XX = frozenset({408, 429})
 
 
 class PoisonMessageError(Exception):
-    """The message cannot become a face; `str()` is the reason, `status` the service's answer if any."""
+    """The message cannot become a face: `str()` is the reason, `status` the
+    service's HTTP status if it answered."""
 
     def __init__(self, reason, status=None):
         super().__init__(reason)
@@ -40,11 +50,16 @@ def face_request(message, account_id):
     unknown = sorted(set(message) - FIELDS)
     if unknown:
         # A misspelt field (`lsit_id`) would silently create a face outside its list.
-        raise PoisonMessageError(f"unknown fields {unknown}; a message takes {sorted(FIELDS)}")
+        raise PoisonMessageError(
+            f"unknown fields {unknown}; a message takes {sorted(FIELDS)}"
+        )
     descriptor = {"data": message["descriptor"]} if "descriptor" in message else {}
     if "descriptor_version" in message:
         descriptor["version"] = message["descriptor_version"]
-    face = {"account_id": message.get("account_id", account_id), "descriptor": descriptor}
+    face = {
+        "account_id": message.get("account_id", account_id),
+        "descriptor": descriptor,
+    }
     for key in ("user_data", "external_id"):
         if key in message:
             face[key] = message[key]
@@ -61,13 +76,16 @@ class FaceClient:
         self.session = ClientSession(timeout=ClientTimeout(total=timeout))
 
     async def create(self, face):
-        """Returns once the face exists; raises `PoisonMessageError` or `ServiceUnavailableError`."""
+        """Returns once the face exists; raises `PoisonMessageError` or
+        `ServiceUnavailableError`."""
         try:
             async with self.session.post(self.url, json=face) as response:
                 body = await response.text()
                 status = response.status
         except (ClientError, asyncio.TimeoutError) as error:
-            raise ServiceUnavailableError(f"{self.url}: {type(error).__name__}: {error}") from error
+            raise ServiceUnavailableError(
+                f"{self.url}: {type(error).__name__}: {error}"
+            ) from error
         if 200 <= status < 300:
             return
         if 400 <= status < 500 and status not in TRANSIENT_4XX:
@@ -98,4 +116,6 @@ class Backoff:
 def loggable(url):
     """A broker URL as logs show it: without credentials."""
     parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return urllib.parse.urlunsplit(
+        parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    )

@@ -34,9 +34,19 @@ import json
 
 import aio_pika
 from aio_pika.exceptions import AMQPError
-from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, pluginHTTPResponse
+from luna_plugins.base.plugins_meta.base_plugins import (
+    BaseBackgroundPlugin,
+    pluginHTTPResponse,
+)
 
-from .face_intake import Backoff, FaceClient, PoisonMessageError, ServiceUnavailableError, face_request, loggable
+from .face_intake import (
+    Backoff,
+    FaceClient,
+    PoisonMessageError,
+    ServiceUnavailableError,
+    face_request,
+    loggable,
+)
 
 # What a lost or refused broker connection raises.
 BROKER_ERRORS = (AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
@@ -54,7 +64,13 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
         self.service_url = config.get("service_url", app.ctx.serviceUrl)
         self.timeout = float(config.get("request_timeout", 30.0))
         self.logger = app.ctx.logger
-        self.stats = {"created": 0, "rejected": 0, "retried": 0, "connected": False, "connections": 0}
+        self.stats = {
+            "created": 0,
+            "rejected": 0,
+            "retried": 0,
+            "connected": False,
+            "connections": 0,
+        }
         self.retry = Backoff()
         self.task = None
         self.faces = None
@@ -72,9 +88,13 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
         backoff = Backoff()
         while True:
             try:
-                # The name shows in the broker's connection list (rabbitmqctl list_connections client_properties).
-                properties = {"connection_name": f"luna-matcher rabbitmq_faces {self.queue}"}
-                async with await aio_pika.connect(self.url, timeout=10, client_properties=properties) as connection:
+                # The name shows in `rabbitmqctl list_connections client_properties`.
+                properties = {
+                    "connection_name": f"luna-matcher rabbitmq_faces {self.queue}"
+                }
+                async with await aio_pika.connect(
+                    self.url, timeout=10, client_properties=properties
+                ) as connection:
                     await self.consume_on(connection, backoff)
                 failure = "the channel was closed or the queue deleted"
             except BROKER_ERRORS as error:
@@ -82,7 +102,13 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
             finally:
                 self.stats["connected"] = False
             delay = backoff.next()
-            self.logger.warning("rabbitmq %s queue %s unavailable (%s); connecting again in %.1fs", loggable(self.url), self.queue, failure, delay)
+            self.logger.warning(
+                "rabbitmq %s queue %s unavailable (%s); connecting again in %.1fs",
+                loggable(self.url),
+                self.queue,
+                failure,
+                delay,
+            )
             await asyncio.sleep(delay)
 
     async def consume_on(self, connection, backoff):
@@ -91,9 +117,15 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
         (deleted, its node lost)."""
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)
-        dead = await channel.declare_exchange(self.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True)
+        dead = await channel.declare_exchange(
+            self.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True
+        )
         await (await channel.declare_queue(self.dead_letter, durable=True)).bind(dead)
-        queue = await channel.declare_queue(self.queue, durable=True, arguments={"x-dead-letter-exchange": self.dead_letter})
+        queue = await channel.declare_queue(
+            self.queue,
+            durable=True,
+            arguments={"x-dead-letter-exchange": self.dead_letter},
+        )
         # Deliveries (at most `prefetch`), then None: stop.
         inbox = asyncio.Queue()
 
@@ -106,7 +138,7 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
         self.stats["connected"] = True
         self.stats["connections"] += 1
         backoff.reset()
-        # What was delivered before the channel closed is not acknowledged: the broker delivers it again.
+        # What arrived before the channel closed stays unacknowledged: delivered again.
         while (message := await inbox.get()) is not None and not channel.is_closed:
             await self.handle(message, dead)
 
@@ -121,7 +153,13 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
             # Not the message's fault: back to the queue, after a pause.
             self.stats["retried"] += 1
             delay = self.retry.next()
-            self.logger.warning("message %s goes back to %s: %s; in %.1fs", message_name(message), self.queue, error, delay)
+            self.logger.warning(
+                "message %s goes back to %s: %s; in %.1fs",
+                message_name(message),
+                self.queue,
+                error,
+                delay,
+            )
             await asyncio.sleep(delay)
             await message.nack(requeue=True)
             return
@@ -130,7 +168,11 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
         self.stats["created"] += 1
 
     async def dead_letter_message(self, message, dead, error):
-        headers = {**(message.headers or {}), "luna-error": str(error), "luna-queue": self.queue}
+        headers = {
+            **(message.headers or {}),
+            "luna-error": str(error),
+            "luna-queue": self.queue,
+        }
         if error.status is not None:
             headers["luna-status"] = error.status
         letter = aio_pika.Message(
@@ -143,11 +185,13 @@ class RabbitmqFacesPlugin(BaseBackgroundPlugin):
             timestamp=message.timestamp,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        # The channel confirms publishes: the copy is on the broker before the original goes.
+        # The channel confirms publishes: the copy is kept before the original goes.
         await dead.publish(letter, routing_key=self.queue)
         await message.ack()
         self.stats["rejected"] += 1
-        self.logger.warning("message %s moved to %s: %s", message_name(message), self.dead_letter, error)
+        self.logger.warning(
+            "message %s moved to %s: %s", message_name(message), self.dead_letter, error
+        )
 
     async def close(self):
         if self.task:
@@ -161,10 +205,15 @@ def parse(body):
     """The JSON object of a body; raises `PoisonMessageError`."""
     try:
         message = json.loads(body)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; nesting too deep
-        raise PoisonMessageError(f"the body is not JSON: {type(error).__name__}: {error}") from error
+    # ValueError: JSONDecodeError, UnicodeDecodeError. RecursionError: nested too deep.
+    except (ValueError, RecursionError) as error:
+        raise PoisonMessageError(
+            f"the body is not JSON: {type(error).__name__}: {error}"
+        ) from error
     if not isinstance(message, dict):
-        raise PoisonMessageError(f"the body is JSON but not an object: {type(message).__name__}")
+        raise PoisonMessageError(
+            f"the body is JSON but not an object: {type(message).__name__}"
+        )
     return message
 
 

@@ -27,9 +27,19 @@ import socket
 import time
 
 import redis.asyncio as redis
-from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, pluginHTTPResponse
+from luna_plugins.base.plugins_meta.base_plugins import (
+    BaseBackgroundPlugin,
+    pluginHTTPResponse,
+)
 
-from .face_intake import Backoff, FaceClient, PoisonMessageError, ServiceUnavailableError, face_request, loggable
+from .face_intake import (
+    Backoff,
+    FaceClient,
+    PoisonMessageError,
+    ServiceUnavailableError,
+    face_request,
+    loggable,
+)
 
 BATCH = 100
 
@@ -49,8 +59,11 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
         self.timeout = float(config.get("request_timeout", 30.0))
         self.logger = app.ctx.logger
         self.stats = {"created": 0, "rejected": 0, "retried": 0, "connected": False}
-        # How the connection shows in the server's CLIENT LIST (a name takes '!' to '~' only).
-        self.client_name = "".join(c if "!" <= c <= "~" else "_" for c in f"luna-matcher-redis_faces-{self.stream}")
+        # The connection's name in CLIENT LIST (a name takes '!' to '~' only).
+        self.client_name = "".join(
+            c if "!" <= c <= "~" else "_"
+            for c in f"luna-matcher-redis_faces-{self.stream}"
+        )
         self.task = None
         self.faces = None
 
@@ -66,28 +79,46 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
         """Read forever; a lost connection is retried, never fatal."""
         backoff = Backoff()
         while True:
-            client = redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10, client_name=self.client_name)
+            client = redis.from_url(
+                self.url,
+                socket_connect_timeout=5,
+                socket_timeout=10,
+                client_name=self.client_name,
+            )
             try:
                 await self.join_group(client)
                 self.stats["connected"] = True
                 backoff.reset()
                 await self.read(client)
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
-                # ResponseError: e.g. the stream or group was deleted under us; joining again recreates them.
+            except (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                redis.ResponseError,
+            ) as error:
+                # ResponseError: e.g. the stream or group was deleted: join again.
                 failure = f"{type(error).__name__}: {error}"
             finally:
                 self.stats["connected"] = False
                 await client.aclose()
             delay = backoff.next()
-            self.logger.warning("redis %s stream %s unavailable (%s); connecting again in %.1fs", loggable(self.url), self.stream, failure, delay)
+            self.logger.warning(
+                "redis %s stream %s unavailable (%s); connecting again in %.1fs",
+                loggable(self.url),
+                self.stream,
+                failure,
+                delay,
+            )
             await asyncio.sleep(delay)
 
     async def join_group(self, client):
         try:
             await client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError:
-            # BUSYGROUP: the group exists already. Anything else: it does not, and the error stands.
-            if not any(g["name"].decode() == self.group for g in await client.xinfo_groups(self.stream)):
+            # BUSYGROUP: the group exists already. If it does not, the error stands.
+            if not any(
+                g["name"].decode() == self.group
+                for g in await client.xinfo_groups(self.stream)
+            ):
                 raise
 
     async def read(self, client):
@@ -100,7 +131,9 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
             if start == "0" and time.monotonic() - claimed_at >= self.claim_idle:
                 await self.claim(client)
                 claimed_at = time.monotonic()
-            replies = await client.xreadgroup(self.group, self.consumer, {self.stream: start}, count=BATCH, block=1000)
+            replies = await client.xreadgroup(
+                self.group, self.consumer, {self.stream: start}, count=BATCH, block=1000
+            )
             messages = [m for _, batch in replies or [] for m in batch]
             if start == "0" and not messages:
                 start = ">"
@@ -111,7 +144,12 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
                     # Not the message's fault: it and those after it stay pending.
                     self.stats["retried"] += 1
                     delay = backoff.next()
-                    self.logger.warning("message %s stays pending: %s; retrying in %.1fs", message_id.decode(), error, delay)
+                    self.logger.warning(
+                        "message %s stays pending: %s; retrying in %.1fs",
+                        message_id.decode(),
+                        error,
+                        delay,
+                    )
                     await asyncio.sleep(delay)
                     start = "0"
                     break
@@ -124,9 +162,21 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
         """Take over the messages other consumers left pending for `claim_idle`."""
         cursor = "0-0"
         while True:
-            cursor, claimed, *_ = await client.xautoclaim(self.stream, self.group, self.consumer, int(self.claim_idle * 1000), cursor, count=BATCH)
+            cursor, claimed, *_ = await client.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                int(self.claim_idle * 1000),
+                cursor,
+                count=BATCH,
+            )
             if claimed:
-                self.logger.warning("took over %d messages of %s pending for %.0fs or more", len(claimed), self.group, self.claim_idle)
+                self.logger.warning(
+                    "took over %d messages of %s pending for %.0fs or more",
+                    len(claimed),
+                    self.group,
+                    self.claim_idle,
+                )
             if cursor in (b"0-0", "0-0"):
                 return
 
@@ -146,7 +196,9 @@ class RedisFacesPlugin(BaseBackgroundPlugin):
             pipe.xack(self.stream, self.group, message_id)
             await pipe.execute()
         self.stats["rejected"] += 1
-        self.logger.warning("message %s moved to %s: %s", message_id.decode(), self.dead_stream, reason)
+        self.logger.warning(
+            "message %s moved to %s: %s", message_id.decode(), self.dead_stream, reason
+        )
 
     async def close(self):
         if self.task:
@@ -166,5 +218,8 @@ def decode(fields):
         try:
             message["descriptor_version"] = int(message["descriptor_version"])
         except ValueError as error:
-            raise PoisonMessageError(f"descriptor_version is not an integer: {message['descriptor_version']!r}") from error
+            version = message["descriptor_version"]
+            raise PoisonMessageError(
+                f"descriptor_version is not an integer: {version!r}"
+            ) from error
     return message
