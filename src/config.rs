@@ -213,7 +213,11 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
     match std::fs::read_to_string(file) {
         Ok(text) => {
             let table: Table = text.parse().map_err(|e| format!("{}: {e}", file.display()))?;
-            merge(&mut tree, Value::Table(table));
+            let table = Value::Table(table);
+            for key in leaves(&table, String::new()) {
+                origin.insert(key, format!("file {}", file.display()));
+            }
+            merge(&mut tree, table);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {}
         Err(e) => return Err(format!("{}: {e}", file.display())),
@@ -235,7 +239,8 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
         }
     }
     if env.get("SERVICE_TYPE").is_some_and(|v| v == "proxy") {
-        set(&mut tree, &["server".into(), "role".into()], Value::String("proxy".into()))?;
+        let key = set(&mut tree, &["server".into(), "role".into()], Value::String("proxy".into()))?;
+        origin.insert(key, "environment variable SERVICE_TYPE".into());
     }
 
     let cli_values: [(&str, &str, Option<Value>); 5] = [
@@ -247,21 +252,56 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
     ];
     for (section, key, value) in cli_values {
         if let Some(v) = value {
-            set(&mut tree, &[section.into(), key.into()], v)?;
+            let key = set(&mut tree, &[section.into(), key.into()], v)?;
+            origin.insert(key.clone(), format!("command line --{}", key.rsplit('.').next().unwrap_or_default().replace('_', "-")));
         }
     }
 
     let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
         let key = e.path().to_string();
-        let from = origin.get(&key).map(|o| format!(" (from {o})")).unwrap_or_default();
-        format!("config key {key}{from}: {}", e.inner())
+        // The TOML layer appends "in `key`"; the key is named already.
+        let message = e.inner().to_string();
+        let message = message.split("\nin `").next().unwrap_or_default().trim_end();
+        format!("config key {key}{}: {message}", from(&origin, &key, message))
     })?;
+    check(&config).map_err(|e| match e.strip_prefix("config key ").and_then(|rest| rest.split_once(": ")) {
+        Some((key, message)) => format!("config key {key}{}: {message}", from(&origin, key, message)),
+        None => e,
+    })?;
+    Ok(config)
+}
+
+/// What the types alone do not check.
+fn check(config: &Config) -> Result<(), String> {
     config.versions()?;
     config.plugins.validate()?;
     if config.server.body_timeout.is_zero() {
         return Err("config key server.body_timeout: must be above 0ms, or every body would be refused".into());
     }
-    Ok(config)
+    Ok(())
+}
+
+/// ` (from <where>)` for an error about `key`: where the key, or the key below
+/// it that the error names (an unknown field), was set. Empty for a default.
+fn from(origin: &HashMap<String, String>, key: &str, message: &str) -> String {
+    let below = || {
+        origin.iter().find(|(k, _)| {
+            let rest = if key.is_empty() { Some(k.as_str()) } else { k.strip_prefix(key).and_then(|r| r.strip_prefix('.')) };
+            rest.and_then(|r| r.split('.').next()).is_some_and(|field| message.contains(&format!("`{field}`")) || message.contains(&format!("'{field}'")))
+        })
+    };
+    let best = origin.get(key).or_else(|| below().map(|(_, o)| o));
+    // A key under a section named by its own error (descriptors.versions.x) is found by prefix.
+    let best = best.or_else(|| origin.iter().filter(|(k, _)| k.starts_with(&format!("{key}."))).map(|(_, o)| o).next());
+    best.map(|o| format!(" (from {o})")).unwrap_or_default()
+}
+
+/// The dotted paths of every value in a table.
+fn leaves(value: &Value, prefix: String) -> Vec<String> {
+    match value {
+        Value::Table(t) => t.iter().flat_map(|(k, v)| leaves(v, if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") })).collect(),
+        _ => vec![prefix],
+    }
 }
 
 /// Overlay `top` on `base`, table by table.
@@ -353,6 +393,31 @@ mod tests {
         assert!(err.contains("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS") && err.contains("../x"), "{err}");
         let err = load(&file_ok(&dir), true, &env(&[("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", "teapot")]), &Overrides::default()).unwrap_err();
         assert!(err.contains("JSON list"), "{err}");
+    }
+
+    #[test]
+    fn every_error_names_where_the_value_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = dir.path().join("none.toml");
+        let load_env = |pairs: &[(&str, &str)]| load(&none, false, &env(pairs), &Overrides::default()).unwrap_err();
+        // An unknown key: the error's path is its section, the variable is still named.
+        let err = load_env(&[("LUNA_MATCHER__LIMITS__BOGUS", "1")]);
+        assert!(err.contains("LUNA_MATCHER__LIMITS__BOGUS"), "{err}");
+        // Checks after the types: the descriptor table and plugin names.
+        let err = load_env(&[("LUNA_MATCHER__DESCRIPTORS__DEFAULT_VERSION", "7")]);
+        assert!(err.contains("LUNA_MATCHER__DESCRIPTORS__DEFAULT_VERSION"), "{err}");
+        let err = load_env(&[("LUNA_MATCHER__SERVER__BODY_TIMEOUT", "0s")]);
+        assert!(err.contains("LUNA_MATCHER__SERVER__BODY_TIMEOUT"), "{err}");
+        let err = load_env(&[("LUNA_MATCHER__PLUGINS__CONFIG__TEAPOT__TIMEOUT", "\"soon\"")]);
+        assert!(err.contains("LUNA_MATCHER__PLUGINS__CONFIG__TEAPOT__TIMEOUT"), "{err}");
+        // A duration given as a number says how to write it.
+        let err = load_env(&[("LUNA_MATCHER__PLUGINS__TIMEOUT", "5")]);
+        assert!(err.contains("plugins.timeout") && err.contains("LUNA_MATCHER__PLUGINS__TIMEOUT") && err.contains("\"5s\""), "{err}");
+        // A value from the file names the file.
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[shutdown]\ndrain_timeout = 30\n").unwrap();
+        let err = load(&file, true, &HashMap::new(), &Overrides::default()).unwrap_err();
+        assert!(err.contains("shutdown.drain_timeout") && err.contains(&format!("file {}", file.display())) && err.contains("\"30s\""), "{err}");
     }
 
     #[test]

@@ -84,22 +84,38 @@ pub struct RequestRecord<'a> {
     pub matching: &'a [SubReport],
 }
 
+/// The access log line of a request: a short message, and the request's
+/// fields as structured fields (JSON logs carry them as fields).
+fn access_log(r: &RequestRecord) {
+    const TARGET: &str = "luna_matcher::access";
+    if !log::log_enabled!(target: TARGET, log::Level::Info) {
+        return;
+    }
+    log::logger()
+        .log(&log::Record::builder().level(log::Level::Info).target(TARGET).args(format_args!("{} {} {}", r.method, r.path, r.status)).key_values(r).build());
+}
+
+impl log::kv::Source for RequestRecord<'_> {
+    fn visit<'kvs>(&'kvs self, visitor: &mut dyn log::kv::VisitSource<'kvs>) -> Result<(), log::kv::Error> {
+        use log::kv::{Key, Value};
+        visitor.visit_pair(Key::from("request_id"), Value::from(self.request_id))?;
+        visitor.visit_pair(Key::from("method"), Value::from(self.method))?;
+        visitor.visit_pair(Key::from("path"), Value::from(self.path))?;
+        visitor.visit_pair(Key::from("status"), Value::from(self.status))?;
+        if let Some(code) = self.error_code {
+            visitor.visit_pair(Key::from("error_code"), Value::from(code))?;
+        }
+        visitor.visit_pair(Key::from("execution_time"), Value::from(self.seconds))
+    }
+}
+
 impl Telemetry {
     pub fn new(service: &'static str, plugins: Option<Arc<PluginHost>>) -> Self {
         Telemetry { requests: Mutex::default(), service, plugins }
     }
 
     pub fn request_finished(&self, r: &RequestRecord) {
-        log::info!(
-            target: "luna_matcher::access",
-            "request_id={} method={} path={} status={} error_code={} execution_time={:.6}",
-            r.request_id,
-            r.method,
-            r.path,
-            r.status,
-            r.error_code.map_or("-".into(), |c| c.to_string()),
-            r.seconds
-        );
+        access_log(r);
         let mut req = self.requests.lock();
         *req.counts.entry((r.method.to_owned(), r.route.to_owned(), r.status)).or_default() += 1;
         req.latency.entry(r.route.to_owned()).or_default().observe(r.seconds);

@@ -103,3 +103,20 @@ fn readme_documents_every_error_code() {
         assert!(readme.contains(&row), "README.md lacks the row {row}");
     }
 }
+
+#[test]
+fn json_access_lines_carry_the_request_as_fields() {
+    let mut s = Service::spawn(&[], "[server]\nlog_format = \"json\"\n");
+    s.ready();
+    let id = "1700000000,0123abcd-0000-4000-8000-00000000abcd";
+    request(s.addr, "GET", "/1/lists/00000000-0000-4000-8000-000000000000", &[("Luna-Request-Id", id)], b"");
+    assert!(s.terminate().success());
+    let lines: Vec<serde_json::Value> = s.log().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let access = lines.iter().find(|l| l["request_id"] == id).unwrap_or_else(|| panic!("no access line for {id}:\n{}", s.log()));
+    assert_eq!(access["target"], "luna_matcher::access");
+    assert_eq!((access["method"].as_str(), access["path"].as_str()), (Some("GET"), Some("/1/lists/00000000-0000-4000-8000-000000000000")));
+    assert_eq!((access["status"].as_u64(), access["error_code"].as_u64()), (Some(404), Some(22001)));
+    assert!(access["execution_time"].as_f64().is_some_and(|t| t > 0.0), "{access}");
+    let ok = lines.iter().find(|l| l["path"] == "/healthcheck" && l["status"] == 200).expect("the readiness probe's line");
+    assert!(ok.get("error_code").is_none(), "no error_code without an error: {ok}");
+}

@@ -137,7 +137,7 @@ pub fn is_identifier(name: &str) -> bool {
 pub mod duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn parse(text: &str) -> Result<Duration, String> {
         let text = text.trim();
@@ -159,7 +159,34 @@ pub mod duration {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+        d.deserialize_any(Text)
+    }
+
+    /// A duration is text with a unit; a bare number says how to write it.
+    struct Text;
+
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as \"500ms\", \"5s\" or \"2m\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse(v).map_err(E::custom)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            Err(E::custom(format!("{v} has no unit: write a duration as text with one, such as \"{v}s\" or \"{v}ms\"")))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+            self.visit_i64(v as i64)
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+            Err(E::custom(format!("{v} has no unit: write a duration as text with one, such as \"{v}s\"")))
+        }
     }
 }
 
