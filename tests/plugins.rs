@@ -600,3 +600,19 @@ fn matching_plugins_answer_or_hand_back_their_sub_requests() {
     s.wait_for(|| s.plugin("list_cache")["restarts"].as_u64().unwrap() == 1, "the plugin is restarted after an exception");
     assert!(s.plugin("list_cache")["last_error"].as_str().unwrap().contains("matcher broke"));
 }
+
+/// The plugin the README shows, copied out of it, runs as the README says.
+#[test]
+fn the_readme_plugin_works_when_copied() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme.split("<!-- request_counts.py -->\n```python\n").nth(1).expect("the README's example plugin");
+    let source = &block[..block.find("\n```").expect("the end of the block")];
+    let s = Service::spawn(&[("request_counts.py", source)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"request_counts\"]\n");
+    s.ready();
+    for _ in 0..2 {
+        assert_eq!(s.call("GET", "/1/version", None).status, 200);
+    }
+    s.wait_for(|| s.call("GET", "/request-counts", None).json()["GET:/1/version 200"] == 2, "both requests are counted");
+    let p = s.plugin("request_counts");
+    assert_eq!((p["kind"].as_str(), p["state"].as_str()), (Some("event+background"), Some("running")), "{p}");
+}

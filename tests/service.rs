@@ -96,11 +96,29 @@ fn msgpack_in_and_out() {
 }
 
 #[test]
-fn readme_documents_every_error_code() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+fn the_api_reference_documents_every_route_and_error_code() {
+    let reference = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
     for code in luna_core::ErrorCode::ALL {
         let row = format!("| {} | {} | {} |", code.code(), luna_matcher::http::errors::status(*code).as_u16(), code.desc());
-        assert!(readme.contains(&row), "README.md lacks the row {row}");
+        assert!(reference.contains(&row), "docs/api.md lacks the row {row}");
+    }
+    let spec = serde_json::to_value(luna_matcher::http::openapi::document()).unwrap();
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for method in operations.as_object().unwrap().keys() {
+            let route = format!("`{} {path}`", method.to_uppercase());
+            assert!(reference.contains(&route), "docs/api.md lacks {route}");
+        }
+    }
+}
+
+/// The repository explains itself: nothing in it points at files outside it.
+#[test]
+fn nothing_refers_outside_the_repository() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = std::process::Command::new("git").args(["ls-files"]).current_dir(root).output().expect("git ls-files");
+    for file in String::from_utf8(files.stdout).unwrap().lines() {
+        let Ok(text) = std::fs::read_to_string(root.join(file)) else { continue };
+        assert!(!text.contains(concat!("..", "/shared/")), "{file} refers to a file outside the repository");
     }
 }
 
