@@ -14,5 +14,6 @@ pub mod routes;
 pub mod settings;
 pub mod status;
 pub mod supervisor;
+mod venv;
 
 pub use supervisor::Plugins;

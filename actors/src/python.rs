@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use pyo3_async_runtimes::TaskLocals;
@@ -49,13 +50,15 @@ pub fn runtime() -> &'static Runtime {
     RUNTIME.get().expect("the Python runtime is started before plugins run")
 }
 
-/// Start the interpreter and the event loop thread. Once per process.
-pub fn start(plugins_dir: &Path, service_paths: &[&str], active: &[String], stall_limit: Duration) -> PyResult<&'static Runtime> {
+/// Start the interpreter, with the plugins' virtual environment `venv` (see
+/// [`crate::venv`]), and the event loop thread. Once per process.
+pub fn start(plugins_dir: &Path, venv: &Path, service_paths: &[&str], active: &[String], stall_limit: Duration) -> PyResult<&'static Runtime> {
     if let Some(r) = RUNTIME.get() {
         return Ok(r);
     }
     pyo3::append_to_inittab!(luna_matcher);
     Python::initialize();
+    Python::attach(|py| crate::venv::activate(py, venv)).map_err(PyRuntimeError::new_err)?;
 
     let (tx, rx) = std::sync::mpsc::channel::<PyResult<Py<PyAny>>>();
     std::thread::Builder::new()
@@ -214,11 +217,12 @@ pub async fn within<T>(limit: Duration, future: impl Future<Output = PyResult<T>
     }
 }
 
-/// `Type: message` of a Python exception.
+/// `Type: message` of a Python exception, with how to install a missing package.
 pub fn describe(e: &PyErr) -> String {
     Python::attach(|py| {
         let name = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
-        format!("{name}: {}", e.value(py))
+        let hint = crate::venv::install_hint(py, e).unwrap_or_default();
+        format!("{name}: {}{hint}", e.value(py))
     })
 }
 

@@ -91,7 +91,7 @@ impl Plugins {
         core: Arc<luna_core::Core>,
     ) -> Result<Plugins, String> {
         crate::helpers::attach_core(core);
-        crate::python::start(&config.directory, service_paths, active, config.timeout)
+        crate::python::start(&config.directory, &config.venv, service_paths, active, config.timeout)
             .map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
         let broker_arbiter = Arbiter::new();
         let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());
