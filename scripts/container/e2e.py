@@ -34,7 +34,7 @@ results = []
 
 # A plugin with its own routes; /my-plugin/requirement imports the package its
 # requirements.txt names, which the base image does not have.
-MY_PLUGIN = '''
+MY_PLUGIN = """
 from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, pluginHTTPResponse
 
 
@@ -50,11 +50,28 @@ class MyPlugin(BaseBackgroundPlugin):
         import six
 
         return pluginHTTPResponse(body={"six": six.__version__})
-'''
+"""
+
+
+# A plugin that crashes the interpreter (a segfault, as a broken native
+# extension would), ending the process that all plugins share.
+CRASH = """
+import ctypes
+
+from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin
+
+
+class Crash(BaseBackgroundPlugin):
+    async def initialize(self):
+        self.addRoute("/crash", self.crash, methods={"post"})
+
+    async def crash(self, request):
+        ctypes.string_at(0)
+"""
 
 
 def podman(*args, check=True, timeout=600):
-    r = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(["podman", *args], check=False, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)}: {r.stderr.strip()}")
     return r
@@ -128,12 +145,15 @@ class Container:
     def service_uid(self):
         """The uid the luna-matcher process runs as, read on the host (/proc)."""
         pid = podman("inspect", "--format", "{{.State.Pid}}", self.id).stdout.strip()
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-        for p in [pid, *children]:
-            if open(f"/proc/{p}/comm").read().strip() == "luna-matcher":
-                status = open(f"/proc/{p}/status").read()
-                return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+        for p in [pid, *read(f"/proc/{pid}/task/{pid}/children").split()]:
+            if read(f"/proc/{p}/comm").strip() == "luna-matcher":
+                return int(next(line for line in read(f"/proc/{p}/status").splitlines() if line.startswith("Uid:")).split()[1])
         raise AssertionError(f"no luna-matcher process under PID {pid}")
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def check(name):
@@ -141,7 +161,7 @@ def check(name):
         start = time.monotonic()
         try:
             fn()
-        except Exception as e:  # a failed check is reported, the others still run
+        except Exception as e:  # noqa: BLE001 - a failed check is reported, the others still run
             results.append(False)
             print(f"FAIL - {name}: {type(e).__name__}: {e}", flush=True)
         else:
@@ -204,6 +224,8 @@ def main():
             f.write(MY_PLUGIN)
         with open(f"{fixtures}/my_plugin/requirements.txt", "w") as f:
             f.write("six\n")
+        with open(f"{fixtures}/crash.py", "w") as f:
+            f.write(CRASH)
         run_checks(fixtures)
     finally:
         shutil.rmtree(fixtures, ignore_errors=True)
@@ -265,7 +287,7 @@ def run_checks(fixtures):
         podman("restart", "-t", "10", again.id)
         again.ready()
         expect_match(again, state["list"], state["face"], state["descriptor"])
-        took, code = again.stop()
+        _, code = again.stop()
         expect(code == 0, f"exit code {code}")
 
     @check("an arbitrary uid in group 0 (OpenShift) stores data and loads plugins")
@@ -275,7 +297,7 @@ def run_checks(fixtures):
         expect(c.service_uid() == 1234567, f"uid {c.service_uid()}")
         list_face_match(c)
         expect(c.http("GET", "/teapot")[0] == 418, "GET /teapot")
-        took, code = c.stop()
+        _, code = c.stop()
         expect(code == 0, f"exit code {code}")
 
     @check("a derived image: the seed's COPY line, its requirements, the active-plugins variable")
@@ -286,7 +308,7 @@ def run_checks(fixtures):
                 f"FROM {IMAGE}\n"
                 "COPY --chown=1001:0 my_plugin ./luna_python_matcher/plugins/my_plugin\n"
                 "RUN pip install --no-cache-dir -r ./luna_python_matcher/plugins/my_plugin/requirements.txt\n"
-                "ENV LUNA_MATCHER_PROXY_ACTIVE_PLUGINS='[\"teapot\", \"my_plugin\"]'\n"
+                'ENV LUNA_MATCHER_PROXY_ACTIVE_PLUGINS=\'["teapot", "my_plugin"]\'\n'
             )
         podman("build", "--format", "docker", "--network", "host", "--pull=never", "--label", LABEL, *BUILD_OPTIONS, "-t", derived, fixtures)
         made["image"].append(derived)
@@ -316,7 +338,15 @@ def run_checks(fixtures):
         running.ready()
         podman("cp", f"{fixtures}/my_plugin", f"{running.id}:{PLUGINS}/my_plugin")
         committed = f"localhost/luna-matcher-committed:{RUN_ID}"
-        podman("commit", "--format", "docker", "--change", f"ENV LUNA_MATCHER_PROXY_ACTIVE_PLUGINS={WITH_MY_PLUGIN['LUNA_MATCHER_PROXY_ACTIVE_PLUGINS']}", running.id, committed)
+        podman(
+            "commit",
+            "--format",
+            "docker",
+            "--change",
+            f"ENV LUNA_MATCHER_PROXY_ACTIVE_PLUGINS={WITH_MY_PLUGIN['LUNA_MATCHER_PROXY_ACTIVE_PLUGINS']}",
+            running.id,
+            committed,
+        )
         made["image"].append(committed)
         running.stop()
         c = Container(committed)
@@ -324,14 +354,36 @@ def run_checks(fixtures):
         expect_my_plugin(c)
         c.stop()
 
-    proxy_role(data)
+    @check("a plugin that segfaults ends the process: --restart=always brings the service back with its store")
+    def _():
+        mount = f"type=bind,source={fixtures}/crash.py,target={PLUGINS}/crash.py,readonly"
+        c = Container(IMAGE, {"LUNA_MATCHER_PROXY_ACTIVE_PLUGINS": '["crash"]'}, ["--restart=always", "-v", f"{volume()}:{DATA}", "--mount", mount])
+        c.ready()
+        list_id, face_id, d = list_face_match(c)
+        try:
+            c.http("POST", "/crash")
+        except OSError:
+            pass  # the connection dies with the process
+        until = time.monotonic() + 60
+        while int(podman("inspect", "--format", "{{.RestartCount}}", c.id).stdout.strip() or 0) < 1:
+            expect(time.monotonic() < until, f"no restart within 60s:\n{c.logs()}")
+            time.sleep(0.2)
+        c.ready()
+        expect_match(c, list_id, face_id, d)
+        _, code = c.stop()
+        expect(code == 0, f"exit code {code}")
+
+    proxy_role()
 
 
-def proxy_role(data):
-    """SERVICE_TYPE=proxy from the same image in front of a matcher container,
-    once the proxy role exists."""
+def proxy_role():
+    """SERVICE_TYPE=proxy from the same image, once the proxy role exists."""
     probe = Container(IMAGE, {"SERVICE_TYPE": "proxy"})
-    time.sleep(3)
+    until = time.monotonic() + 30
+    while time.monotonic() < until and podman("inspect", "--format", "{{.State.Running}}", probe.id).stdout.strip() == "true":
+        if "listening on" in probe.logs():
+            break
+        time.sleep(0.2)
     if "role proxy is not available yet" in probe.logs():
         print("skip - the proxy role (SERVICE_TYPE=proxy): not available in this build", flush=True)
         return
@@ -340,7 +392,8 @@ def proxy_role(data):
     def _():
         probe.ready()
         expect("as Proxy" in probe.logs(), probe.logs())
-        probe.stop()
+        _, code = probe.stop()
+        expect(code == 0, f"exit code {code}")
 
 
 if __name__ == "__main__":
