@@ -70,8 +70,7 @@ fn use_site_packages(py: Python<'_>, dir: &Path, site_packages: &Path, system: b
     let mut base: Vec<String> = site.call_method0("getsitepackages")?.extract()?;
     base.push(site.call_method0("getusersitepackages")?.extract()?);
     let path = sys.getattr("path")?.cast_into::<PyList>()?;
-    let (removed, kept): (Vec<Bound<PyAny>>, Vec<Bound<PyAny>>) =
-        path.iter().partition(|entry| entry.extract::<String>().is_ok_and(|e| base.contains(&e)));
+    let (removed, kept): (Vec<Bound<PyAny>>, Vec<Bound<PyAny>>) = path.iter().partition(|entry| entry.extract::<String>().is_ok_and(|e| base.contains(&e)));
     sys.setattr("path", PyList::new(py, kept)?)?;
     sys.setattr("prefix", dir.display().to_string())?;
     sys.setattr("exec_prefix", dir.display().to_string())?;
