@@ -11,7 +11,7 @@ python_version() {
 # requirements when plugins/requirements.txt changed, export VIRTUAL_ENV.
 plugin_venv() {
   local venv=$PWD/.venv python stamp sum
-  python=$(command -v python3)
+  python=$(python3 -c 'import sys; print(sys.executable)')
   if [ "$(python_version "$venv/bin/python")" != "$(python_version "$python")" ]; then
     echo "making the plugins' virtual environment .venv from $python"
     "$python" -m venv --clear "$venv" || {

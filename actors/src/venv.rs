@@ -50,7 +50,7 @@ pub fn activate(py: Python<'_>, setting: &Path) -> Result<(), String> {
         return Err(refuse(format!("{} is missing; {remake} --clear", site.display())));
     }
     let system = setting_of(&cfg, "include-system-site-packages") == Some("true");
-    use_site_packages(py, &dir, &site, system).map_err(|e| refuse(crate::python::describe(&e)))?;
+    use_site_packages(py, &site, system).map_err(|e| refuse(crate::python::describe(&e)))?;
     log::info!("plugins run on {python} ({base}) with the virtual environment {} (from {source})", dir.display());
     let _ = IN_USE.set(Some(dir));
     Ok(())
@@ -63,8 +63,9 @@ fn setting_of<'a>(cfg: &'a str, key: &str) -> Option<&'a str> {
 
 /// What `site` does at start-up in a virtual environment: its site-packages
 /// (with their .pth files) instead of the base's, or before them when the
-/// environment includes the system's packages.
-fn use_site_packages(py: Python<'_>, dir: &Path, site_packages: &Path, system: bool) -> PyResult<()> {
+/// environment includes the system's packages. `sys.prefix` stays the
+/// interpreter's own: the interpreter is the embedded one, not the venv's.
+fn use_site_packages(py: Python<'_>, site_packages: &Path, system: bool) -> PyResult<()> {
     let sys = py.import("sys")?;
     let site = py.import("site")?;
     let mut base: Vec<String> = site.call_method0("getsitepackages")?.extract()?;
@@ -72,8 +73,6 @@ fn use_site_packages(py: Python<'_>, dir: &Path, site_packages: &Path, system: b
     let path = sys.getattr("path")?.cast_into::<PyList>()?;
     let (removed, kept): (Vec<Bound<PyAny>>, Vec<Bound<PyAny>>) = path.iter().partition(|entry| entry.extract::<String>().is_ok_and(|e| base.contains(&e)));
     sys.setattr("path", PyList::new(py, kept)?)?;
-    sys.setattr("prefix", dir.display().to_string())?;
-    sys.setattr("exec_prefix", dir.display().to_string())?;
     site.call_method1("addsitedir", (site_packages.display().to_string(),))?;
     if system {
         sys.getattr("path")?.call_method1("extend", (PyList::new(py, removed)?,))?;
