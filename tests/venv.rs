@@ -184,11 +184,11 @@ fn venv_of_another_python_version_is_refused() {
     let lib = std::fs::read_dir(env.join("lib")).unwrap().next().unwrap().unwrap().path();
     std::fs::rename(lib, env.join("lib/python3.9")).unwrap();
     let (code, out) = refused(&[("VIRTUAL_ENV", env.to_str().unwrap())]);
-    assert_eq!(code, Some(1), "{out}");
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {out}");
     assert!(out.contains(&format!("VIRTUAL_ENV {}: made with Python 3.9.18, but luna-matcher embeds Python 3.", env.display())), "{out}");
     assert!(out.contains("-m venv") && out.contains("--clear"), "{out}");
 
     let (code, out) = refused(&[("VIRTUAL_ENV", tmp.path().to_str().unwrap())]);
-    assert_eq!(code, Some(1), "{out}");
+    assert!(code.is_some_and(|c| c != 0), "{code:?}: {out}");
     assert!(out.contains("not a virtual environment (no pyvenv.cfg)"), "{out}");
 }

@@ -230,7 +230,7 @@ def main():
     finally:
         shutil.rmtree(fixtures, ignore_errors=True)
         for c in made["container"]:
-            podman("rm", "-f", "-t", "0", c, check=False)
+            podman("rm", "-f", "-v", "-t", "0", c, check=False)  # -v: its anonymous data volume too
         for v in made["volume"]:
             podman("volume", "rm", "-f", v, check=False)
         for i in made["image"]:
