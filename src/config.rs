@@ -38,11 +38,28 @@ pub struct Server {
     /// actix-web worker threads; 0: one per core.
     pub workers: usize,
     pub log_format: LogFormat,
+    /// Longest wait for a request's head once its connection is open.
+    #[serde(with = "duration")]
+    pub head_timeout: Duration,
+    /// Longest wait for a request's whole body once its head is in.
+    #[serde(with = "duration")]
+    pub body_timeout: Duration,
+    /// Open client connections at most; 0: derived from the descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { role: Role::Standalone, host: "127.0.0.1".into(), port: 0, workers: 0, log_format: LogFormat::Text }
+        Server {
+            role: Role::Standalone,
+            host: "127.0.0.1".into(),
+            port: 0,
+            workers: 0,
+            log_format: LogFormat::Text,
+            head_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 0,
+        }
     }
 }
 
@@ -52,11 +69,14 @@ pub struct Storage {
     pub data_dir: PathBuf,
     /// The SQLite file; relative to `data_dir` unless absolute.
     pub path: PathBuf,
+    /// Time between checkpoints that copy the WAL into the file and truncate it.
+    #[serde(with = "duration")]
+    pub checkpoint_interval: Duration,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { data_dir: "data".into(), path: "luna-matcher.sqlite3".into() }
+        Storage { data_dir: "data".into(), path: "luna-matcher.sqlite3".into(), checkpoint_interval: Duration::from_secs(60) }
     }
 }
 
@@ -147,6 +167,23 @@ impl Config {
         }
     }
 
+    pub fn workers(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// `server.max_connections`, or, when 0, what the descriptor limit
+    /// `nofile` allows once the store, plugins, outgoing connections and the
+    /// runtime have theirs: a tenth of it, and at least 256.
+    pub fn max_connections(&self, nofile: u64) -> usize {
+        match self.server.max_connections {
+            0 => nofile.saturating_sub((nofile / 10).max(256)).max(16) as usize,
+            n => n,
+        }
+    }
+
     pub fn threads(&self) -> usize {
         match self.matching.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -221,6 +258,9 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
     })?;
     config.versions()?;
     config.plugins.validate()?;
+    if config.server.body_timeout.is_zero() {
+        return Err("config key server.body_timeout: must be above 0ms, or every body would be refused".into());
+    }
     Ok(config)
 }
 
@@ -285,6 +325,9 @@ mod tests {
         assert_eq!((c.port(), c.server.host.as_str(), c.limits.references, c.limits.max_limit), (6001, "0.0.0.0", 5, 50));
         let c = load(&file, true, &e, &Overrides { port: Some(6002), ..Default::default() }).unwrap();
         assert_eq!(c.port(), 6002);
+        let e = env(&[("LUNA_MATCHER__SERVER__BODY_TIMEOUT", "2s"), ("LUNA_MATCHER__LIMITS__USER_DATA_CHARS", "64")]);
+        let c = load(&file, true, &e, &Overrides::default()).unwrap();
+        assert_eq!((c.server.body_timeout, c.limits.user_data_chars), (Duration::from_secs(2), 64));
         let c = load(&file, true, &env(&[("SERVICE_TYPE", "proxy")]), &Overrides::default()).unwrap();
         assert_eq!(c.server.role, Role::Proxy);
         let e = env(&[("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", r#"["teapot", "x"]"#), ("LUNA_MATCHER__PLUGINS__QUEUE_SIZE", "7")]);
@@ -303,11 +346,21 @@ mod tests {
         assert!(err.contains("server.port") && err.contains("LUNA_MATCHER__SERVER__PORT"), "{err}");
         let err = load(&dir.path().join("none.toml"), false, &env(&[("LUNA_MATCHER__SERVER__ROLE", "boss")]), &Overrides::default()).unwrap_err();
         assert!(err.contains("server.role"), "{err}");
+        let err = load(&dir.path().join("none.toml"), false, &env(&[("LUNA_MATCHER__SERVER__BODY_TIMEOUT", "0s")]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("server.body_timeout"), "{err}");
         assert!(load(&dir.path().join("none.toml"), true, &HashMap::new(), &Overrides::default()).is_err());
         let err = load(&file_ok(&dir), true, &env(&[("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", r#"["../x"]"#)]), &Overrides::default()).unwrap_err();
         assert!(err.contains("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS") && err.contains("../x"), "{err}");
         let err = load(&file_ok(&dir), true, &env(&[("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", "teapot")]), &Overrides::default()).unwrap_err();
         assert!(err.contains("JSON list"), "{err}");
+    }
+
+    #[test]
+    fn max_connections_leave_descriptors_for_the_rest() {
+        let c = Config::default();
+        assert_eq!((c.max_connections(20_000), c.max_connections(1024)), (18_000, 768));
+        let c = Config { server: Server { max_connections: 50, ..Default::default() }, ..Default::default() };
+        assert_eq!(c.max_connections(20_000), 50);
     }
 
     fn file_ok(dir: &tempfile::TempDir) -> std::path::PathBuf {

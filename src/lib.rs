@@ -2,6 +2,7 @@
 //! telemetry, and the server's start and shutdown.
 
 pub mod config;
+pub mod data_lock;
 pub mod http;
 pub mod logging;
 pub mod pipeline;

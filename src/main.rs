@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use luna_matcher::config::{self, LogFormat, Overrides, Role};
+use luna_matcher::server::Failure;
 
 const DEFAULT_CONFIG: &str = "conf/luna-matcher.toml";
 
@@ -50,7 +51,11 @@ fn main() -> ExitCode {
     }
     match actix_rt::System::new().block_on(luna_matcher::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Refused(e)) => {
+            log::error!("{e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
             log::error!("{e}");
             ExitCode::FAILURE
         }

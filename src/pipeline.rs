@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use luna_actors::plugin::MatchCall;
-use luna_actors::Plugins;
+use luna_actors::PluginHost;
 use luna_core::api::{MatchFacesRequest, ReferenceMatches};
 use luna_core::matching::SubResult;
-use luna_core::service::SubRequest;
+use luna_core::planning::SubRequest;
 use luna_core::{Core, Result};
 use uuid::Uuid;
 
@@ -28,7 +28,7 @@ pub struct SubReport {
 /// Answer a matching request; with `plugins`, through the matching plugins.
 pub async fn match_faces(
     core: &Core,
-    plugins: Option<&Plugins>,
+    plugins: Option<&PluginHost>,
     account: Option<Uuid>,
     request_id: &str,
     req: MatchFacesRequest,
@@ -77,15 +77,16 @@ pub async fn match_faces(
 }
 
 fn match_call(sub: &SubRequest, account: Option<Uuid>, request_id: &str) -> MatchCall {
+    let spec = sub.spec();
     MatchCall {
-        reference_type: sub.reference_echo.kind,
-        reference_id: sub.reference_echo.id.clone(),
-        descriptor: sub.reference.descriptor.payload.clone(),
-        descriptor_version: sub.reference.descriptor.version,
-        filters: serde_json::to_string(&sub.set.echo).unwrap_or_default(),
-        targets: sub.set.targets.iter().map(|t| t.as_str().to_owned()).collect(),
-        limit: sub.set.limit,
-        threshold: sub.set.threshold,
+        reference_type: spec.reference_type,
+        reference_id: spec.reference_id,
+        descriptor: spec.descriptor.payload,
+        descriptor_version: spec.descriptor.version,
+        filters: serde_json::to_string(&spec.filters).unwrap_or_default(),
+        targets: spec.targets.iter().map(|t| t.as_str().to_owned()).collect(),
+        limit: spec.limit,
+        threshold: spec.threshold,
         account_id: account.map(|a| a.to_string()),
         request_id: request_id.to_owned(),
     }

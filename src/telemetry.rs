@@ -8,11 +8,28 @@ use std::sync::Arc;
 
 use luna_actors::events::{Event, FieldValue, Point, MONITORING_EVENT};
 use luna_actors::status::{PluginReport, PluginState};
-use luna_actors::Plugins;
-use luna_core::service::StoreStats;
+use luna_actors::PluginHost;
+use luna_core::StoreStats;
 
 use crate::pipeline::SubReport;
 use parking_lot::Mutex;
+
+/// A Prometheus label value, escaped: a plugin's route template may hold `"`, `\` or a newline.
+struct Label<'a>(&'a str);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Upper bounds, in seconds, of the request latency histogram.
 const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -49,7 +66,7 @@ pub struct Telemetry {
     /// The service name in monitoring points: `luna-python-matcher` or `luna-matcher-proxy`.
     service: &'static str,
     /// Where monitoring points go, when plugins run.
-    plugins: Option<Arc<Plugins>>,
+    plugins: Option<Arc<PluginHost>>,
 }
 
 /// One finished HTTP request, as the middleware saw it.
@@ -68,7 +85,7 @@ pub struct RequestRecord<'a> {
 }
 
 impl Telemetry {
-    pub fn new(service: &'static str, plugins: Option<Arc<Plugins>>) -> Self {
+    pub fn new(service: &'static str, plugins: Option<Arc<PluginHost>>) -> Self {
         Telemetry { requests: Mutex::default(), service, plugins }
     }
 
@@ -122,10 +139,12 @@ impl Telemetry {
         let req = self.requests.lock();
         out.push_str("# HELP luna_matcher_requests_total HTTP requests by method, route and status.\n# TYPE luna_matcher_requests_total counter\n");
         for ((method, route, status), n) in &req.counts {
+            let (method, route) = (Label(method), Label(route));
             let _ = writeln!(out, "luna_matcher_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}");
         }
         out.push_str("# HELP luna_matcher_request_duration_seconds HTTP request latency by route.\n# TYPE luna_matcher_request_duration_seconds histogram\n");
         for (route, h) in &req.latency {
+            let route = Label(route);
             for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
                 let _ = writeln!(out, "luna_matcher_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
             }
@@ -150,13 +169,13 @@ impl Telemetry {
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for p in plugins {
-                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", p.name, value(p));
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", Label(&p.name), value(p));
             }
         }
         out.push_str("# HELP luna_matcher_plugin_state 1 for the state a plugin is in.\n# TYPE luna_matcher_plugin_state gauge\n");
         for p in plugins {
             for state in PluginState::ALL {
-                let _ = writeln!(out, "luna_matcher_plugin_state{{plugin=\"{}\",state=\"{}\"}} {}", p.name, state.as_str(), u8::from(p.state == state));
+                let _ = writeln!(out, "luna_matcher_plugin_state{{plugin=\"{}\",state=\"{}\"}} {}", Label(&p.name), state.as_str(), u8::from(p.state == state));
             }
         }
         out.push_str(
@@ -165,10 +184,21 @@ impl Telemetry {
         for p in plugins {
             for (q, v) in [("mean", p.mean_latency), ("p99", p.p99_latency)] {
                 if let Some(v) = v {
-                    let _ = writeln!(out, "luna_matcher_plugin_latency_seconds{{plugin=\"{}\",stat=\"{q}\"}} {v}", p.name);
+                    let _ = writeln!(out, "luna_matcher_plugin_latency_seconds{{plugin=\"{}\",stat=\"{q}\"}} {v}", Label(&p.name));
                 }
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Label;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(Label("/a\"b\\c\nd").to_string(), "/a\\\"b\\\\c\\nd");
+        assert_eq!(Label("/1/faces/{face_id}").to_string(), "/1/faces/{face_id}");
     }
 }

@@ -115,6 +115,12 @@ fn every_filter() {
     assert_eq!(found(json!({"origin": "faces", "face_id__gte": sorted[1], "face_id__lt": sorted[4]})), sorted[1..4].to_vec());
     assert_eq!(found(json!({"origin": "faces", "face_ids": [], "external_ids": []})), pick(&[0, 1, 2, 3, 4, 5]), "empty lists do not restrict");
     assert_eq!(found(json!({"origin": "faces", "list_id": "00000000-0000-4000-8000-000000000000"})), Vec::<String>::new());
+
+    // A face named twice in face_ids is one candidate: returned and counted once.
+    let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(0))}],
+                   "candidates": [{"filters": {"origin": "faces", "face_ids": [ids[2], ids[4], ids[2], ids[4], ids[2]]}, "limit": 10}]});
+    let set = &s.json("POST", "/1/matcher/faces", Some(&q)).json()[0]["matches"][0];
+    assert_eq!((set["total_found"].as_u64(), set["result"].as_array().unwrap().len()), (Some(2), 2), "{set}");
 }
 
 #[test]

@@ -17,15 +17,15 @@ fn health_version_spec() {
     assert!(v["Version"]["major"].is_u64() && v["Version"]["minor"].is_u64() && v["Version"]["patch"].is_u64());
 
     let spec = s.json("GET", "/1/docs/spec", None).json();
-    assert_eq!(spec["openapi"], "3.0.3");
+    assert_eq!(spec["openapi"], "3.1.0");
     let codes: Vec<u64> = spec["x-error-codes"].as_array().unwrap().iter().map(|e| e["error_code"].as_u64().unwrap()).collect();
     for code in luna_core::ErrorCode::ALL {
         assert!(codes.contains(&(code.code() as u64)), "{code:?} is documented");
     }
     // Every documented path is routed.
-    for path in luna_matcher::http::openapi::PATHS {
+    for (path, operations) in spec["paths"].as_object().unwrap() {
         let concrete = path.replace("{list_id}", ACCOUNT).replace("{face_id}", ACCOUNT);
-        for (method, _) in spec["paths"][path].as_object().unwrap() {
+        for (method, _) in operations.as_object().unwrap() {
             let r = s.json(&method.to_uppercase(), &concrete, None);
             assert!(r.status != 404 || r.code() != 11030, "{method} {path} is routed");
         }

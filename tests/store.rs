@@ -91,44 +91,71 @@ fn a_restart_restores_everything() {
     assert_eq!(s.json("POST", "/1/matcher/faces", Some(&query)).json(), before);
 }
 
+/// Writers create faces without pause; the process is killed (SIGKILL) at
+/// a moment that moves from cycle to cycle, and restarted on the same data.
+/// Every face whose 201 arrived before the kill must be there afterwards.
 #[test]
-fn an_acknowledged_write_survives_kill_9() {
+fn no_acknowledged_write_is_lost_across_kill_9_cycles() {
+    const CYCLES: u64 = 6;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"))
             .args(["--config", "conf/luna-matcher.toml", "--port", &port.to_string(), "--data-dir"])
             .arg(dir.path())
             .env("RUST_LOG", "warn")
             .env("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", "[]")
             .spawn()
-            .unwrap()
-    };
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let wait_ready = || {
-        for _ in 0..200 {
+            .unwrap();
+        for _ in 0..400 {
             if std::net::TcpStream::connect(addr).is_ok() {
-                return;
+                return child;
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the service did not start");
     };
+    let mut acknowledged: Vec<String> = Vec::new();
+    for cycle in 0..CYCLES {
+        let mut child = spawn();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    let mut seed = cycle * 1_000_000 + w * 100_000;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        seed += 1;
+                        let body = serde_json::to_vec(&json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(seed))}})).unwrap();
+                        match try_request(addr, "POST", "/1/faces", &[("Content-Type", "application/json")], &body) {
+                            Ok(r) if r.status == 201 => acked.push(r.json()["face_id"].as_str().unwrap().to_owned()),
+                            Ok(r) => panic!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+                            Err(_) => break, // killed mid-request: not acknowledged
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(300 + 150 * cycle));
+        child.kill().unwrap(); // SIGKILL while writes are in flight
+        child.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            acknowledged.extend(w.join().unwrap());
+        }
+    }
     let mut child = spawn();
-    wait_ready();
-    let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(5))}});
-    let r = request(addr, "POST", "/1/faces", &[("Content-Type", "application/json")], &serde_json::to_vec(&body).unwrap());
-    assert_eq!(r.status, 201);
-    child.kill().unwrap(); // SIGKILL, right after the response
-    child.wait().unwrap();
-    let face = r.json()["face_id"].as_str().unwrap().to_owned();
-
-    let mut child = spawn();
-    wait_ready();
-    let r = request(addr, "GET", &format!("/1/faces/{face}"), &[], b"");
+    let lost: Vec<&String> = acknowledged.iter().filter(|face| request(addr, "GET", &format!("/1/faces/{face}"), &[], b"").status != 200).collect();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    eprintln!("kill -9: {CYCLES} cycles, {} acknowledged writes, {} lost", acknowledged.len(), lost.len());
+    assert!(acknowledged.len() as u64 > CYCLES * 10, "writes were acknowledged in every cycle: {}", acknowledged.len());
+    assert!(lost.is_empty(), "{} of {} acknowledged faces lost: {lost:?}", lost.len(), acknowledged.len());
 }
 
 #[test]

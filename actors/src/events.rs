@@ -80,8 +80,13 @@ impl EventQueue {
     /// Drop what is left, counting it.
     pub fn discard(&self) -> usize {
         let n = std::mem::take(&mut *self.items.lock()).len();
-        self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+        self.dropped(n);
         n
+    }
+
+    /// Count `n` events taken from the queue and not delivered.
+    pub fn dropped(&self, n: usize) {
+        self.dropped.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 

@@ -3,14 +3,12 @@
 //! released, and the store reads behind `luna_matcher.store` (its async
 //! wrappers are in `luna_plugins._host`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use luna_core::descriptor::VersionSpec;
-use luna_core::index::{Query, Vectors};
-use luna_core::kernels::kernels;
-use luna_core::matching::{scan, TopK};
-use luna_core::service::{format_time, StoredFace};
+use luna_core::catalog::StoredFace;
+use luna_core::flat::FlatIndex;
+use luna_core::index::Query;
+use luna_core::time::format_time;
 use luna_core::{Core, ErrorCode};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -32,11 +30,7 @@ fn core() -> PyResult<&'static Arc<Core>> {
 #[pyclass(module = "luna_matcher")]
 pub struct DescriptorSet {
     version: u32,
-    spec: VersionSpec,
-    vectors: Vectors,
-    /// Row i holds the descriptor of `ids[i]`.
-    ids: Vec<String>,
-    rows: HashMap<String, usize>,
+    index: FlatIndex<String>,
 }
 
 impl DescriptorSet {
@@ -54,7 +48,7 @@ impl DescriptorSet {
     #[new]
     fn new(version: u32) -> PyResult<Self> {
         let spec = *core()?.versions().get(version).map_err(|e| PyValueError::new_err(e.detail))?;
-        Ok(DescriptorSet { version, spec, vectors: Vectors::new(spec), ids: Vec::new(), rows: HashMap::new() })
+        Ok(DescriptorSet { version, index: FlatIndex::new(spec) })
     }
 
     #[getter]
@@ -65,42 +59,28 @@ impl DescriptorSet {
     /// Add a descriptor (SDK container or raw) under `id`, replacing one already there.
     fn add(&mut self, id: String, descriptor: &[u8]) -> PyResult<()> {
         let payload = self.parse(descriptor)?;
-        self.remove(&id);
-        self.rows.insert(id.clone(), self.ids.len());
-        self.ids.push(id);
-        self.vectors.push(&payload);
+        self.index.insert(id, &payload);
         Ok(())
     }
 
     /// Remove `id`; false when it was not there.
-    fn remove(&mut self, id: &str) -> bool {
-        let Some(row) = self.rows.remove(id) else { return false };
-        self.vectors.swap_remove(row);
-        self.ids.swap_remove(row);
-        if let Some(moved) = self.ids.get(row) {
-            self.rows.insert(moved.clone(), row);
-        }
-        true
+    fn remove(&mut self, id: String) -> bool {
+        self.index.remove(&id)
     }
 
     fn __len__(&self) -> usize {
-        self.ids.len()
+        self.index.len()
     }
 
-    fn __contains__(&self, id: &str) -> bool {
-        self.rows.contains_key(id)
+    fn __contains__(&self, id: String) -> bool {
+        self.index.contains(&id)
     }
 
     /// `[(id, similarity)]`, best first, ties by id; at most `limit`, all at least `threshold`.
     #[pyo3(name = "match", signature = (descriptor, limit = 3, threshold = 0.0))]
     fn match_(&self, py: Python<'_>, descriptor: &[u8], limit: usize, threshold: f64) -> PyResult<Vec<(String, f64)>> {
-        let query = Query::new(&self.spec, &self.parse(descriptor)?);
-        let hits = py.detach(|| {
-            let mut top = TopK::new(limit, threshold);
-            scan(kernels(), &self.vectors, &query, 0..self.vectors.len(), |_| true, |row| self.ids[row].as_str(), &mut top);
-            top.into_sorted().into_iter().map(|h| (h.key.to_owned(), h.similarity)).collect()
-        });
-        Ok(hits)
+        let query = Query::new(self.index.spec(), &self.parse(descriptor)?);
+        Ok(py.detach(|| self.index.search(&query, limit, threshold)))
     }
 }
 

@@ -1,19 +1,27 @@
 //! luna-matcher's actor system and Python bridge.
 //!
 //! - [`python`]: the embedded interpreter, the `luna_plugins` package and the asyncio loop thread.
-//! - [`supervisor`]: the `PluginSupervisor` and [`Plugins`], the handle the HTTP layer uses.
-//! - [`plugin`]: one supervised actor per plugin.
+//! - [`host`]: the typed interface to the host's Python side, and how a hosted call is awaited.
+//! - [`failure`]: what went wrong in a call into plugin code, by exception type.
+//! - [`supervisor`]: [`PluginHost`], the handle the HTTP layer uses, and the `PluginSupervisor`.
+//! - [`plugin`]: one supervised actor per plugin; [`restart`]: when it is restarted.
 //! - [`events`]: monitoring points, bounded queues and the `EventBroker`.
+//! - [`watchdog`]: names plugin code that holds the shared event loop.
 
+mod error_log;
 pub mod events;
+pub mod failure;
 mod helpers;
+pub mod host;
 mod module;
 pub mod plugin;
 pub mod python;
+pub mod restart;
 pub mod routes;
 pub mod settings;
 pub mod status;
 pub mod supervisor;
 mod venv;
+mod watchdog;
 
-pub use supervisor::Plugins;
+pub use supervisor::PluginHost;

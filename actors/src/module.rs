@@ -7,19 +7,19 @@ use std::sync::OnceLock;
 
 use pyo3::prelude::*;
 
-type FaultSink = Box<dyn Fn(&str, u64, String) + Send + Sync>;
+type FaultSink = Box<dyn Fn(&str, u64, String, Option<String>) + Send + Sync>;
 
 static FAULTS: OnceLock<FaultSink> = OnceLock::new();
 
-/// Where faults found outside a call go: (plugin, generation, error).
-pub fn on_fault(sink: impl Fn(&str, u64, String) + Send + Sync + 'static) {
+/// Where faults found outside a call go: (plugin, generation, error, traceback).
+pub fn on_fault(sink: impl Fn(&str, u64, String, Option<String>) + Send + Sync + 'static) {
     let _ = FAULTS.set(Box::new(sink));
 }
 
 /// Report a fault of a plugin generation.
-pub fn fault(plugin: &str, generation: u64, error: String) {
+pub fn fault(plugin: &str, generation: u64, error: String, traceback: Option<String>) {
     if let Some(sink) = FAULTS.get() {
-        sink(plugin, generation, error);
+        sink(plugin, generation, error, traceback);
     }
 }
 
@@ -35,16 +35,27 @@ fn _log(level: u32, name: &str, message: &str) {
     log::log!(target: name, level, "{message}");
 }
 
-/// A task a plugin created ended with an exception nobody retrieved.
+/// A task a plugin created ended with an exception nobody watched.
 #[pyfunction]
-fn _task_failed(plugin: &str, generation: u64, error: String) {
-    fault(plugin, generation, format!("background task died: {error}"));
+fn _task_failed(plugin: &str, generation: u64, error: String, traceback: String) {
+    fault(plugin, generation, format!("background task died: {error}"), Some(traceback));
 }
 
 /// The event loop ran a callback: it is not blocked.
 #[pyfunction]
 fn _beat() {
-    crate::python::beat();
+    crate::watchdog::beat();
+}
+
+/// Raise `exception` in the Python thread `thread` (a worker thread running a
+/// plugin's synchronous call past its deadline) at its next bytecode.
+#[pyfunction]
+fn _interrupt(thread: u64, exception: &Bound<'_, pyo3::types::PyType>) {
+    // SAFETY: called with the GIL held; the type object outlives the call and
+    // CPython takes its own reference to it.
+    unsafe {
+        pyo3::ffi::PyThreadState_SetAsyncExc(thread as std::ffi::c_long, exception.as_ptr());
+    }
 }
 
 #[pymodule]
@@ -52,6 +63,7 @@ pub fn luna_matcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_log, m)?)?;
     m.add_function(wrap_pyfunction!(_task_failed, m)?)?;
     m.add_function(wrap_pyfunction!(_beat, m)?)?;
+    m.add_function(wrap_pyfunction!(_interrupt, m)?)?;
     m.add_class::<crate::helpers::DescriptorSet>()?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_get_face, m)?)?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_list_faces, m)?)?;

@@ -24,8 +24,9 @@ pub struct PluginsConfig {
     pub required: Vec<String>,
     /// Events waiting per plugin; beyond it the oldest are dropped and counted.
     pub queue_size: usize,
-    /// Longest an event handler or a plugin route may take, and longest plugin
-    /// code may hold the event loop.
+    /// Longest an event handler, a plugin route, `getMatchingCost` or `match`
+    /// may take (the plugin's own time: time other plugins hold the event
+    /// loop is not counted), and longest plugin code may hold the event loop.
     #[serde(with = "duration")]
     pub timeout: Duration,
     /// Longest `initialize()` may take.

@@ -4,23 +4,34 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+use crate::error_log::{ErrorLog, Verdict, INTERVAL};
+
+/// Where a plugin is in its lifecycle. The plugin's actor owns it; this copy
+/// is what `/1/plugins` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginState {
+    /// The first generation is importing, constructing or initializing.
     Loading,
     Running,
+    /// A generation failed; the next one waits out its backoff or is starting.
     Restarting,
+    /// Given up: an import or constructor failed, or too many restarts.
     Failed,
+    /// Shutting down: no new work, the delivery in flight finishing, `close()` running.
+    Stopping,
     Stopped,
 }
 
 impl PluginState {
-    pub const ALL: [PluginState; 5] = [PluginState::Loading, PluginState::Running, PluginState::Restarting, PluginState::Failed, PluginState::Stopped];
+    pub const ALL: [PluginState; 6] =
+        [PluginState::Loading, PluginState::Running, PluginState::Restarting, PluginState::Failed, PluginState::Stopping, PluginState::Stopped];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -28,7 +39,36 @@ impl PluginState {
             PluginState::Running => "running",
             PluginState::Restarting => "restarting",
             PluginState::Failed => "failed",
+            PluginState::Stopping => "stopping",
             PluginState::Stopped => "stopped",
+        }
+    }
+}
+
+/// What a plugin class is, by the base class it derives from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    Event,
+    Background,
+    Matching,
+}
+
+impl PluginKind {
+    /// The host's name for it; anything but `event` and `matching` is background.
+    pub fn parse(kind: &str) -> PluginKind {
+        match kind {
+            "event" => PluginKind::Event,
+            "matching" => PluginKind::Matching,
+            _ => PluginKind::Background,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Event => "event",
+            PluginKind::Background => "background",
+            PluginKind::Matching => "matching",
         }
     }
 }
@@ -36,10 +76,10 @@ impl PluginState {
 /// Latencies kept for the p99.
 const SAMPLES: usize = 1024;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginClass {
     pub class: String,
-    pub kind: &'static str,
+    pub kind: PluginKind,
 }
 
 #[derive(Debug)]
@@ -55,6 +95,7 @@ struct Inner {
     recent: VecDeque<f64>,
     /// The first start attempt has finished, however it went.
     attempted: bool,
+    log: ErrorLog,
 }
 
 /// One plugin's status.
@@ -67,7 +108,7 @@ pub struct PluginStatus {
 }
 
 /// A copy of a status, as `/1/plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginReport {
     pub name: String,
     /// The kinds of its classes, joined with `+` (`event`, `background`, `event+background`).
@@ -101,6 +142,7 @@ impl PluginStatus {
                 latency_sum: 0.0,
                 recent: VecDeque::with_capacity(SAMPLES),
                 attempted: false,
+                log: ErrorLog::default(),
             }),
             dropped: Arc::new(AtomicU64::new(0)),
         }
@@ -110,7 +152,8 @@ impl PluginStatus {
         self.inner.lock().state
     }
 
-    pub fn set_state(&self, state: PluginState) {
+    /// Written by the plugin's actor only, which owns the state.
+    pub(crate) fn set_state(&self, state: PluginState) {
         let mut i = self.inner.lock();
         i.state = state;
         if state != PluginState::Loading {
@@ -120,7 +163,7 @@ impl PluginStatus {
 
     /// Running, with a class of `kind`: read without building a report, as the
     /// matching pipeline asks on every request.
-    pub fn serves(&self, kind: &str) -> bool {
+    pub fn serves(&self, kind: PluginKind) -> bool {
         let i = self.inner.lock();
         i.state == PluginState::Running && i.classes.iter().any(|c| c.kind == kind)
     }
@@ -129,26 +172,44 @@ impl PluginStatus {
         self.inner.lock().attempted
     }
 
-    pub fn running(&self, classes: Vec<PluginClass>, routes: Vec<String>) {
-        let mut i = self.inner.lock();
-        i.classes = classes;
-        i.routes = routes;
-        i.state = PluginState::Running;
-        i.attempted = true;
+    /// The classes found at import, known before they are constructed.
+    pub(crate) fn set_classes(&self, classes: Vec<PluginClass>) {
+        self.inner.lock().classes = classes;
     }
 
-    pub fn error(&self, error: String) {
-        log::warn!(target: "luna_matcher::plugins", "plugin {}: {error}", self.name);
-        let mut i = self.inner.lock();
-        i.errors += 1;
-        i.last_error = Some(error);
+    pub(crate) fn set_routes(&self, routes: Vec<String>) {
+        self.inner.lock().routes = routes;
     }
 
-    pub fn restarted(&self) {
+    /// Count an error and log it, with its Python traceback if it has one;
+    /// repeats are rate-limited.
+    pub(crate) fn error(&self, error: String, traceback: Option<&str>) {
+        let verdict = {
+            let mut i = self.inner.lock();
+            i.errors += 1;
+            i.last_error = Some(error.clone());
+            i.log.note(&error, Instant::now())
+        };
+        match (verdict, traceback) {
+            (Verdict::Log { traceback: true }, Some(traceback)) => log::warn!(target: "luna_matcher::plugins", "plugin {}: {error}\n{traceback}", self.name),
+            (Verdict::Log { .. }, _) => log::warn!(target: "luna_matcher::plugins", "plugin {}: {error}", self.name),
+            (Verdict::Quiet, _) => {}
+        }
+    }
+
+    /// Sum up the errors left unlogged in intervals that have ended.
+    pub(crate) fn flush_log(&self) {
+        let summaries = self.inner.lock().log.summaries(Instant::now());
+        for (error, n) in summaries {
+            log::warn!(target: "luna_matcher::plugins", "plugin {}: {error} (repeated {n} more times in the last {}s)", self.name, INTERVAL.as_secs());
+        }
+    }
+
+    pub(crate) fn restarted(&self) {
         self.inner.lock().restarts += 1;
     }
 
-    pub fn call(&self, took: Duration) {
+    pub(crate) fn call(&self, took: Duration) {
         let mut i = self.inner.lock();
         let s = took.as_secs_f64();
         i.calls += 1;
@@ -166,13 +227,16 @@ impl PluginStatus {
             v.sort_by(f64::total_cmp);
             v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
         });
-        let join = |sep: &str, f: fn(&PluginClass) -> &str| (!i.classes.is_empty()).then(|| i.classes.iter().map(f).collect::<Vec<_>>().join(sep));
-        let mut kinds: Vec<&str> = i.classes.iter().map(|c| c.kind).collect();
-        kinds.dedup();
+        let mut kinds: Vec<&str> = Vec::new();
+        for kind in i.classes.iter().map(|c| c.kind.as_str()) {
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
         PluginReport {
             name: self.name.clone(),
             kind: (!kinds.is_empty()).then(|| kinds.join("+")),
-            class: join(", ", |c| &c.class),
+            class: (!i.classes.is_empty()).then(|| i.classes.iter().map(|c| c.class.as_str()).collect::<Vec<_>>().join(", ")),
             classes: i.classes.clone(),
             routes: i.routes.clone(),
             state: i.state,
@@ -184,5 +248,18 @@ impl PluginStatus {
             mean_latency: (i.calls > 0).then(|| i.latency_sum / i.calls as f64),
             p99_latency: p99,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_names_each_kind_once_in_order_of_appearance() {
+        let status = PluginStatus::new("mixed");
+        let class = |kind| PluginClass { class: "plugins.mixed.C".into(), kind };
+        status.set_classes(vec![class(PluginKind::Event), class(PluginKind::Background), class(PluginKind::Event), class(PluginKind::Matching)]);
+        assert_eq!(status.report().kind.as_deref(), Some("event+background+matching"));
     }
 }

@@ -1,6 +1,6 @@
-//! The `PluginSupervisor`: starts the Python runtime, the `EventBroker` and one
-//! supervised actor per active plugin, each on its own arbiter, and shuts
-//! them down in order.
+//! The plugin host: [`PluginHost`] starts the Python runtime, the
+//! `EventBroker` and one supervised actor per active plugin, each on its own
+//! arbiter; the `PluginSupervisor` actor shuts them down in order.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::events::{Event, EventBroker, EventQueue, Publish};
-use crate::plugin::{CallRoute, Close, Costs, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo};
+use crate::host::GRACE;
+use crate::plugin::{
+    CallRoute, Close, Costs, CountError, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
+};
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
-use crate::status::{PluginReport, PluginState, PluginStatus};
+use crate::status::{PluginKind, PluginReport, PluginState, PluginStatus};
 
 struct Plugin {
     status: Arc<PluginStatus>,
@@ -68,7 +71,7 @@ impl Handler<Shutdown> for PluginSupervisor {
 }
 
 /// The plugin system as the rest of the service sees it.
-pub struct Plugins {
+pub struct PluginHost {
     supervisor: Addr<PluginSupervisor>,
     broker: Addr<EventBroker>,
     routes: Arc<RouteTable>,
@@ -81,7 +84,7 @@ pub struct Plugins {
     default_cost: f64,
 }
 
-impl Plugins {
+impl PluginHost {
     /// Start the interpreter and the active plugins. Must run inside an actix System.
     pub fn start(
         config: &PluginsConfig,
@@ -89,10 +92,10 @@ impl Plugins {
         service: ServiceInfo,
         service_paths: &[&str],
         core: Arc<luna_core::Core>,
-    ) -> Result<Plugins, String> {
+    ) -> Result<PluginHost, String> {
         crate::helpers::attach_core(core);
         crate::python::start(&config.directory, &config.venv, service_paths, active, config.timeout)
-            .map_err(|e| format!("cannot start the Python runtime: {}", crate::python::describe(&e)))?;
+            .map_err(|e| format!("cannot start the Python runtime: {}", pyo3::Python::attach(|py| crate::failure::describe(py, &e))))?;
         let broker_arbiter = Arbiter::new();
         let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());
         let routes = Arc::new(RouteTable::default());
@@ -115,14 +118,14 @@ impl Plugins {
         }
         let actors: HashMap<String, Addr<PluginActor>> = plugins.iter().map(|p| (p.status.name.clone(), p.addr.clone())).collect();
         let sink = actors.clone();
-        crate::module::on_fault(move |plugin, generation, error| {
+        crate::module::on_fault(move |plugin, generation, error, traceback| {
             if let Some(addr) = sink.get(plugin) {
-                addr.do_send(Fault { generation, error });
+                addr.do_send(Fault { generation, error, traceback });
             }
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();
         let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
-        Ok(Plugins {
+        Ok(PluginHost {
             supervisor,
             broker,
             routes,
@@ -150,12 +153,12 @@ impl Plugins {
 
     /// Running plugins with a matching class.
     fn matchers(&self) -> Vec<&str> {
-        self.statuses.iter().filter(|s| s.serves("matching")).map(|s| s.name.as_str()).collect()
+        self.statuses.iter().filter(|s| s.serves(PluginKind::Matching)).map(|s| s.name.as_str()).collect()
     }
 
     /// Whether any matching plugin is running now.
     pub fn has_matchers(&self) -> bool {
-        self.statuses.iter().any(|s| s.serves("matching"))
+        self.statuses.iter().any(|s| s.serves(PluginKind::Matching))
     }
 
     /// For each sub-request, the cheapest matching plugin below the default
@@ -164,7 +167,7 @@ impl Plugins {
     pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<(String, usize)>> {
         let asks = self.matchers().into_iter().map(|name| {
             let ask = self.actors[name].send(Costs(calls.clone()));
-            async move { (name, tokio::time::timeout(self.timeout, ask).await) }
+            async move { (name, tokio::time::timeout(self.timeout + GRACE, ask).await) }
         });
         let mut best: Vec<Option<(f64, String, usize)>> = vec![None; calls.len()];
         for (name, offers) in futures_util::future::join_all(asks).await {
@@ -186,8 +189,8 @@ impl Plugins {
 
     /// Count a failure of a plugin the pipeline found (a malformed answer).
     pub fn count_error(&self, plugin: &str, error: String) {
-        if let Some(s) = self.statuses.iter().find(|s| s.name == plugin) {
-            s.error(error);
+        if let Some(addr) = self.actors.get(plugin) {
+            addr.do_send(CountError(error));
         }
     }
 
@@ -211,7 +214,7 @@ impl Plugins {
 
     pub async fn shutdown(&self, flush: Duration) {
         let _ = self.supervisor.send(Shutdown { flush }).await;
-        crate::python::runtime().stop();
+        crate::python::stop();
     }
 }
 

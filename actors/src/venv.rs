@@ -30,7 +30,7 @@ pub fn activate(py: Python<'_>, setting: &Path) -> Result<(), String> {
     let info = py.version_info();
     let (major, minor) = (info.major, info.minor);
     let python = format!("Python {major}.{minor}.{}", info.patch);
-    let base = py.import("sys").and_then(|sys| sys.getattr("base_prefix")?.extract::<String>()).map_err(|e| crate::python::describe(&e))?;
+    let base = py.import("sys").and_then(|sys| sys.getattr("base_prefix")?.extract::<String>()).map_err(|e| crate::failure::describe(py, &e))?;
     let Some((chosen, source)) = choose(setting) else {
         log::info!("plugins run on {python} ({base}) with its own site-packages: no virtual environment (plugins.venv, VIRTUAL_ENV)");
         let _ = IN_USE.set(None);
@@ -50,7 +50,7 @@ pub fn activate(py: Python<'_>, setting: &Path) -> Result<(), String> {
         return Err(refuse(format!("{} is missing; {remake} --clear", site.display())));
     }
     let system = setting_of(&cfg, "include-system-site-packages") == Some("true");
-    use_site_packages(py, &site, system).map_err(|e| refuse(crate::python::describe(&e)))?;
+    use_site_packages(py, &site, system).map_err(|e| refuse(crate::failure::describe(py, &e)))?;
     log::info!("plugins run on {python} ({base}) with the virtual environment {} (from {source})", dir.display());
     let _ = IN_USE.set(Some(dir));
     Ok(())

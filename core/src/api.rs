@@ -3,11 +3,12 @@
 //! never silently widens a match.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::descriptor::Binary;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewList {
     pub account_id: Uuid,
@@ -15,13 +16,13 @@ pub struct NewList {
     pub user_data: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedList {
     pub list_id: Uuid,
     pub url: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ListView {
     pub list_id: Uuid,
     pub account_id: Uuid,
@@ -30,21 +31,21 @@ pub struct ListView {
     pub face_count: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipAction {
     Attach,
     Detach,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListFacesPatch {
     pub action: MembershipAction,
     pub face_ids: Vec<Uuid>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DescriptorInput {
     pub data: Binary,
@@ -52,7 +53,7 @@ pub struct DescriptorInput {
     pub version: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewFace {
     pub account_id: Uuid,
@@ -65,18 +66,18 @@ pub struct NewFace {
     pub lists: Vec<Uuid>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedFace {
     pub face_id: Uuid,
     pub url: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedFaces {
     pub face_ids: Vec<Uuid>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FaceView {
     pub face_id: Uuid,
     pub account_id: Uuid,
@@ -89,7 +90,7 @@ pub struct FaceView {
 
 // ---- matching ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Reference {
     Descriptor {
@@ -104,13 +105,13 @@ pub enum Reference {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     Faces,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(non_snake_case)] // LUNA's field names: `create_time__gte` and the like
 pub struct FaceFilters {
@@ -135,7 +136,7 @@ pub struct FaceFilters {
     pub face_id__lt: Option<Uuid>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     FaceId,
@@ -161,7 +162,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CandidateSet {
     pub filters: FaceFilters,
@@ -173,14 +174,14 @@ pub struct CandidateSet {
     pub threshold: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchFacesRequest {
     pub references: Vec<Reference>,
     pub candidates: Vec<CandidateSet>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReferenceEcho {
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -189,7 +190,7 @@ pub struct ReferenceEcho {
 }
 
 /// A matched face with only the requested targets set.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct FaceTargets {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub face_id: Option<Uuid>,
@@ -205,21 +206,21 @@ pub struct FaceTargets {
     pub lists: Option<Vec<Uuid>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct FaceMatch {
     pub face: FaceTargets,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub similarity: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CandidateMatches {
     pub filters: FaceFilters,
     pub result: Vec<FaceMatch>,
     pub total_found: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error_code: u32,
     pub desc: &'static str,
@@ -233,12 +234,12 @@ impl From<&crate::errors::Error> for ErrorBody {
     }
 }
 
-/// Where an error code is documented: the error table of the OpenAPI document.
+/// Where an error code is documented: its row of the page `/1/docs/errors`.
 pub fn error_link(code: u32) -> String {
-    format!("/1/docs/spec#error-{code}")
+    format!("/1/docs/errors#error-{code}")
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ReferenceMatches {
     pub reference: ReferenceEcho,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -247,14 +248,14 @@ pub struct ReferenceMatches {
     pub error: Option<ErrorBody>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawItem {
     pub id: String,
     pub data: Binary,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchRawRequest {
     pub references: Vec<RawItem>,
@@ -267,14 +268,59 @@ pub struct MatchRawRequest {
     pub threshold: Option<f64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RawMatch {
     pub candidate_id: String,
     pub similarity: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RawReferenceMatches {
     pub reference_id: String,
     pub matches: Vec<RawMatch>,
+}
+
+/// `GET /healthcheck` when healthy.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Healthy {
+    /// Seconds the check took.
+    pub execution_time: f64,
+}
+
+/// A component that is not healthy, as LUNA reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ComponentError {
+    /// `store`, or `plugin:<name>`.
+    pub component: String,
+    pub error: String,
+}
+
+/// `GET /healthcheck` when a component is starting (503) or down (502).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Unhealthy {
+    pub errors: Vec<ComponentError>,
+}
+
+/// What `GET /healthcheck` answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Health {
+    Healthy(Healthy),
+    Unhealthy(Unhealthy),
+}
+
+/// `GET /1/version`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionBody {
+    #[serde(rename = "Version")]
+    pub version: VersionNumbers,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionNumbers {
+    /// The API version: 1.
+    pub api: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
 }

@@ -163,6 +163,21 @@ impl Binary {
     }
 }
 
+// In the API documents a binary field is base64 text, as JSON carries it;
+// msgpack carries the same field as raw bytes.
+impl utoipa::PartialSchema for Binary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Byte)))
+            .description(Some("base64 in JSON, raw bytes in msgpack: an SDK container (dp\\0\\0, u32 LE version, payload) or a raw payload"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Binary {}
+
 impl<'de> Deserialize<'de> for Binary {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V;

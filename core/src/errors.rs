@@ -45,6 +45,10 @@ error_table! {
     LimitTooLarge = 11021, "Limit is too large";
     TooManyRawCandidates = 11022, "Too many raw candidates";
     BodyTooLarge = 11023, "Request body is too large";
+    ResponseTooLarge = 11024, "Response would be too large";
+    HeadersTooLarge = 11025, "Request headers are too large";
+    UriTooLong = 11026, "Request URI is too long";
+    BodyTimeout = 11027, "Request body was not received in time";
     RouteNotFound = 11030, "Resource not found";
     MethodNotAllowed = 11031, "Method not allowed";
     ListNotFound = 22001, "List not found";

@@ -3,13 +3,21 @@
 //! [`errors::Error`] to a status.
 
 pub mod api;
+pub mod catalog;
 pub mod descriptor;
 pub mod errors;
+pub mod flat;
 pub mod index;
 pub mod kernels;
+pub mod limits;
+pub mod maintenance;
 pub mod matching;
+pub mod planning;
+pub mod raw;
 pub mod service;
 pub mod store;
+pub mod time;
 
 pub use errors::{Error, ErrorCode, Result};
-pub use service::{Core, CoreConfig, Limits};
+pub use limits::Limits;
+pub use service::{Core, CoreConfig, StoreStats};

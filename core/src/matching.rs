@@ -125,7 +125,8 @@ pub fn scan<K: Ord + Copy>(
 pub struct Filter {
     pub account_id: Option<Uuid>,
     pub list_id: Option<Uuid>,
-    /// When set, only these faces are candidates: they are looked up, not scanned for.
+    /// When set, only these faces are candidates: they are looked up, not
+    /// scanned for. Sorted and without repeats.
     pub face_ids: Option<Vec<Uuid>>,
     pub external_ids: Option<HashSet<String>>,
     pub user_data: Option<String>,
@@ -146,6 +147,7 @@ impl Filter {
             && self.face_id_lt.is_none_or(|id| f.face_id < id)
             && self.user_data.as_ref().is_none_or(|u| f.user_data == *u)
             && self.external_ids.as_ref().is_none_or(|ids| f.external_id.as_ref().is_some_and(|e| ids.contains(e)))
+            && self.face_ids.as_ref().is_none_or(|ids| ids.binary_search(&f.face_id).is_ok())
     }
 }
 

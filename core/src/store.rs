@@ -2,9 +2,10 @@
 //! write is on disk before it is acknowledged. It is read only at start-up,
 //! to build the in-memory [`Index`]; afterwards every write goes to both.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, MAIN_DB};
 use uuid::Uuid;
 
 use crate::descriptor::{Descriptor, Versions};
@@ -35,24 +36,40 @@ CREATE TABLE IF NOT EXISTS list_faces (
 CREATE INDEX IF NOT EXISTS list_faces_by_face ON list_faces(face_id);
 ";
 
+/// What a health probe writes next to the database: one page, as a commit needs.
+const PROBE: &str = ".luna-matcher-probe";
+const PROBE_BYTES: usize = 4096;
+/// Size the WAL is cut back to after a checkpoint.
+const WAL_LIMIT_BYTES: i64 = 4 << 20;
+
 pub struct Store {
     conn: Connection,
+    /// The directory of the database file, where the health probe writes.
+    dir: PathBuf,
 }
 
 impl Store {
+    /// Open (or create) the file and check its integrity: a damaged file is
+    /// refused with an error that says so.
     pub fn open(path: &Path) -> Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| Error::storage(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::storage(format!("cannot create {}: {e}", dir.display())))?;
+        let conn = match open_writable(path) {
+            Ok(conn) => conn,
+            // A read-only data directory still serves reads; ping says why writes fail.
+            Err(e) => open_read_only(path).ok_or_else(|| damaged(path, e))?,
+        };
         // FULL: the WAL is fsynced at every commit, so an acknowledged write
         // survives kill -9 and power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn })
+        quick_check(&conn, path)?;
+        if !conn.is_readonly(MAIN_DB)? {
+            conn.execute_batch(SCHEMA).map_err(|e| damaged(path, e))?;
+        }
+        Ok(Store { conn, dir })
     }
 
     /// Build the in-memory index from the file.
@@ -107,9 +124,80 @@ impl Store {
         Ok(out)
     }
 
+    /// The store answers and a write would succeed: SQLite reads, and a page
+    /// written next to the file reaches the disk (a read-only or full file
+    /// system fails here).
     pub fn ping(&self) -> Result<()> {
         self.conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
+        let probe = self.dir.join(PROBE);
+        let written = std::fs::write(&probe, [0u8; PROBE_BYTES]).and_then(|_| std::fs::File::open(&probe)?.sync_all());
+        let _ = std::fs::remove_file(&probe);
+        written.map_err(|e| Error::storage(format!("cannot write to {}: {e}", self.dir.display())))?;
+        if self.conn.is_readonly(MAIN_DB)? {
+            return Err(Error::storage("the store was opened read-only: restart the service now that its data directory is writable"));
+        }
         Ok(())
+    }
+
+    /// Copy the WAL into the database file and truncate the WAL.
+    pub fn checkpoint(&self) -> Result<()> {
+        let (busy, frames): (i64, i64) = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if busy != 0 {
+            return Err(Error::storage(format!("checkpoint blocked with {frames} WAL frames left")));
+        }
+        Ok(())
+    }
+}
+
+/// The file opened for writing, in WAL mode.
+fn open_writable(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    Ok(conn)
+}
+
+/// The file opened for reading only, as a read-only file system allows: with
+/// its WAL when SQLite can map it, or, when the WAL is empty (after a clean
+/// stop), as an immutable file.
+fn open_read_only(path: &Path) -> Option<Connection> {
+    let readable = |conn: Connection| conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())).is_ok().then_some(conn);
+    if let Some(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok().and_then(readable) {
+        return Some(conn);
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return None;
+    }
+    let escaped = path.display().to_string().replace('%', "%25").replace('?', "%3f").replace('#', "%23");
+    Connection::open_with_flags(format!("file:{escaped}?immutable=1"), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI).ok().and_then(readable)
+}
+
+/// `PRAGMA quick_check` over the whole file, logged; a damaged file is an error.
+fn quick_check(conn: &Connection, path: &Path) -> Result<()> {
+    let start = Instant::now();
+    let mut stmt = conn.prepare("PRAGMA quick_check").map_err(|e| damaged(path, e))?;
+    let found = stmt.query_map([], |r| r.get::<_, String>(0)).and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>()).map_err(|e| damaged(path, e))?;
+    if found != ["ok"] {
+        let shown: Vec<&str> = found.iter().take(5).map(String::as_str).collect();
+        return Err(Error::storage(format!(
+            "the store {} is damaged (quick_check: {}): restore it from a backup or move it away",
+            path.display(),
+            shown.join("; ")
+        )));
+    }
+    log::info!("store {}: quick_check ok in {} ms", path.display(), start.elapsed().as_millis());
+    Ok(())
+}
+
+/// An error opening the file, said plainly when SQLite finds it damaged.
+fn damaged(path: &Path, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e.sqlite_error_code() {
+        Some(DatabaseCorrupt | NotADatabase) => {
+            Error::storage(format!("the store {} is damaged ({e}): restore it from a backup or move it away", path.display()))
+        }
+        _ => Error::storage(format!("{}: {e}", path.display())),
     }
 }
 

@@ -25,43 +25,65 @@ impl<T: DeserializeOwned + 'static> FromRequest for Input<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let msgpack = match req.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("")) {
-            None => false,
-            Some(ct) => {
-                let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-                if MSGPACK.contains(&mime.as_str()) {
-                    true
-                } else if mime == "application/json" {
-                    false
-                } else {
-                    let err = ApiError::new(ErrorCode::UnsupportedMediaType, format!("'{ct}': send application/json or application/msgpack"));
-                    return Box::pin(async move { Err(err) });
-                }
-            }
+        let msgpack = match body_format(req) {
+            Ok(m) => m,
+            Err(err) => return Box::pin(async move { Err(err) }),
         };
         let body = read_body(req, payload.take());
         Box::pin(async move { decode(&body.await?, msgpack).map(Input) })
     }
 }
 
-/// The whole body, refused with its own code past the configured size.
+/// Whether a body is msgpack (or JSON) by its `Content-Type`, which must be
+/// given: a body without one is refused, as is a charset other than UTF-8.
+fn body_format(req: &HttpRequest) -> Result<bool, ApiError> {
+    let unsupported = |what: String| Err(ApiError::new(ErrorCode::UnsupportedMediaType, format!("{what}: send application/json or application/msgpack")));
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return unsupported("no Content-Type".into());
+    };
+    let ct = ct.to_str().unwrap_or("");
+    let mut parts = ct.split(';');
+    let mime = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let msgpack = match mime.as_str() {
+        "application/json" => false,
+        m if MSGPACK.contains(&m) => true,
+        _ => return unsupported(format!("'{ct}'")),
+    };
+    for param in parts {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        if name.trim().eq_ignore_ascii_case("charset") && !value.trim().trim_matches('"').eq_ignore_ascii_case("utf-8") {
+            return unsupported(format!("'{ct}': only UTF-8 is read"));
+        }
+    }
+    Ok(msgpack)
+}
+
+/// The whole body, refused with its own code past the configured size or
+/// when it does not arrive within `server.body_timeout`.
 pub fn read_body(req: &HttpRequest, mut payload: Payload) -> impl std::future::Future<Output = Result<web::BytesMut, ApiError>> + 'static {
-    let limit = req.app_data::<web::Data<AppState>>().map_or(usize::MAX, |s| s.core.limits().body_bytes);
+    let state = req.app_data::<web::Data<AppState>>();
+    let limit = state.map_or(usize::MAX, |s| s.core.limits().body_bytes);
+    let deadline = state.map_or(std::time::Duration::MAX, |s| s.body_timeout);
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     async move {
         let too_large = || ApiError::new(ErrorCode::BodyTooLarge, format!("the body is larger than {limit} bytes"));
         if declared.is_some_and(|n| n > limit) {
             return Err(too_large());
         }
-        let mut body = web::BytesMut::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::BadJson, format!("cannot read the body: {e}")))?;
-            if body.len() + chunk.len() > limit {
-                return Err(too_large());
+        let read = async {
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::BadJson, format!("cannot read the body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+            Ok(body)
+        };
+        tokio::time::timeout(deadline, read).await.unwrap_or_else(|_| {
+            Err(ApiError::new(ErrorCode::BodyTimeout, format!("the body did not arrive within {} ms (server.body_timeout)", deadline.as_millis())))
+        })
     }
 }
 

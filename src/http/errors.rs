@@ -26,7 +26,11 @@ pub fn status(code: ErrorCode) -> StatusCode {
         | LimitTooLarge
         | TooManyRawCandidates
         | TooManyReferences
-        | AccountMismatch => StatusCode::BAD_REQUEST,
+        | AccountMismatch
+        | ResponseTooLarge => StatusCode::BAD_REQUEST,
+        HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        UriTooLong => StatusCode::URI_TOO_LONG,
+        BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         RouteNotFound | ListNotFound | FaceNotFound => StatusCode::NOT_FOUND,

@@ -12,16 +12,24 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use luna_actors::plugin::{CallRoute, RouteError};
-use luna_actors::status::PluginState;
-use serde_json::json;
+use luna_actors::status::{PluginReport, PluginState};
+use utoipa::IntoParams;
 
 use super::codec::{read_body, Input, Output};
 use super::errors::ApiError;
-use super::middleware::{PluginRoute, RequestId};
+use super::middleware::{BadRequestId, PluginRoute, RequestId};
 use super::AppState;
 use crate::pipeline;
 
 type Reply<T> = Result<Output<T>, ApiError>;
+
+/// The query of a request scoped to an account.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AccountQuery {
+    /// Every list, face and filter the request touches must belong to this account.
+    account_id: Option<Uuid>,
+}
 
 /// The `account_id` query parameter that scopes a request.
 pub struct Account(pub Option<Uuid>);
@@ -31,16 +39,28 @@ impl FromRequest for Account {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        #[derive(Deserialize)]
-        struct Q {
-            account_id: Option<Uuid>,
-        }
         ready(
-            serde_urlencoded::from_str::<Q>(req.query_string())
+            serde_urlencoded::from_str::<AccountQuery>(req.query_string())
                 .map(|q| Account(q.account_id))
                 .map_err(|e| ApiError::new(ErrorCode::BadQueryParameter, format!("account_id: {e}"))),
         )
     }
+}
+
+/// `{list_id}` of a route.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ListId {
+    #[allow(dead_code)] // read by name from the route: see `path_id`
+    list_id: Uuid,
+}
+
+/// `{face_id}` of a route.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct FaceId {
+    #[allow(dead_code)] // read by name from the route: see `path_id`
+    face_id: Uuid,
 }
 
 /// A uuid from the path, by its name in the route.
@@ -55,44 +75,62 @@ async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce(&Core) -> 
     web::block(move || f(&core)).await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?.map_err(ApiError)
 }
 
+#[utoipa::path(post, path = "/1/lists", tag = "lists", params(AccountQuery), request_body = NewList,
+    responses((status = 201, description = "Created", body = CreatedList), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn create_list(state: web::Data<AppState>, account: Account, body: Input<NewList>) -> Reply<CreatedList> {
     Ok(Output::created(blocking(&state, move |c| c.create_list(account.0, body.0)).await?))
 }
 
+#[utoipa::path(get, path = "/1/lists/{list_id}", tag = "lists", params(ListId, AccountQuery),
+    responses((status = 200, description = "The list with its face_count", body = ListView), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn get_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Reply<ListView> {
     Ok(Output::ok(state.core.get_list(account.0, path_id(&req, "list_id")?)?))
 }
 
+#[utoipa::path(delete, path = "/1/lists/{list_id}", tag = "lists", params(ListId, AccountQuery),
+    responses((status = 204, description = "Deleted; its faces stay"), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn delete_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "list_id")?;
     blocking(&state, move |c| c.delete_list(account.0, id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(patch, path = "/1/lists/{list_id}/faces", tag = "lists", params(ListId, AccountQuery), request_body = ListFacesPatch,
+    responses((status = 204, description = "Attached or detached"), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn patch_list_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<ListFacesPatch>) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "list_id")?;
     blocking(&state, move |c| c.patch_list_faces(account.0, id, body.0)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(post, path = "/1/faces", tag = "faces", params(AccountQuery), request_body = NewFace,
+    responses((status = 201, description = "Created", body = CreatedFace), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn create_face(state: web::Data<AppState>, account: Account, body: Input<NewFace>) -> Reply<CreatedFace> {
     Ok(Output::created(blocking(&state, move |c| c.create_face(account.0, body.0)).await?))
 }
 
+#[utoipa::path(post, path = "/1/faces/bulk", tag = "faces", params(AccountQuery), request_body = Vec<NewFace>,
+    responses((status = 201, description = "All created, in one transaction; ids in input order", body = CreatedFaces), (status = "default", description = "An error: nothing was created", body = ErrorBody)))]
 pub async fn create_faces(state: web::Data<AppState>, account: Account, body: Input<Vec<NewFace>>) -> Reply<CreatedFaces> {
     Ok(Output::created(blocking(&state, move |c| c.create_faces(account.0, body.0)).await?))
 }
 
+#[utoipa::path(get, path = "/1/faces/{face_id}", tag = "faces", params(FaceId, AccountQuery),
+    responses((status = 200, description = "The face", body = FaceView), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn get_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Reply<FaceView> {
     Ok(Output::ok(state.core.get_face(account.0, path_id(&req, "face_id")?)?))
 }
 
+#[utoipa::path(delete, path = "/1/faces/{face_id}", tag = "faces", params(FaceId, AccountQuery),
+    responses((status = 204, description = "Deleted"), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn delete_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "face_id")?;
     blocking(&state, move |c| c.delete_face(account.0, id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(post, path = "/1/matcher/faces", tag = "matching", params(AccountQuery), request_body = MatchFacesRequest,
+    responses((status = 200, description = "One element per reference, in request order", body = Vec<ReferenceMatches>), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn match_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<MatchFacesRequest>) -> Reply<Vec<ReferenceMatches>> {
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let (references, reports) = pipeline::match_faces(&state.core, state.matching_plugins(), account.0, &request_id, body.0).await?;
@@ -100,56 +138,77 @@ pub async fn match_faces(state: web::Data<AppState>, account: Account, req: Http
     Ok(Output::ok(references))
 }
 
+#[utoipa::path(post, path = "/1/matcher/raw", tag = "matching", request_body = MatchRawRequest,
+    responses((status = 200, description = "One element per reference, in request order", body = Vec<RawReferenceMatches>), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn match_raw(state: web::Data<AppState>, body: Input<MatchRawRequest>) -> Reply<Vec<RawReferenceMatches>> {
     Ok(Output::ok(state.core.match_raw(body.0).await?))
 }
 
-pub async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/healthcheck", tag = "service",
+    responses((status = 200, description = "Healthy", body = Healthy), (status = 502, description = "The store or a required plugin is down", body = Unhealthy),
+              (status = 503, description = "Plugins are still starting", body = Unhealthy), (status = "default", description = "An error", body = ErrorBody)))]
+pub async fn healthcheck(state: web::Data<AppState>) -> Result<Output<Health>, ApiError> {
     let start = Instant::now();
     if let Some(plugins) = state.plugins.as_ref().filter(|p| !p.ready()) {
-        let starting: Vec<_> = plugins
+        let errors = plugins
             .reports()
             .into_iter()
             .filter(|r| r.state == PluginState::Loading)
-            .map(|r| json!({"component": format!("plugin:{}", r.name), "error": "starting"}))
+            .map(|r| ComponentError { component: format!("plugin:{}", r.name), error: "starting".into() })
             .collect();
-        return HttpResponse::ServiceUnavailable().json(json!({"errors": starting}));
+        return Ok(Output { status: StatusCode::SERVICE_UNAVAILABLE, body: Health::Unhealthy(Unhealthy { errors }) });
     }
     let core: Arc<Core> = state.core.clone();
     let mut errors = Vec::new();
     if let Err(e) = web::block(move || core.check_store()).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-        errors.push(json!({"component": "store", "error": e}));
+        errors.push(ComponentError { component: "store".into(), error: e });
     }
     for (name, error) in state.plugins.as_ref().map(|p| p.required_down()).unwrap_or_default() {
-        errors.push(json!({"component": format!("plugin:{name}"), "error": error}));
+        errors.push(ComponentError { component: format!("plugin:{name}"), error });
     }
-    if errors.is_empty() {
-        HttpResponse::Ok().json(json!({"execution_time": start.elapsed().as_secs_f64()}))
+    Ok(if errors.is_empty() {
+        Output::ok(Health::Healthy(Healthy { execution_time: start.elapsed().as_secs_f64() }))
     } else {
-        HttpResponse::build(StatusCode::BAD_GATEWAY).json(json!({"errors": errors}))
-    }
+        Output { status: StatusCode::BAD_GATEWAY, body: Health::Unhealthy(Unhealthy { errors }) }
+    })
 }
 
-pub async fn plugins(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.plugins.as_ref().map(|p| p.reports()).unwrap_or_default())
+#[utoipa::path(get, path = "/1/plugins", tag = "service",
+    responses((status = 200, description = "Every configured plugin", body = Vec<PluginReport>), (status = "default", description = "An error", body = ErrorBody)))]
+pub async fn plugins(state: web::Data<AppState>) -> Reply<Vec<PluginReport>> {
+    Ok(Output::ok(state.plugins.as_ref().map(|p| p.reports()).unwrap_or_default()))
 }
 
-pub async fn version() -> HttpResponse {
+#[utoipa::path(get, path = "/1/version", tag = "service",
+    responses((status = 200, description = "The service version", body = VersionBody), (status = "default", description = "An error", body = ErrorBody)))]
+pub async fn version() -> Reply<VersionBody> {
     let v = |i: usize| env!("CARGO_PKG_VERSION").split('.').nth(i).and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
-    HttpResponse::Ok().json(serde_json::json!({"Version": {"api": 1, "major": v(0), "minor": v(1), "patch": v(2)}}))
+    Ok(Output::ok(VersionBody { version: VersionNumbers { api: 1, major: v(0), minor: v(1), patch: v(2) } }))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4"), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let plugins = state.plugins.as_ref().map(|p| p.reports()).unwrap_or_default();
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.telemetry.render(&state.core.stats(), &plugins))
 }
 
-pub async fn spec() -> HttpResponse {
-    HttpResponse::Ok().json(super::openapi::document())
+#[utoipa::path(get, path = "/1/docs/spec", tag = "service",
+    responses((status = 200, description = "This OpenAPI document", body = Object), (status = "default", description = "An error", body = ErrorBody)))]
+pub async fn spec() -> Reply<utoipa::openapi::OpenApi> {
+    Ok(Output::ok(super::openapi::document()))
+}
+
+/// The error table as a page, one anchor per code: where every error body's `link` points.
+pub async fn errors_page() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(super::openapi::errors_page())
 }
 
 /// Any path the service does not route: a plugin route, or 11030.
 pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    if let Some(bad) = req.extensions().get::<BadRequestId>() {
+        return Err(bad.error());
+    }
     let not_found = || ApiError::new(ErrorCode::RouteNotFound, format!("no route {} {}", req.method(), req.path()));
     let Some((plugins, route)) = state.plugins.as_ref().and_then(|p| Some((p, p.resolve(req.path())?))) else {
         return Err(not_found());
@@ -172,7 +231,7 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
     })?;
     match (reply.status, reply.body.is_empty()) {
         (404, true) => return Err(not_found()),
-        (405, true) => return method_not_allowed(req).await,
+        (405, true) => return Ok(method_not_allowed(req, None).await),
         _ => {}
     }
     let status = StatusCode::from_u16(reply.status)
@@ -186,6 +245,12 @@ pub async fn fallback(state: web::Data<AppState>, req: HttpRequest, payload: web
     Ok(response)
 }
 
-pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())))
+/// 405, with the methods the resource serves in `Allow` when they are known.
+pub async fn method_not_allowed(req: HttpRequest, allow: Option<String>) -> HttpResponse {
+    let mut res =
+        actix_web::ResponseError::error_response(&ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())));
+    if let Some(allow) = allow.and_then(|a| actix_web::http::header::HeaderValue::from_str(&a).ok()) {
+        res.headers_mut().insert(actix_web::http::header::ALLOW, allow);
+    }
+    res
 }

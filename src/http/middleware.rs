@@ -1,11 +1,14 @@
-//! The request context every route gets: `Luna-Request-Id` (checked or made,
-//! and echoed), the access log line and the request metrics.
+//! The request context every route gets: the size of its head (checked),
+//! `Luna-Request-Id` (checked or made, and echoed), the access log line and
+//! the request metrics.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, ResponseError};
 use luna_core::ErrorCode;
@@ -26,6 +29,40 @@ pub struct PluginRoute(pub String);
 #[derive(Clone)]
 pub struct RequestId(pub String);
 
+/// A `Luna-Request-Id` that is not one, in the request extensions: answered
+/// with 400 once the method is known to be served.
+#[derive(Clone)]
+pub struct BadRequestId(String);
+
+impl BadRequestId {
+    pub fn error(&self) -> ApiError {
+        ApiError::new(ErrorCode::BadRequestId, format!("'{}' is not '<unix seconds>,<uuid4>'", self.0))
+    }
+}
+
+/// Longest request target (path and query), in bytes: longer is 414 with 11026.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header fields, and most bytes of them (names, values, ": " and
+/// CRLF): more is 431 with 11025. Both are below what actix-http itself
+/// refuses without a body (96 fields, a 128 KiB head).
+pub const MAX_HEADERS: usize = 64;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// An error for a request head past our limits.
+fn oversized_head(req: &ServiceRequest) -> Option<ApiError> {
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return Some(ApiError::new(ErrorCode::UriTooLong, format!("the path and query are {uri} bytes, at most {MAX_URI_BYTES}")));
+    }
+    let headers = req.headers();
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        let detail = format!("{} header fields of {bytes} bytes, at most {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes", headers.len());
+        return Some(ApiError::new(ErrorCode::HeadersTooLarge, detail));
+    }
+    None
+}
+
 /// `<unix seconds>,<uuid4>`: ten digits, a comma, 36 characters of hex and dashes.
 fn valid_request_id(id: &str) -> bool {
     let b = id.as_bytes();
@@ -44,17 +81,17 @@ pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) 
     let start = Instant::now();
     let start_time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let sent = req.headers().get(&REQUEST_ID).map(|v| v.to_str().map(str::to_owned));
-    let (id, bad_id) = match sent {
-        None => (new_request_id(), None),
-        Some(Ok(id)) if valid_request_id(&id) => (id, None),
+    let id = match sent {
+        None => new_request_id(),
+        Some(Ok(id)) if valid_request_id(&id) => id,
         Some(v) => {
-            let shown = v.unwrap_or_else(|_| "<not text>".into());
-            (new_request_id(), Some(ApiError::new(ErrorCode::BadRequestId, format!("'{shown}' is not '<unix seconds>,<uuid4>'"))))
+            req.extensions_mut().insert(BadRequestId(v.unwrap_or_else(|_| "<not text>".into())));
+            new_request_id()
         }
     };
     req.extensions_mut().insert(RequestId(id.clone()));
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let mut res = match bad_id {
+    let mut res = match oversized_head(&req) {
         Some(err) => req.into_response(err.error_response()).map_into_right_body(),
         None => next.call(req).await?.map_into_left_body(),
     };
@@ -79,6 +116,20 @@ pub async fn request_context(req: ServiceRequest, next: Next<impl MessageBody>) 
         });
     }
     Ok(res)
+}
+
+/// Resource-level: a bad `Luna-Request-Id` is 400 on the methods the
+/// resource serves; other methods go on to its 405.
+pub async fn reject_bad_request_id(
+    allowed: Arc<Vec<Method>>,
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let bad = req.extensions().get::<BadRequestId>().filter(|_| allowed.contains(req.method())).map(BadRequestId::error);
+    Ok(match bad {
+        Some(err) => req.into_response(err.error_response()).map_into_right_body(),
+        None => next.call(req).await?.map_into_left_body(),
+    })
 }
 
 #[cfg(test)]

@@ -1,99 +1,117 @@
-//! The OpenAPI document served at `/1/docs/spec`, with the error table
-//! generated from `luna_core::ErrorCode` so the two cannot drift apart.
+//! The OpenAPI document served at `/1/docs/spec`, derived from the request and
+//! response types (`luna_core::api`) and the handlers' annotations, so that it
+//! cannot drift from them; and the error table, generated from
+//! `luna_core::ErrorCode`, in the document (`x-error-codes`) and as the page
+//! `/1/docs/errors`, where the `link` of every error body points.
 
+use luna_core::api::error_link;
 use luna_core::ErrorCode;
-use serde_json::{json, Value};
+use serde_json::json;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
+use utoipa::openapi::{Content, ObjectBuilder, OpenApi as Document, RefOr, Required, Type};
+use utoipa::{Modify, OpenApi};
 
 use super::errors::status;
+use super::handlers as h;
 
-fn body(schema: &str) -> Value {
-    json!({"required": true, "content": {
-        "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}},
-        "application/msgpack": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
-}
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "luna-matcher", description = "The HTTP API of LUNA PLATFORM 5's Python Matcher. Bodies are JSON or, by Content-Type and Accept, \
+msgpack (binary fields as raw bytes). Every error answers a stable error_code: see x-error-codes and /1/docs/errors."),
+    paths(
+        h::healthcheck, h::plugins, h::version, h::spec, h::metrics,
+        h::create_list, h::get_list, h::delete_list, h::patch_list_faces,
+        h::create_face, h::create_faces, h::get_face, h::delete_face,
+        h::match_faces, h::match_raw,
+    ),
+    modifiers(&Conventions),
+)]
+struct ApiDoc;
 
-fn reply(code: &str, description: &str) -> Value {
-    json!({code: {"description": description}, "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}})
-}
+/// What every operation shares: the `Luna-Request-Id` header, and msgpack
+/// beside JSON for every body but errors.
+struct Conventions;
 
-fn op(summary: &str, request: Option<&str>, code: &str, description: &str) -> Value {
-    let mut o = json!({"summary": summary, "parameters": [
-        {"name": "Luna-Request-Id", "in": "header", "required": false, "schema": {"type": "string", "pattern": "^[0-9]{10},[0-9a-f-]{36}$"}},
-        {"name": "account_id", "in": "query", "required": false, "schema": {"type": "string", "format": "uuid"}}],
-        "responses": reply(code, description)});
-    if let Some(r) = request {
-        o["requestBody"] = body(r);
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut Document) {
+        for item in doc.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete];
+            for op in operations.into_iter().flatten() {
+                conventions(op);
+            }
+        }
     }
-    o
 }
 
-/// Every documented path, also used by the tests to check each one is routed.
-pub const PATHS: [&str; 13] = [
-    "/healthcheck",
-    "/1/plugins",
-    "/1/version",
-    "/1/docs/spec",
-    "/metrics",
-    "/1/lists",
-    "/1/lists/{list_id}",
-    "/1/lists/{list_id}/faces",
-    "/1/faces",
-    "/1/faces/bulk",
-    "/1/faces/{face_id}",
-    "/1/matcher/faces",
-    "/1/matcher/raw",
-];
+const JSON: &str = "application/json";
+const MSGPACK: &str = "application/msgpack";
 
-pub fn document() -> Value {
-    let errors: Vec<Value> = ErrorCode::ALL.iter().map(|c| json!({"error_code": c.code(), "status": status(*c).as_u16(), "desc": c.desc()})).collect();
-    let paths = json!({
-        PATHS[0]: {"get": op("Health of the service, its store and plugins", None, "200", "healthy")},
-        PATHS[1]: {"get": op("Every configured plugin: kind, class, state, restarts, last error, calls, latency, dropped events", None, "200", "plugins")},
-        PATHS[2]: {"get": op("Service version", None, "200", "version")},
-        PATHS[3]: {"get": op("This document", None, "200", "OpenAPI document")},
-        PATHS[4]: {"get": op("Prometheus metrics", None, "200", "text exposition")},
-        PATHS[5]: {"post": op("Create a list", Some("NewList"), "201", "list_id and url")},
-        PATHS[6]: {"get": op("Read a list with its face_count", None, "200", "the list"),
-                    "delete": op("Delete a list; its faces stay", None, "204", "deleted")},
-        PATHS[7]: {"patch": op("Attach faces to or detach them from a list", Some("ListFacesPatch"), "204", "done")},
-        PATHS[8]: {"post": op("Create a face", Some("NewFace"), "201", "face_id and url")},
-        PATHS[9]: {"post": op("Create many faces in one transaction: all or nothing", Some("NewFaces"), "201", "face_ids in input order")},
-        PATHS[10]: {"get": op("Read a face", None, "200", "the face"), "delete": op("Delete a face", None, "204", "deleted")},
-        PATHS[11]: {"post": op("Match references against faces of the store", Some("MatchFaces"), "200", "one element per reference")},
-        PATHS[12]: {"post": op("Match descriptors against descriptors", Some("MatchRaw"), "200", "one element per reference")},
-    });
-    let descriptor = json!({"type": "object", "required": ["data"], "properties": {
-        "data": {"type": "string", "format": "byte", "description": "SDK container (dp\\0\\0 + u32 LE version + payload) or raw payload"},
-        "version": {"type": "integer"}}});
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "luna-matcher", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "LUNA PLATFORM 5 Python Matcher compatible API. Errors carry a stable error_code from x-error-codes."},
-        "paths": paths,
-        "components": {"schemas": {
-            "Error": {"type": "object", "properties": {"error_code": {"type": "integer"}, "desc": {"type": "string"}, "detail": {"type": "string"}, "link": {"type": "string"}}},
-            "NewList": {"type": "object", "required": ["account_id"], "properties": {"account_id": {"type": "string", "format": "uuid"}, "user_data": {"type": "string"}}},
-            "ListFacesPatch": {"type": "object", "required": ["action", "face_ids"], "properties": {"action": {"enum": ["attach", "detach"]}, "face_ids": {"type": "array", "items": {"type": "string", "format": "uuid"}}}},
-            "NewFace": {"type": "object", "required": ["account_id", "descriptor"], "properties": {
-                "account_id": {"type": "string", "format": "uuid"}, "descriptor": descriptor,
-                "external_id": {"type": "string"}, "user_data": {"type": "string"}, "lists": {"type": "array", "items": {"type": "string", "format": "uuid"}}}},
-            "NewFaces": {"type": "array", "items": {"$ref": "#/components/schemas/NewFace"}},
-            "MatchFaces": {"type": "object", "required": ["references", "candidates"], "properties": {
-                "references": {"type": "array", "items": {"type": "object", "required": ["type"], "properties": {
-                    "type": {"enum": ["descriptor", "face"]}, "id": {"type": "string"}, "data": {"type": "string", "format": "byte"}, "descriptor_version": {"type": "integer"}}}},
-                "candidates": {"type": "array", "items": {"type": "object", "required": ["filters"], "properties": {
-                    "filters": {"type": "object", "required": ["origin"], "properties": {
-                        "origin": {"enum": ["faces"]}, "list_id": {"type": "string", "format": "uuid"}, "account_id": {"type": "string", "format": "uuid"},
-                        "face_ids": {"type": "array", "items": {"type": "string"}}, "external_ids": {"type": "array", "items": {"type": "string"}},
-                        "user_data": {"type": "string"}, "create_time__gte": {"type": "string", "format": "date-time"}, "create_time__lt": {"type": "string", "format": "date-time"},
-                        "face_id__gte": {"type": "string", "format": "uuid"}, "face_id__lt": {"type": "string", "format": "uuid"}}},
-                    "targets": {"type": "array", "items": {"enum": ["face_id", "similarity", "user_data", "external_id", "create_time", "account_id", "lists"]}},
-                    "limit": {"type": "integer", "minimum": 0}, "threshold": {"type": "number"}}}}}},
-            "MatchRaw": {"type": "object", "required": ["references", "candidates"], "properties": {
-                "references": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}, "data": {"type": "string", "format": "byte"}}}},
-                "candidates": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string"}, "data": {"type": "string", "format": "byte"}}}},
-                "descriptor_version": {"type": "integer"}, "limit": {"type": "integer"}, "threshold": {"type": "number"}}}
-        }},
-        "x-error-codes": errors,
-    })
+/// `Luna-Request-Id`: `<unix seconds>,<uuid4>`.
+fn request_id_schema() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]{10},[0-9a-f-]{36}$")).min_length(Some(47)).max_length(Some(47))
+}
+
+fn conventions(op: &mut Operation) {
+    let request_id = ParameterBuilder::new()
+        .name("Luna-Request-Id")
+        .parameter_in(ParameterIn::Header)
+        .required(Required::False)
+        .description(Some("Made when absent; a malformed one is error 11005"))
+        .schema(Some(request_id_schema()))
+        .build();
+    op.parameters.get_or_insert_with(Vec::new).push(request_id);
+    for response in op.responses.responses.values_mut() {
+        if let RefOr::T(r) = response {
+            let mut echoed = Header::new(request_id_schema());
+            echoed.description = Some("The request's id, given or made".into());
+            r.headers.insert("Luna-Request-Id".into(), echoed);
+        }
+    }
+    if let Some(body) = op.request_body.as_mut() {
+        let msgpack = msgpack_of(body.content.get(JSON));
+        body.content.extend(msgpack);
+    }
+    // Error bodies are always JSON.
+    for (_, response) in op.responses.responses.iter_mut().filter(|(status, _)| *status != "default") {
+        if let RefOr::T(r) = response {
+            let msgpack = msgpack_of(r.content.get(JSON));
+            r.content.extend(msgpack);
+        }
+    }
+}
+
+/// A JSON body is also accepted, or answered, as msgpack.
+fn msgpack_of(json: Option<&Content>) -> Option<(String, Content)> {
+    json.map(|json| (MSGPACK.to_owned(), Content::new(json.schema.clone())))
+}
+
+/// The document, with the error table.
+pub fn document() -> Document {
+    let mut doc = ApiDoc::openapi();
+    let codes: Vec<_> =
+        ErrorCode::ALL.iter().map(|c| json!({"error_code": c.code(), "status": status(*c).as_u16(), "desc": c.desc(), "link": error_link(c.code())})).collect();
+    doc.extensions.get_or_insert_with(Extensions::default).insert("x-error-codes".into(), json!(codes));
+    doc
+}
+
+/// The path templates of the document: what plugin routes may not take.
+pub fn paths() -> Vec<String> {
+    ApiDoc::openapi().paths.paths.into_keys().chain(["/1/docs/errors".to_owned()]).collect()
+}
+
+/// The error table as an HTML page with an anchor per code (`#error-11002`).
+pub fn errors_page() -> String {
+    let rows: String = ErrorCode::ALL
+        .iter()
+        .map(|c| {
+            format!("<tr id=\"error-{0}\"><td><a href=\"#error-{0}\">{0}</a></td><td>{1}</td><td>{2}</td></tr>\n", c.code(), status(*c).as_u16(), c.desc())
+        })
+        .collect();
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>luna-matcher error codes</title></head><body>\n\
+<h1>luna-matcher error codes</h1>\n<p>Every error response carries <code>error_code</code>, <code>desc</code>, <code>detail</code> and \
+<code>link</code>. Codes are stable.</p>\n<table>\n<tr><th>code</th><th>status</th><th>meaning</th></tr>\n{rows}</table>\n</body></html>\n"
+    )
 }

@@ -122,23 +122,28 @@ impl Drop for TestServer {
 
 /// One HTTP/1.1 request on its own connection.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    try_request(addr, method, path, headers, body).unwrap()
+}
+
+/// `request`, with a connection that fails (refused, reset, closed before the answer) as an error.
+pub fn try_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(head.as_bytes())?;
     // The server may answer (413) before reading a large body; a write error then is expected.
     let _ = stream.write_all(body);
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head");
+    stream.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no complete response head"))?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
-    Response { status, headers, body: raw[split + 4..].to_vec() }
+    Ok(Response { status, headers, body: raw[split + 4..].to_vec() })
 }
 
 pub fn b64(bytes: &[u8]) -> String {
@@ -205,6 +210,23 @@ impl Service {
     }
 
     pub fn spawn_with_env(plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Service {
+        Self::spawn_on("127.0.0.1".parse().unwrap(), plugins, config, env)
+    }
+
+    /// The service listening on `host` (`--host`).
+    pub fn spawn_on(host: std::net::IpAddr, plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)]) -> Service {
+        let s = Self::launch_on(host, plugins, config, env, None);
+        s.wait_for(|| std::net::TcpStream::connect(s.addr).is_ok(), "the service listens");
+        s
+    }
+
+    /// Start the binary without waiting for it to listen; `data_dir` defaults
+    /// to `data` in the service's own directory.
+    pub fn launch(plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)], data_dir: Option<&Path>) -> Service {
+        Self::launch_on("127.0.0.1".parse().unwrap(), plugins, config, env, data_dir)
+    }
+
+    fn launch_on(host: std::net::IpAddr, plugins: &[(&str, &str)], config: &str, env: &[(&str, &str)], data_dir: Option<&Path>) -> Service {
         let dir = tempfile::tempdir().unwrap();
         for (name, source) in plugins {
             let path = dir.path().join("plugins").join(name);
@@ -217,16 +239,46 @@ impl Service {
         let toml = if config.contains("[plugins]") { config.replacen("[plugins]", &directory, 1) } else { format!("{config}\n{directory}\n") };
         std::fs::write(dir.path().join("config.toml"), toml).unwrap();
         let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"));
-        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--port", &port.to_string(), "--data-dir"]).arg(dir.path().join("data"));
+        cmd.arg("--config").arg(dir.path().join("config.toml")).args(["--host", &host.to_string(), "--port", &port.to_string(), "--data-dir"]).arg(data_dir);
         cmd.env("RUST_LOG", "info").stdout(log.try_clone().unwrap()).stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let s = Service { addr: format!("127.0.0.1:{port}").parse().unwrap(), dir, child: Some(child) };
-        s.wait_for(|| std::net::TcpStream::connect(s.addr).is_ok(), "the service listens");
-        s
+        Service { addr: std::net::SocketAddr::new(host, port), dir, child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Send a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        assert!(std::process::Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap().success());
+    }
+
+    /// The exit status, once the process has ended within `limit`.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The process's peak resident memory (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).expect("VmHWM")
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
@@ -238,7 +290,7 @@ impl Service {
 
     /// Wait until `/healthcheck` answers 200.
     pub fn ready(&self) {
-        self.wait_for(|| self.call("GET", "/healthcheck", None).status == 200, "the service is ready");
+        self.wait_for(|| std::net::TcpStream::connect(self.addr).is_ok() && self.call("GET", "/healthcheck", None).status == 200, "the service is ready");
     }
 
     /// The `/1/plugins` entry of one plugin.
@@ -265,18 +317,10 @@ impl Service {
 
     /// SIGTERM, and the exit status once the service has stopped.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if std::time::Instant::now() > until {
-                let _ = child.kill();
-                panic!("the service did not stop on SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        self.signal("TERM");
+        match self.wait_exit(std::time::Duration::from_secs(30)) {
+            Some(status) => status,
+            None => panic!("the service did not stop on SIGTERM; log:\n{}", self.log()),
         }
     }
 }

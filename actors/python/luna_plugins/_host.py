@@ -1,8 +1,10 @@
-"""The host's side of the plugin runtime, called by the Rust bridge: loading
-plugins, running their coroutines under the service's rules, and reporting
-what they do. Plugins do not import this module."""
+"""The host's side of the plugin runtime, called by the Rust bridge (one
+typed Rust method per function here): loading plugins, running their
+coroutines under the service's deadlines, and reporting what they do.
+Plugins do not import this module."""
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 import json
@@ -13,11 +15,11 @@ import types
 import urllib.parse
 
 import luna_matcher
-
-from luna_plugins import _routes
+from luna_plugins import _routes, _tasks, _workers
 from luna_plugins.base.monitoring import make_point
 from luna_plugins.base.plugins_meta._base import BaseEventPlugin, BasePlugin
 from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, BaseBackgroundPlugin, pluginHTTPResponse
+from luna_plugins.errors import HostTimeout, MalformedResult
 from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
 from luna_plugins.matcher_plugins.base_struct import Face, FaceMatchResult, MatchRequest, MatchUnitType, Reference
 
@@ -29,8 +31,6 @@ _load_lock = threading.Lock()
 _active = frozenset()
 # The service's event loop.
 _loop = None
-# Tasks created by plugin code: (plugin, generation) -> set of tasks
-_tasks = {}
 
 
 class _HostLogHandler(logging.Handler):
@@ -51,7 +51,7 @@ def install(loop, plugins_dir, service_paths, log_level, active):
     package.__package__ = "plugins"
     sys.modules["plugins"] = package
     _routes.service_paths = frozenset(service_paths)
-    loop.set_task_factory(_task_factory)
+    loop.set_task_factory(_tasks.task_factory)
     root = logging.getLogger()
     root.addHandler(_HostLogHandler())
     root.setLevel(log_level)
@@ -76,55 +76,18 @@ def _store_module():
     return store
 
 
-def _task_factory(loop, coro, **kwargs):
-    task = asyncio.Task(coro, loop=loop, **kwargs)
-    owner = _routes.current_plugin.get()
-    if owner is not None:
-        _tasks.setdefault(owner, set()).add(task)
-        task.add_done_callback(lambda t: _task_done(owner, t))
-    return task
-
-
-def _task_done(owner, task):
-    _tasks.get(owner, set()).discard(task)
-    if task.cancelled() or not task._log_traceback:
-        return
-    # A task whose error whoever awaits it (gather, a handler) retrieves is not
-    # a death. Look again once those awaiting it have run.
-    loop = task.get_loop()
-    loop.call_soon(loop.call_soon, _report_if_unobserved, owner, task)
-
-
-def _report_if_unobserved(owner, task):
-    if task._log_traceback:
-        error = task.exception()
-        luna_matcher._task_failed(owner[0], owner[1], f"{type(error).__name__}: {error}")
-
-
 def blocking_owner():
-    """(plugin, generation) whose task holds the event loop now, if any. Called
-    from the watchdog thread while the loop is stuck."""
-    task = asyncio.current_task(_loop)
-    if task is None:
-        return None
-    for owner, tasks in list(_tasks.items()):
-        if task in tasks:
-            return owner
-    return None
+    """(plugin, generation, step) whose task step holds the event loop now, if
+    any. Called from the watchdog thread while the loop is stuck."""
+    holder = _tasks.holder
+    return None if holder is None else (*holder, _tasks.serial)
 
 
 def context(name, generation):
     """A context in which plugin code runs, so the tasks it makes are its own."""
-    import contextvars
-
     ctx = contextvars.copy_context()
     ctx.run(_routes.current_plugin.set, (name, generation))
     return ctx
-
-
-async def hosted(coro, timeout):
-    """Run a plugin coroutine for the host: cancelled on the event loop when it overruns."""
-    return await asyncio.wait_for(coro, timeout)
 
 
 class App:
@@ -154,29 +117,36 @@ def _is_plugin_class(obj):
 
 
 def unload(name):
-    """Forget a plugin: its module (so the next load imports it afresh), classes, routes, tasks.
-
-    Called from the plugin's actor thread: the tasks are cancelled on the loop's own thread."""
+    """Forget a plugin: its module (so the next load imports it afresh),
+    classes, routes and worker thread. Its tasks end with `retire`."""
     with _load_lock:
         for module in [m for m in list(sys.modules) if m == f"plugins.{name}" or m.startswith(f"plugins.{name}.")]:
             sys.modules.pop(module, None)
         for cls in [c for c, owner in _activated.items() if owner == name]:
             del _activated[cls]
     _routes.drop(name)
-    _loop.call_soon_threadsafe(_cancel_tasks, name)
+    _workers.retire(name)
 
 
-def _cancel_tasks(name):
-    for owner in [o for o in _tasks if o[0] == name]:
-        for task in _tasks.pop(owner):
-            task.cancel()
+async def retire(instances, timeout):
+    """Close the instances of a failed generation, each within `timeout`, then
+    cancel the tasks that generation left. Runs in that generation's context."""
+    owner = _routes.current_plugin.get()
+    for error, _ in await stop(instances, timeout):
+        logging.getLogger(f"plugins.{owner[0]}").warning("close of a failed generation: %s", error)
+    _tasks.cancel(owner, asyncio.current_task())
 
 
-def load(name, config, service_name, service_url):
-    """Import `plugins.<name>` and construct each concrete plugin class in it.
+# Plugin code that asks for "the" event loop outside a coroutine (at import, in
+# a constructor) gets the service's: both set it, as each call from Rust may
+# come with a fresh thread state.
 
-    Returns [(instance, kind)]; raises what the import or a constructor raised."""
-    # Plugin code that asks for "the" event loop outside a coroutine gets the service's.
+
+def discover(name):
+    """Import `plugins.<name>`; its concrete plugin classes, each claimed for
+    this plugin, as [(class, kind, "module.Class", eventName or None)].
+
+    Raises what the import raised."""
     asyncio.set_event_loop(_loop)
     with _load_lock:
         module = importlib.import_module(f"plugins.{name}")
@@ -186,8 +156,14 @@ def load(name, config, service_name, service_url):
                 classes.append(obj)
         for cls in classes:
             _activated[cls] = name
-    app = App(name, config, service_name, service_url)
-    return [(cls(app), _kind(cls)) for cls in classes]
+    return [(cls, _kind(cls), f"{cls.__module__}.{cls.__qualname__}", _event_name(cls)) for cls in classes]
+
+
+def construct(name, classes, config_json, service_name, service_url):
+    """One instance of each class, constructed with the plugin's `app`. Raises what a constructor raised."""
+    asyncio.set_event_loop(_loop)
+    app = App(name, json.loads(config_json), service_name, service_url)
+    return [cls(app) for cls in classes]
 
 
 def _kind(cls):
@@ -196,6 +172,11 @@ def _kind(cls):
     if issubclass(cls, BaseMatcherPlugin):
         return "matching"
     return "background"
+
+
+def _event_name(cls):
+    name = getattr(cls, "eventName", None) if issubclass(cls, BaseEventPlugin) else None
+    return None if name is None else str(name)
 
 
 def _owner(cls):
@@ -207,34 +188,61 @@ def _owner(cls):
     return None
 
 
-def describe(instance):
+def _describe(instance):
     cls = type(instance)
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def event_name(instance):
-    return getattr(instance, "eventName", None)
 
 
 def route_paths(name):
     return _routes.paths(name)
 
 
-async def deliver(instances, event_name, points, timeout):
-    """Hand one event to each instance; return the errors as text. A handler
-    that overruns raises TimeoutError here, so the host restarts the plugin."""
-    objects = [make_point(series, event_time, tags, fields) for series, event_time, tags, fields in points]
-    outcomes = await asyncio.gather(
-        *[asyncio.wait_for(i.handleEvent(objects, i.app.ctx.logger if getattr(i, "app", None) else logging.getLogger("plugins")), timeout) for i in instances],
-        return_exceptions=True,
-    )
-    errors = []
-    for instance, outcome in zip(instances, outcomes):
-        if isinstance(outcome, (asyncio.TimeoutError, TimeoutError)):
-            raise TimeoutError(f"{describe(instance)}.handleEvent took longer than {timeout}s on {event_name}")
+async def _call(method, *args):
+    """A plugin method that may be sync or async, as a coroutine."""
+    result = method(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def _each(instances, method, timeout, *args):
+    """`method` of every instance, concurrently, each within `timeout`: their outcomes."""
+    calls = [_tasks.within(_call(getattr(i, method), *args), timeout, f"{_describe(i)}.{method}") for i in instances]
+    return await asyncio.gather(*calls, return_exceptions=True)
+
+
+def _errors(outcomes, prefixes):
+    """[(error, traceback)] of the outcomes that are exceptions."""
+    return [(f"{p}{type(o).__name__}: {o}", _tasks.format_traceback(o)) for p, o in zip(prefixes, outcomes, strict=True) if isinstance(o, BaseException)]
+
+
+async def start(instances, timeout):
+    """`initialize()` every instance, each within `timeout`; raises the first failure."""
+    for outcome in await _each(instances, "initialize", timeout):
         if isinstance(outcome, BaseException):
-            errors.append(f"{describe(instance)}.handleEvent: {type(outcome).__name__}: {outcome}")
-    return errors
+            raise outcome
+
+
+async def stop(instances, timeout):
+    """`close()` every instance, each within `timeout`; their errors."""
+    outcomes = await _each(instances, "close", timeout)
+    return _errors(outcomes, ["" for _ in instances])
+
+
+async def deliver(instances, event_name, points, timeout):
+    """Hand one event to each instance; their errors. A handler that overruns
+    raises HostTimeout here, so the host restarts the plugin."""
+    objects = [make_point(series, event_time, tags, fields) for series, event_time, tags, fields in points]
+
+    def handle(instance):
+        logger = instance.app.ctx.logger if getattr(instance, "app", None) else logging.getLogger("plugins")
+        return _tasks.within(_call(instance.handleEvent, objects, logger), timeout, f"{_describe(instance)}.handleEvent on {event_name}")
+
+    outcomes = await asyncio.gather(*[handle(i) for i in instances], return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, HostTimeout):
+            raise outcome
+    return _errors(outcomes, [f"{_describe(i)}.handleEvent: " for i in instances])
 
 
 class Request:
@@ -254,8 +262,8 @@ class Request:
         return json.loads(self.body or b"null")
 
 
-async def serve(template, match_info, method, path, query_string, headers, body):
-    """Run the handler of a plugin route; return (status, headers, body bytes).
+async def serve(template, match_info, method, path, query_string, headers, body, timeout):
+    """Run the handler of a plugin route within `timeout`; (status, headers, body bytes).
 
     A method the route does not serve answers 405."""
     route = _routes.get(template)
@@ -270,12 +278,13 @@ async def serve(template, match_info, method, path, query_string, headers, body)
         call = handler if methods is None or verb in methods else None
     if call is None:
         return 405, {}, b""
-    result = call(request)
-    if inspect.isawaitable(result):
-        result = await result
+    result = await _tasks.within(_call(call, request), timeout, f"route {method} {template}")
     if not isinstance(result, pluginHTTPResponse):
         result = pluginHTTPResponse(body=result if result is not None else "")
-    return result.encode()
+    try:
+        return result.encode()
+    except Exception as error:
+        raise MalformedResult(f"the route's response cannot be sent: {type(error).__name__}: {error}") from error
 
 
 def _match_request(data):
@@ -288,27 +297,51 @@ def _admits(available, value):
     return value in {MatchUnitType(v) if v in MatchUnitType._value2member_map_ else v for v in available}
 
 
-def matching_cost(instance, data):
-    """The plugin's cost for a sub-request; None where its capabilities do not
-    admit it or it declines (float("inf"))."""
-    request = _match_request(data)
-    if not (_admits(instance.availableReferenceTypes, request.reference.type)
-            and _admits(instance.availableCandidateTypes, MatchUnitType.face)
-            and "similarity" in instance.availableSortOrder):
+def _cost(instance, request):
+    """The instance's cost for a sub-request; None where its capabilities do
+    not admit it or it declines (float("inf"))."""
+    if not (
+        _admits(instance.availableReferenceTypes, request.reference.type)
+        and _admits(instance.availableCandidateTypes, MatchUnitType.face)
+        and "similarity" in instance.availableSortOrder
+    ):
         return None
     cost = float(instance.getMatchingCost(request))
     return None if cost != cost or cost == float("inf") else cost
 
 
-async def match(instance, data):
-    """[(face_id, similarity)] from the plugin's match(); TypeError when what
-    it returned is not a list of FaceMatchResult."""
-    results = await instance.match(_match_request(data))
+async def matching_costs(name, instances, requests, timeout):
+    """For each sub-request, the cheapest (cost, index) among `instances`
+    ([(index, instance)]), or None; on the plugin's worker thread, within `timeout`."""
+
+    def costs():
+        offers = []
+        for data in requests:
+            request = _match_request(data)
+            best = None
+            for index, instance in instances:
+                cost = _cost(instance, request)
+                if cost is not None and (best is None or cost < best[0]):
+                    best = (cost, index)
+            offers.append(best)
+        return offers
+
+    return await _workers.run(name, costs, timeout, "getMatchingCost")
+
+
+async def _answer(instance, request):
+    results = await instance.match(request)
     if not isinstance(results, (list, tuple)):
-        raise TypeError(f"match() returned {type(results).__name__}, not a list of FaceMatchResult")
+        raise MalformedResult(f"match() returned {type(results).__name__}, not a list of FaceMatchResult")
     out = []
     for r in results:
         if not isinstance(r, FaceMatchResult) or not isinstance(r.face, Face) or isinstance(r.similarity, bool) or not isinstance(r.similarity, (int, float)):
-            raise TypeError(f"match() returned {r!r}, not a FaceMatchResult")
+            raise MalformedResult(f"match() returned {r!r}, not a FaceMatchResult")
         out.append((r.face.face_id, float(r.similarity)))
     return out
+
+
+async def match(instance, data, timeout):
+    """[(face_id, similarity)] from the plugin's match() within `timeout`;
+    MalformedResult when what it returned is not a list of FaceMatchResult."""
+    return await _tasks.within(_answer(instance, _match_request(data)), timeout, f"{_describe(instance)}.match")

@@ -26,7 +26,7 @@ def _normalise(path):
 def _collides(a, b):
     """Whether one request path could match both templates (`{name}` matches any segment)."""
     sa, sb = a.split("/"), b.split("/")
-    return len(sa) == len(sb) and all(x == y or x.startswith("{") or y.startswith("{") for x, y in zip(sa, sb))
+    return len(sa) == len(sb) and all(x == y or x.startswith("{") or y.startswith("{") for x, y in zip(sa, sb, strict=True))
 
 
 def add(plugin, path, handler, methods):

@@ -11,7 +11,7 @@ class MonitoringPoint:
 
     series = ""
 
-    def __init__(self, eventTime, tags, fields):  # noqa: N803
+    def __init__(self, eventTime, tags, fields):
         self.series = type(self).series  # an attribute of the instance too: vars(point) is the whole point
         self.eventTime = eventTime
         self.tags = tags
@@ -50,8 +50,8 @@ class BaseRequestMonitoringPlugin(BaseEventPlugin):
     eventName = "monitoring_event"
 
     @abc.abstractmethod
-    async def flushPointToMonitoring(self, point, logger):  # noqa: N802 (LUNA's name)
+    async def flushPointToMonitoring(self, point, logger):
         """Send one point to the monitoring system."""
 
-    async def handleEvent(self, points, logger):  # noqa: N802
+    async def handleEvent(self, points, logger):
         await asyncio.gather(*[self.flushPointToMonitoring(point, logger) for point in points])

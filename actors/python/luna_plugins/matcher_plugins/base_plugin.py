@@ -18,11 +18,11 @@ class BaseMatcherPlugin(BasePlugin, abc.ABC):
     availableSortOrder = frozenset(["similarity"])
 
     @abc.abstractmethod
-    def getAvailableTargets(self, origin):  # noqa: N802 (LUNA's name)
+    def getAvailableTargets(self, origin):
         """The targets this plugin can fill for candidates of `origin`."""
 
     @abc.abstractmethod
-    def getMatchingCost(self, request):  # noqa: N802
+    def getMatchingCost(self, request):
         """The cost of answering `request`; float("inf") to decline."""
 
     @abc.abstractmethod

@@ -11,7 +11,7 @@ class MatchUnitType(str, enum.Enum):
 class Reference:
     """The reference of a sub-request: its type, id, descriptor bytes and version."""
 
-    def __init__(self, type, id, descriptor, descriptor_version):  # noqa: A002 (the API's names)
+    def __init__(self, type, id, descriptor, descriptor_version):
         self.type = MatchUnitType(type)
         self.id = id
         self.descriptor = descriptor

@@ -3,16 +3,16 @@
 import abc
 
 
-class BasePlugin(abc.ABC):
+class BasePlugin(abc.ABC):  # noqa: B024 (abstract as LUNA's base classes are; nothing to override)
     """Every plugin: `__init__(app)`, `async initialize()`, work, `async close()`."""
 
     def __init__(self, app=None):
         self.app = app
 
-    async def initialize(self):
+    async def initialize(self):  # noqa: B027 (an optional hook)
         """Start the plugin. No-op by default."""
 
-    async def close(self):
+    async def close(self):  # noqa: B027 (an optional hook)
         """Stop the plugin: close connections, cancel tasks. No-op by default."""
 
 
@@ -22,5 +22,5 @@ class BaseEventPlugin(BasePlugin, abc.ABC):
     eventName = None
 
     @abc.abstractmethod
-    async def handleEvent(self, *args, **kwargs):  # noqa: N802 (LUNA's name)
+    async def handleEvent(self, *args, **kwargs):
         """Handle one event."""

@@ -3,15 +3,15 @@
 import abc
 import json as _json
 
-from luna_plugins.base.monitoring import BaseRequestMonitoringPlugin  # noqa: F401 (re-exported)
-from luna_plugins.base.plugins_meta._base import BasePlugin, BaseEventPlugin  # noqa: F401
 from luna_plugins import _routes
+from luna_plugins.base.monitoring import BaseRequestMonitoringPlugin  # noqa: F401 (re-exported)
+from luna_plugins.base.plugins_meta._base import BaseEventPlugin, BasePlugin  # noqa: F401
 
 
-class pluginHTTPResponse:  # noqa: N801 (LUNA's name)
+class pluginHTTPResponse:
     """What a plugin route returns: status, body (str, bytes, or JSON-able), headers."""
 
-    def __init__(self, statusCode=200, body="", headers=None):  # noqa: N803
+    def __init__(self, statusCode=200, body="", headers=None):
         self.statusCode = statusCode
         self.body = body
         self.headers = dict(headers or {})
@@ -38,14 +38,14 @@ class BaseBackgroundHandler:
     def __init__(self, application=None):
         self.application = application
 
-    def response(self, body="", headers=None, statusCode=200):  # noqa: N803
+    def response(self, body="", headers=None, statusCode=200):
         return pluginHTTPResponse(statusCode=statusCode, body=body, headers=headers)
 
 
 class BaseBackgroundPlugin(BasePlugin, abc.ABC):
     """A plugin for background work: routes, long-running coroutines, data sources."""
 
-    def addRoute(self, path, handler, methods=None):  # noqa: N802 (LUNA's name)
+    def addRoute(self, path, handler, methods=None):
         """Serve `handler` at `path`: a BaseBackgroundHandler subclass, or a
         function (sync or async) with `methods`, a set of lower-case verbs."""
         _routes.add(self, path, handler, methods)

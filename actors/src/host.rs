@@ -1,0 +1,319 @@
+//! The typed interface to `luna_plugins._host`: one method per host function,
+//! with typed arguments and results, and the one way a hosted coroutine is
+//! awaited. Functions and exception types are looked up once, at start-up.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::time::Duration;
+
+use pyo3::conversion::FromPyObjectOwned;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyType};
+use pyo3_async_runtimes::TaskLocals;
+
+use crate::events::{Event, FieldValue};
+use crate::failure::{classify, Failure};
+use crate::status::PluginKind;
+
+/// How much longer than a host deadline a caller waits: enough for the host
+/// to cancel and answer, short enough that a held event loop cannot hold us.
+pub const GRACE: Duration = Duration::from_secs(1);
+
+/// The exceptions by which the host tells its verdicts from plugins' own errors.
+pub struct HostErrors {
+    pub host_timeout: Py<PyType>,
+    pub malformed: Py<PyType>,
+    pub rematch: Py<PyType>,
+}
+
+/// A class found in a plugin's module.
+pub struct Discovered {
+    pub class: Py<PyAny>,
+    pub kind: PluginKind,
+    /// `module.Class`
+    pub name: String,
+    pub event_name: Option<String>,
+}
+
+/// The contextvars Context one plugin generation's code runs in.
+pub struct PluginContext(Py<PyAny>);
+
+impl PluginContext {
+    pub fn clone_ref(&self, py: Python<'_>) -> PluginContext {
+        PluginContext(self.0.clone_ref(py))
+    }
+}
+
+/// An error a plugin's handler raised without failing the call: what, and its traceback.
+pub type HandlerError = (String, String);
+
+/// One route call, as the HTTP layer hands it over.
+pub struct RouteCall<'a> {
+    pub template: &'a str,
+    pub params: &'a [(String, String)],
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: &'a [u8],
+}
+
+/// A route's answer: status, headers, body.
+pub type RouteAnswer = (u16, HashMap<String, String>, Vec<u8>);
+
+/// How long the Rust side waits for a hosted coroutine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Wait {
+    /// Until it answers: the host's own deadlines end it, and time another
+    /// plugin holds the event loop is not the caller's to count.
+    Answer,
+    /// At most the deadline and [`GRACE`]: someone (an HTTP request, the
+    /// shutdown) is waiting. Past it the call gives [`Failure::NoAnswer`].
+    Caller,
+}
+
+type PyFuture = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
+
+/// A coroutine running on the event loop, with the deadline it runs under.
+#[must_use]
+pub struct Hosted<T> {
+    future: Result<PyFuture, Failure>,
+    limit: Duration,
+    _result: PhantomData<fn() -> T>,
+}
+
+impl<T> Hosted<T>
+where
+    T: for<'py> FromPyObjectOwned<'py>,
+{
+    /// Its result, or what went wrong.
+    pub async fn answer(self, wait: Wait) -> Result<T, Failure> {
+        let future = self.future?;
+        let outcome = match wait {
+            Wait::Answer => future.await,
+            Wait::Caller => match tokio::time::timeout(self.limit + GRACE, future).await {
+                Ok(outcome) => outcome,
+                Err(_) => return Err(Failure::NoAnswer(format!("no answer within {:.1}s", (self.limit + GRACE).as_secs_f64()))),
+            },
+        };
+        Python::attach(|py| match outcome {
+            Ok(value) => value.bind(py).extract::<T>().map_err(|e| Failure::Malformed(crate::failure::describe(py, &e.into()))),
+            Err(e) => Err(classify(py, &e)),
+        })
+    }
+}
+
+/// `luna_plugins._host`, its functions and types, and the event loop it runs on.
+pub struct Host {
+    event_loop: Py<PyAny>,
+    locals: TaskLocals,
+    pub errors: HostErrors,
+    install: Py<PyAny>,
+    unload: Py<PyAny>,
+    discover: Py<PyAny>,
+    construct: Py<PyAny>,
+    context: Py<PyAny>,
+    start: Py<PyAny>,
+    stop: Py<PyAny>,
+    retire: Py<PyAny>,
+    deliver: Py<PyAny>,
+    route_paths: Py<PyAny>,
+    serve: Py<PyAny>,
+    matching_costs: Py<PyAny>,
+    match_: Py<PyAny>,
+    blocking_owner: Py<PyAny>,
+    format_traceback: Py<PyAny>,
+}
+
+fn type_of(py: Python<'_>, module: &str, name: &str) -> PyResult<Py<PyType>> {
+    Ok(py.import(module)?.getattr(name)?.cast_into::<PyType>()?.unbind())
+}
+
+impl Host {
+    /// Look up everything once. Call after the embedded package can be imported.
+    pub fn new(py: Python<'_>, event_loop: Py<PyAny>) -> PyResult<Host> {
+        let module = py.import("luna_plugins._host")?;
+        let f = |name: &str| -> PyResult<Py<PyAny>> { Ok(module.getattr(name)?.unbind()) };
+        Ok(Host {
+            locals: TaskLocals::new(event_loop.bind(py).clone()),
+            event_loop,
+            errors: HostErrors {
+                host_timeout: type_of(py, "luna_plugins.errors", "HostTimeout")?,
+                malformed: type_of(py, "luna_plugins.errors", "MalformedResult")?,
+                rematch: type_of(py, "luna_plugins.matcher_plugins.exceptions", "Rematch")?,
+            },
+            install: f("install")?,
+            unload: f("unload")?,
+            discover: f("discover")?,
+            construct: f("construct")?,
+            context: f("context")?,
+            start: f("start")?,
+            stop: f("stop")?,
+            retire: f("retire")?,
+            deliver: f("deliver")?,
+            route_paths: f("route_paths")?,
+            serve: f("serve")?,
+            matching_costs: f("matching_costs")?,
+            match_: f("match")?,
+            blocking_owner: f("blocking_owner")?,
+            format_traceback: py.import("luna_plugins._tasks")?.getattr("format_traceback")?.unbind(),
+        })
+    }
+
+    pub fn event_loop(&self) -> &Py<PyAny> {
+        &self.event_loop
+    }
+
+    /// Run `coroutine` on the event loop, in `context`; `limit` is the host
+    /// deadline it runs under. Call with the GIL.
+    fn spawn<T>(&self, py: Python<'_>, coroutine: PyResult<Bound<'_, PyAny>>, limit: Duration, context: Option<&PluginContext>) -> Hosted<T> {
+        let future = coroutine.and_then(|coroutine| {
+            let locals = match context {
+                Some(ctx) => self.locals.clone().with_context(ctx.0.bind(py).clone()),
+                None => self.locals.clone(),
+            };
+            pyo3_async_runtimes::into_future_with_locals(&locals, coroutine)
+        });
+        Hosted { future: future.map(|f| Box::pin(f) as PyFuture).map_err(|e| classify(py, &e)), limit, _result: PhantomData }
+    }
+
+    /// The text of a Python traceback, for the log.
+    pub fn format_traceback(&self, py: Python<'_>, e: &PyErr) -> Option<String> {
+        self.format_traceback.bind(py).call1((e.value(py),)).ok()?.extract().ok()
+    }
+
+    pub fn install(&self, py: Python<'_>, plugins_dir: &str, service_paths: &[&str], log_level: u32, active: &[String]) -> PyResult<()> {
+        self.install.bind(py).call1((self.event_loop.bind(py), plugins_dir, service_paths.to_vec(), log_level, active.to_vec()))?;
+        Ok(())
+    }
+
+    pub fn unload(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.unload.bind(py).call1((name,))?;
+        Ok(())
+    }
+
+    /// Import `plugins.<name>` and claim its plugin classes.
+    pub fn discover(&self, py: Python<'_>, name: &str) -> PyResult<Vec<Discovered>> {
+        let found: Vec<(Py<PyAny>, String, String, Option<String>)> = self.discover.bind(py).call1((name,))?.extract()?;
+        Ok(found.into_iter().map(|(class, kind, name, event_name)| Discovered { class, kind: PluginKind::parse(&kind), name, event_name }).collect())
+    }
+
+    /// One instance of each class, constructed with the plugin's `app`.
+    pub fn construct(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        classes: &[Discovered],
+        config_json: &str,
+        service_name: &str,
+        service_url: &str,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let classes = PyList::new(py, classes.iter().map(|c| c.class.bind(py)))?;
+        self.construct.bind(py).call1((name, classes, config_json, service_name, service_url))?.extract()
+    }
+
+    pub fn context(&self, py: Python<'_>, name: &str, generation: u64) -> PyResult<PluginContext> {
+        Ok(PluginContext(self.context.bind(py).call1((name, generation))?.unbind()))
+    }
+
+    /// `initialize()` every instance, each within `limit`; answers None.
+    pub fn start(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: &PluginContext) -> Hosted<Py<PyAny>> {
+        let coroutine = PyList::new(py, instances).and_then(|i| self.start.bind(py).call1((i, limit.as_secs_f64())));
+        self.spawn(py, coroutine, limit, Some(context))
+    }
+
+    /// `close()` every instance, each within `limit`: their errors.
+    pub fn stop(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: Option<&PluginContext>) -> Hosted<Vec<HandlerError>> {
+        let coroutine = PyList::new(py, instances).and_then(|i| self.stop.bind(py).call1((i, limit.as_secs_f64())));
+        self.spawn(py, coroutine, limit, context)
+    }
+
+    /// Close the instances of a failed generation, each within `limit`, then
+    /// cancel the tasks it left.
+    pub fn retire(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: &PluginContext) -> Hosted<Py<PyAny>> {
+        let coroutine = PyList::new(py, instances).and_then(|i| self.retire.bind(py).call1((i, limit.as_secs_f64())));
+        self.spawn(py, coroutine, limit, Some(context))
+    }
+
+    /// Hand `event` to `instances`, each handler within `limit`: their errors.
+    pub fn deliver(&self, py: Python<'_>, instances: &[Py<PyAny>], event: &Event, limit: Duration, context: &PluginContext) -> Hosted<Vec<HandlerError>> {
+        let coroutine = (|| {
+            let points = points(py, event)?;
+            self.deliver.bind(py).call1((PyList::new(py, instances)?, event.name, points, limit.as_secs_f64()))
+        })();
+        self.spawn(py, coroutine, limit, Some(context))
+    }
+
+    pub fn route_paths(&self, py: Python<'_>, name: &str) -> PyResult<Vec<String>> {
+        self.route_paths.bind(py).call1((name,))?.extract()
+    }
+
+    /// Run the handler of a plugin route within `limit`.
+    pub fn serve(&self, py: Python<'_>, call: &RouteCall<'_>, limit: Duration, context: &PluginContext) -> Hosted<RouteAnswer> {
+        let coroutine = (|| {
+            let headers = PyDict::new(py);
+            for (k, v) in call.headers {
+                headers.set_item(k, v)?;
+            }
+            let params = PyDict::new(py);
+            for (k, v) in call.params {
+                params.set_item(k, v)?;
+            }
+            let body = PyBytes::new(py, call.body);
+            self.serve.bind(py).call1((call.template, params, call.method, call.path, call.query, headers, body, limit.as_secs_f64()))
+        })();
+        self.spawn(py, coroutine, limit, Some(context))
+    }
+
+    /// For each sub-request, the cheapest `(cost, instance)` among `matchers`,
+    /// computed on the plugin's worker thread within `limit`.
+    pub fn matching_costs(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        matchers: &[(usize, Py<PyAny>)],
+        requests: &[Py<PyDict>],
+        limit: Duration,
+        context: &PluginContext,
+    ) -> Hosted<Vec<Option<(f64, usize)>>> {
+        let coroutine = (|| {
+            let matchers = PyList::new(py, matchers.iter().map(|(n, m)| (*n, m.bind(py))))?;
+            self.matching_costs.bind(py).call1((name, matchers, PyList::new(py, requests)?, limit.as_secs_f64()))
+        })();
+        self.spawn(py, coroutine, limit, Some(context))
+    }
+
+    /// `match()` of one instance within `limit`: `[(face_id, similarity)]`.
+    pub fn match_(&self, py: Python<'_>, instance: &Py<PyAny>, request: &Py<PyDict>, limit: Duration, context: &PluginContext) -> Hosted<Vec<(String, f64)>> {
+        let coroutine = self.match_.bind(py).call1((instance, request, limit.as_secs_f64()));
+        self.spawn(py, coroutine, limit, Some(context))
+    }
+
+    /// The plugin, generation and step holding the event loop now, if any.
+    pub fn blocking_owner(&self, py: Python<'_>) -> PyResult<Option<(String, u64, u64)>> {
+        self.blocking_owner.bind(py).call0()?.extract()
+    }
+}
+
+/// Points as `[(series, eventTime, tags, fields)]`.
+fn points<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for p in &event.points {
+        let tags = PyDict::new(py);
+        for (k, v) in &p.tags {
+            tags.set_item(k, v)?;
+        }
+        let fields = PyDict::new(py);
+        for (k, v) in &p.fields {
+            match v {
+                FieldValue::Str(s) => fields.set_item(k, s)?,
+                FieldValue::Float(f) => fields.set_item(k, f)?,
+                FieldValue::Int(i) => fields.set_item(k, i)?,
+            }
+        }
+        list.append((p.series, p.event_time, tags, fields))?;
+    }
+    Ok(list)
+}

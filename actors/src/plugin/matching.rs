@@ -1,0 +1,146 @@
+//! Matching plugins: their costs for the sub-requests of a request, and their answers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use super::{answer, bridge, PluginActor};
+use crate::failure::Failure;
+use crate::host::Wait;
+use crate::python::host;
+use crate::status::{PluginKind, PluginState};
+
+/// One sub-request of the proxy pipeline, as matching plugins get it.
+#[derive(Debug, Clone)]
+pub struct MatchCall {
+    pub reference_type: &'static str,
+    pub reference_id: Option<String>,
+    pub descriptor: Vec<u8>,
+    pub descriptor_version: u32,
+    /// The candidate set's filters as JSON, as the request gave them.
+    pub filters: String,
+    pub targets: Vec<String>,
+    pub limit: usize,
+    pub threshold: f64,
+    pub account_id: Option<String>,
+    pub request_id: String,
+}
+
+impl MatchCall {
+    fn to_python(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+        let reference = PyDict::new(py);
+        reference.set_item("type", self.reference_type)?;
+        reference.set_item("id", &self.reference_id)?;
+        reference.set_item("descriptor", PyBytes::new(py, &self.descriptor))?;
+        reference.set_item("descriptor_version", self.descriptor_version)?;
+        let d = PyDict::new(py);
+        d.set_item("reference", reference)?;
+        d.set_item("filters", &self.filters)?;
+        d.set_item("targets", &self.targets)?;
+        d.set_item("limit", self.limit)?;
+        d.set_item("threshold", self.threshold)?;
+        d.set_item("account_id", &self.account_id)?;
+        d.set_item("request_id", &self.request_id)?;
+        Ok(d.unbind())
+    }
+}
+
+/// The plugin's cheapest offer for each sub-request: (cost, instance), or
+/// None where no matching class of it takes the sub-request.
+#[derive(Message)]
+#[rtype(result = "Vec<Option<(f64, usize)>>")]
+pub struct Costs(pub Arc<Vec<MatchCall>>);
+
+impl Handler<Costs> for PluginActor {
+    type Result = ResponseActFuture<Self, Vec<Option<(f64, usize)>>>;
+
+    /// `getMatchingCost` runs on the plugin's worker thread, under the
+    /// plugin's timeout: one that blocks holds neither this actor nor the
+    /// event loop, and is restarted.
+    fn handle(&mut self, Costs(calls): Costs, _: &mut Self::Context) -> Self::Result {
+        let none = vec![None; calls.len()];
+        let matchers = self.objects(|i| i.kind == PluginKind::Matching);
+        let context = self.context();
+        let (PluginState::Running, Some(context), false) = (self.state, context, matchers.is_empty()) else {
+            return Box::pin(fut::ready(none));
+        };
+        let (name, limit) = (self.setup.name.clone(), self.setup.settings.timeout);
+        let costs = bridge(|py| {
+            let requests = calls.iter().map(|c| c.to_python(py)).collect::<PyResult<Vec<_>>>()?;
+            Ok(host().matching_costs(py, &name, &matchers, &requests, limit, &context))
+        });
+        Box::pin(answer(costs, Wait::Caller).into_actor(self).map(move |outcome, act, ctx| match outcome {
+            Ok(offers) if offers.len() == none.len() => offers,
+            Ok(_) => none,
+            Err(Failure::NoAnswer(_)) => none,
+            Err(e) => {
+                let what = if matches!(e, Failure::TimedOut(_)) { "getMatchingCost timed out" } else { "getMatchingCost raised" };
+                act.fail_with(ctx, what, &e);
+                none
+            }
+        }))
+    }
+}
+
+/// Answer sub-request `index` of `calls` with instance `instance`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, f64)>, MatchFailure>")]
+pub struct Match {
+    pub calls: Arc<Vec<MatchCall>>,
+    pub index: usize,
+    pub instance: usize,
+}
+
+#[derive(Debug)]
+pub enum MatchFailure {
+    /// The plugin handed the sub-request back.
+    Rematch,
+    /// Not running, or the instance is gone after a restart.
+    Unavailable,
+    TimedOut(String),
+    /// An unexpected exception, or a result that is not a list of FaceMatchResult.
+    Failed(String),
+}
+
+impl Handler<Match> for PluginActor {
+    type Result = ResponseActFuture<Self, Result<Vec<(String, f64)>, MatchFailure>>;
+
+    fn handle(&mut self, msg: Match, _: &mut Self::Context) -> Self::Result {
+        let object = self.objects(|i| i.kind == PluginKind::Matching).into_iter().find(|(n, _)| *n == msg.instance).map(|(_, o)| o);
+        let context = self.context();
+        let (PluginState::Running, Some(object), Some(context)) = (self.state, object, context) else {
+            return Box::pin(fut::ready(Err(MatchFailure::Unavailable)));
+        };
+        let limit = self.setup.settings.timeout;
+        let answered = bridge(|py| {
+            let request = msg.calls[msg.index].to_python(py)?;
+            Ok(host().match_(py, &object, &request, limit, &context))
+        });
+        let start = Instant::now();
+        Box::pin(answer(answered, Wait::Caller).into_actor(self).map(move |outcome, act, ctx| {
+            act.setup.status.call(start.elapsed());
+            match outcome {
+                Ok(hits) => Ok(hits),
+                Err(Failure::Rematch) => Err(MatchFailure::Rematch),
+                Err(Failure::TimedOut(e)) => {
+                    act.setup.status.error(format!("match timed out: {e}"), None);
+                    Err(MatchFailure::TimedOut(e))
+                }
+                // The event loop did not answer in time: not the plugin's own doing.
+                Err(Failure::NoAnswer(e)) => Err(MatchFailure::TimedOut(e)),
+                // Counted; only an unexpected exception restarts the plugin.
+                Err(Failure::Malformed(e)) => {
+                    act.setup.status.error(format!("malformed match result: {e}"), None);
+                    Err(MatchFailure::Failed(e))
+                }
+                Err(e) => {
+                    act.fail_with(ctx, "match raised", &e);
+                    Err(MatchFailure::Failed(e.summary()))
+                }
+            }
+        }))
+    }
+}

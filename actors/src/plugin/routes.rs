@@ -1,0 +1,88 @@
+//! Calls to the plugin's HTTP routes.
+
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::{answer, bridge, Fault, PluginActor};
+use crate::failure::Failure;
+use crate::host::{RouteCall, Wait};
+use crate::python::host;
+use crate::status::PluginState;
+
+/// A request to one of the plugin's routes.
+#[derive(Message)]
+#[rtype(result = "Result<RouteReply, RouteError>")]
+pub struct CallRoute {
+    pub template: String,
+    pub params: Vec<(String, String)>,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct RouteReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum RouteError {
+    /// The plugin is not running (restarting or failed).
+    Unavailable(PluginState),
+    /// The handler raised, or answered something that is not a response.
+    Failed(String),
+    /// The handler did not answer within the plugin's timeout.
+    TimedOut(String),
+}
+
+impl Handler<CallRoute> for PluginActor {
+    type Result = ResponseFuture<Result<RouteReply, RouteError>>;
+
+    fn handle(&mut self, msg: CallRoute, ctx: &mut Self::Context) -> Self::Result {
+        let context = self.context();
+        let (PluginState::Running, Some(context)) = (self.state, context) else {
+            let state = self.state;
+            return Box::pin(async move { Err(RouteError::Unavailable(state)) });
+        };
+        let limit = self.setup.settings.timeout;
+        let call = RouteCall {
+            template: &msg.template,
+            params: &msg.params,
+            method: &msg.method,
+            path: &msg.path,
+            query: &msg.query,
+            headers: &msg.headers,
+            body: &msg.body,
+        };
+        let served = bridge(|py| Ok(host().serve(py, &call, limit, &context)));
+        let (status, me, generation) = (self.setup.status.clone(), ctx.address(), self.generation);
+        Box::pin(async move {
+            let start = Instant::now();
+            let outcome = answer(served, Wait::Caller).await;
+            status.call(start.elapsed());
+            let route = format!("route {} {}", msg.method, msg.path);
+            match outcome {
+                Ok((code, headers, body)) => Ok(RouteReply { status: code, headers: headers.into_iter().collect(), body }),
+                Err(Failure::TimedOut(e)) => {
+                    status.error(format!("{route}: {e}"), None);
+                    Err(RouteError::TimedOut(e))
+                }
+                // The event loop did not answer in time: not the plugin's own doing.
+                Err(Failure::NoAnswer(e)) => Err(RouteError::TimedOut(e)),
+                Err(e @ Failure::Panic(_)) => {
+                    me.do_send(Fault { generation, error: format!("{route}: {}", e.summary()), traceback: None });
+                    Err(RouteError::Failed(e.summary()))
+                }
+                Err(e) => {
+                    status.error(format!("{route}: {}", e.summary()), e.traceback());
+                    Err(RouteError::Failed(e.summary()))
+                }
+            }
+        })
+    }
+}

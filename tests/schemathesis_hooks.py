@@ -1,0 +1,1 @@
+"""Loaded by schemathesis before a run (SCHEMATHESIS_HOOKS)."""
