@@ -1,8 +1,31 @@
-# Sourced by the scripts. pyo3 builds against `python3` (PYO3_PYTHON in
-# .cargo/config.toml); the packages the example plugins import go into that
-# same interpreter's site-packages (a distribution's own Python marks itself
-# externally managed: then pip is told to install anyway).
-install_plugin_requirements() {
-  local pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r plugins/requirements.txt)
-  "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
+# Sourced by the scripts. The example plugins' third-party packages
+# (plugins/requirements.txt) live in the project's virtual environment .venv,
+# made from the interpreter luna-matcher embeds (`python3`: PYO3_PYTHON in
+# .cargo/config.toml); the service imports them from there through VIRTUAL_ENV.
+
+python_version() {
+  "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null
+}
+
+# Make .venv once (again when it was made from another Python), install the
+# requirements when plugins/requirements.txt (or another requirements file
+# given as an argument: the tests' tools) changed, export VIRTUAL_ENV.
+plugin_venv() {
+  local venv=$PWD/.venv python stamp sum requirements=(plugins/requirements.txt "$@")
+  python=$(python3 -c 'import sys; print(sys.executable)')
+  if [ "$(python_version "$venv/bin/python")" != "$(python_version "$python")" ]; then
+    echo "making the plugins' virtual environment .venv from $python"
+    "$python" -m venv --clear "$venv" || {
+      echo "cannot make .venv: $python needs its venv module (Debian: apt-get install python3-venv)" >&2
+      return 1
+    }
+  fi
+  stamp=$venv/.requirements.sha256
+  sum=$(cat "${requirements[@]}" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    echo "installing ${requirements[*]} into .venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]/#/-r}"
+    echo "$sum" >"$stamp"
+  fi
+  export VIRTUAL_ENV=$venv
 }

@@ -42,10 +42,11 @@ impl Failure {
     }
 }
 
-/// `Type: message` of a Python exception.
+/// `Type: message` of a Python exception, with how to install a missing package.
 pub fn describe(py: Python<'_>, e: &PyErr) -> String {
     let name = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into());
-    format!("{name}: {}", e.value(py))
+    let hint = crate::venv::install_hint(py, e).unwrap_or_default();
+    format!("{name}: {}{hint}", e.value(py))
 }
 
 /// The one place a Python exception becomes a [`Failure`].

@@ -21,6 +21,7 @@ pub mod routes;
 pub mod settings;
 pub mod status;
 pub mod supervisor;
+mod venv;
 mod watchdog;
 
 pub use supervisor::PluginHost;

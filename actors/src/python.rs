@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -42,14 +43,16 @@ pub fn host() -> &'static Host {
     HOST.get().expect("the Python runtime is started before plugins run")
 }
 
-/// Start the interpreter, the event loop thread and its watchdog, which names
+/// Start the interpreter, with the plugins' virtual environment `venv` (see
+/// [`crate::venv`]), the event loop thread and its watchdog, which names
 /// plugin code holding the loop longer than `stall_limit`. Once per process.
-pub fn start(plugins_dir: &Path, service_paths: &[&str], active: &[String], stall_limit: Duration) -> PyResult<&'static Host> {
+pub fn start(plugins_dir: &Path, venv: &Path, service_paths: &[&str], active: &[String], stall_limit: Duration) -> PyResult<&'static Host> {
     if let Some(h) = HOST.get() {
         return Ok(h);
     }
     pyo3::append_to_inittab!(luna_matcher);
     Python::initialize();
+    Python::attach(|py| crate::venv::activate(py, venv)).map_err(PyRuntimeError::new_err)?;
 
     let (tx, rx) = std::sync::mpsc::channel::<PyResult<Py<PyAny>>>();
     std::thread::Builder::new()

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct PluginsConfig {
     /// One module `name.py` or package `name/` per plugin.
     pub directory: PathBuf,
+    /// The plugins' virtual environment (empty: `VIRTUAL_ENV` if set, else the
+    /// embedded interpreter's own site-packages).
+    pub venv: PathBuf,
     /// Plugins the `matcher` role loads (LUNA's name).
     #[serde(rename = "LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS")]
     pub matcher_active: Vec<String>,
@@ -53,6 +56,7 @@ impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             directory: "plugins".into(),
+            venv: PathBuf::new(),
             matcher_active: Vec::new(),
             proxy_active: Vec::new(),
             required: Vec::new(),

@@ -94,7 +94,7 @@ impl PluginHost {
         core: Arc<luna_core::Core>,
     ) -> Result<PluginHost, String> {
         crate::helpers::attach_core(core);
-        crate::python::start(&config.directory, service_paths, active, config.timeout)
+        crate::python::start(&config.directory, &config.venv, service_paths, active, config.timeout)
             .map_err(|e| format!("cannot start the Python runtime: {}", pyo3::Python::attach(|py| crate::failure::describe(py, &e))))?;
         let broker_arbiter = Arbiter::new();
         let broker = EventBroker::start_in_arbiter(&broker_arbiter.handle(), |_| EventBroker::default());
