@@ -1,0 +1,899 @@
+//! `luna-matcher bench`: measure a running matcher.
+//!
+//! It sets up synthetic lists through the importer (or takes existing ones),
+//! then sweeps request shapes against concurrency (closed loop: each of N
+//! clients sends its next request when the last is answered) or against
+//! request rates (open loop: requests leave on a fixed schedule, and latency
+//! runs from each one's intended send time, so a stalled service cannot hide
+//! its queue: no coordinated omission). Latencies go into HDR histograms. A
+//! sample of answers is checked against the exact answer computed here, and
+//! one wrong answer fails the run.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use luna_core::descriptor::{Dtype, VersionSpec};
+use luna_core::index::{Query, Vectors};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::client::{Api, JSON};
+use super::exact::{self, Expected};
+use super::import::{self, Format, ListChoice, OnBadRow, Plan};
+use super::journal::State;
+use super::report;
+use super::synthetic::{self, Gallery, ListSpec, Synthetic};
+
+/// The account of the bench's synthetic lists.
+const BENCH_ACCOUNT: Uuid = Uuid::from_u128(0xbe4c_0000_0000_4000_8000_0000_0000_0001);
+/// Request bodies per workload, sent in turn.
+const POOL: usize = 16;
+/// Open loop: requests in flight beyond this count as errors (the service is not keeping up).
+const MAX_IN_FLIGHT: usize = 1000;
+/// Latencies recorded up to 60 s, to 3 significant digits.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The service; give --url twice to measure two services side by side
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
+    /// Synthetic lists to create and check answers against: DTYPE:SIZE, e.g. u8:100k,f32:1M
+    #[arg(long, value_delimiter = ',', default_value = "u8:10k,u8:100k,f32:10k")]
+    pub synthetic: Vec<ListSpec>,
+    /// Existing lists instead, as LIST_ID or LIST_ID:VERSION (their answers cannot be checked)
+    #[arg(long)]
+    pub list: Vec<String>,
+    /// Request shapes: one (reference vs one list), refs (--refs references), sets (--sets candidate sets), raw (/1/matcher/raw)
+    #[arg(long, value_delimiter = ',', default_value = "one,refs,sets,raw")]
+    pub shapes: Vec<Shape>,
+    /// Closed loop: clients, each sending its next request when answered
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub concurrency: Vec<usize>,
+    /// Open loop instead: requests per second, sent on schedule
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// Seconds measured per point
+    #[arg(long, default_value_t = 1.5)]
+    pub duration: f64,
+    /// Requests measured per point, instead of --duration
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Seconds per point before measuring
+    #[arg(long, default_value_t = 0.25)]
+    pub warmup: f64,
+    /// limit of each candidate set (top-k)
+    #[arg(long, default_value_t = 3)]
+    pub limit: usize,
+    /// References per request of shape refs
+    #[arg(long, default_value_t = 10)]
+    pub refs: usize,
+    /// Candidate sets (the same list) per request of shape sets
+    #[arg(long, default_value_t = 4)]
+    pub sets: usize,
+    /// Candidates per request of shape raw
+    #[arg(long, default_value_t = 100)]
+    pub raw_candidates: usize,
+    /// Check every n-th answer against the exact one (and the first answer to each request body)
+    #[arg(long, default_value_t = 10)]
+    pub check_every: u64,
+    /// Directory of results.json, results.csv, report.html, the plots, and the synthetic lists' import journals
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// A results.json of an earlier run to put beside this one, with ratios
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Seed of the synthetic data
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Seconds to wait for an answer
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Shape {
+    One,
+    Refs,
+    Sets,
+    Raw,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::One => "one",
+            Shape::Refs => "refs",
+            Shape::Sets => "sets",
+            Shape::Raw => "raw",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Closed,
+    Open,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// One measured point.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Point {
+    pub shape: Shape,
+    /// What was matched against: `u8:100000`, a list id, or `raw u8`.
+    pub data: String,
+    pub dtype: String,
+    pub list_size: u64,
+    pub candidates_per_request: u64,
+    pub mode: Mode,
+    /// Clients (closed loop) or requests per second asked for (open loop).
+    pub level: f64,
+    pub seconds: f64,
+    /// Answered with 2xx in the measured window.
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
+    pub candidates_per_s: f64,
+    /// Milliseconds, of 2xx answers.
+    pub latency_ms: Latency,
+    pub checked: u64,
+    pub wrong: u64,
+    /// The first errors and wrong answers, described.
+    pub problems: Vec<String>,
+}
+
+impl Point {
+    pub fn key(&self) -> (Shape, &str, Mode, u64) {
+        (self.shape, &self.data, self.mode, (self.level * 1000.0) as u64)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setup {
+    pub data: String,
+    pub list_id: Uuid,
+    pub faces: u64,
+    /// Faces imported by this run (0 when an earlier run's list was reused).
+    pub imported: u64,
+    pub seconds: f64,
+    pub faces_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu: Option<String>,
+    pub os: String,
+}
+
+/// A whole run: what results.json holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Run {
+    pub tool: String,
+    pub command: String,
+    pub url: String,
+    pub started: String,
+    pub machine: Machine,
+    /// `GET /1/version` of the service.
+    pub service: Option<serde_json::Value>,
+    pub setup: Vec<Setup>,
+    pub points: Vec<Point>,
+    pub passed: bool,
+    pub failures: Vec<String>,
+}
+
+/// The command: exit 0 when every point ran without an error or a wrong answer.
+pub fn main(args: BenchArgs) -> u8 {
+    if let Err(e) = validate(&args) {
+        eprintln!("luna-matcher bench: {e}");
+        return 2;
+    }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let runtime = super::runtime();
+    let mut runs = Vec::new();
+    for (i, url) in args.url.iter().enumerate() {
+        let dir = if args.url.len() > 1 { args.out.join((i + 1).to_string()) } else { args.out.clone() };
+        match runtime.block_on(bench(url, &args, &dir, &command)) {
+            Ok(run) => {
+                if let Err(e) = report::write_run(&dir, &run) {
+                    eprintln!("luna-matcher bench: {e}");
+                    return 1;
+                }
+                runs.push(run);
+            }
+            Err(e) => {
+                eprintln!("luna-matcher bench: {url}: {e}");
+                return 1;
+            }
+        }
+    }
+    let baseline = match args.compare.as_deref().map(report::read_run).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("luna-matcher bench: {e}");
+            return 1;
+        }
+    };
+    let shown: Vec<&Run> = baseline.iter().chain(&runs).collect();
+    println!("\n{}", report::markdown(shown[shown.len() - 1]));
+    if shown.len() == 2 {
+        println!("\n{}", report::comparison_markdown(shown[0], shown[1]));
+    }
+    match report::write_report(&args.out, &shown) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(e) => {
+            eprintln!("luna-matcher bench: {e}");
+            return 1;
+        }
+    }
+    let failures: Vec<&String> = runs.iter().flat_map(|r| &r.failures).collect();
+    for f in &failures {
+        eprintln!("FAILED: {f}");
+    }
+    u8::from(!failures.is_empty())
+}
+
+fn validate(args: &BenchArgs) -> Result<(), String> {
+    if args.url.len() > 2 {
+        return Err("--url at most twice".into());
+    }
+    if args.url.len() == 2 && args.compare.is_some() {
+        return Err("--compare or a second --url, not both".into());
+    }
+    if args.concurrency.contains(&0) || args.rate.iter().any(|r| !(*r > 0.0)) {
+        return Err("--concurrency and --rate must be positive".into());
+    }
+    if args.duration <= 0.0 || args.requests == Some(0) || args.limit == 0 || args.refs == 0 || args.sets == 0 || args.raw_candidates == 0 {
+        return Err("--duration, --requests, --limit, --refs, --sets and --raw-candidates must be positive".into());
+    }
+    Ok(())
+}
+
+/// What a point matches against.
+enum Data {
+    Synthetic { gallery: Arc<Gallery>, list_id: Uuid, faces: Arc<Known> },
+    Existing { list_id: Uuid, version: Option<u32>, spec: VersionSpec, size: u64 },
+}
+
+/// The faces of a synthetic list: its rows' ids, and each id's row.
+struct Known {
+    ids: Vec<Uuid>,
+    rows: HashMap<Uuid, usize>,
+}
+
+async fn bench(url: &str, args: &BenchArgs, dir: &Path, command: &str) -> Result<Run, String> {
+    let api = Api::new(url, Duration::from_secs(args.timeout))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let service = api.get("/1/version").await.ok().filter(|a| a.status == 200).and_then(|a| serde_json::from_slice(&a.body).ok());
+    let (datas, setup) = prepare(&api, args, dir).await?;
+    let mut run = Run {
+        tool: format!("luna-matcher bench {}", env!("CARGO_PKG_VERSION")),
+        command: command.to_owned(),
+        url: api.url().to_owned(),
+        started,
+        machine: machine(),
+        service,
+        setup,
+        points: Vec::new(),
+        passed: true,
+        failures: Vec::new(),
+    };
+
+    let mut plan: Vec<(Arc<Workload>, f64)> = Vec::new();
+    let levels: Vec<f64> = if args.rate.is_empty() { args.concurrency.iter().map(|&c| c as f64).collect() } else { args.rate.clone() };
+    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(1));
+    for data in &datas {
+        for &shape in args.shapes.iter().filter(|s| **s != Shape::Raw) {
+            let w = Arc::new(faces_workload(data, shape, args, &mut rng));
+            plan.extend(levels.iter().map(|&l| (w.clone(), l)));
+        }
+    }
+    if args.shapes.contains(&Shape::Raw) {
+        let dtypes: Vec<Dtype> = datas
+            .iter()
+            .map(|d| match d {
+                Data::Synthetic { gallery, .. } => gallery.spec.dtype,
+                Data::Existing { spec, .. } => spec.dtype,
+            })
+            .fold(Vec::new(), |mut seen, d| {
+                if !seen.contains(&d) {
+                    seen.push(d);
+                }
+                seen
+            });
+        for dtype in dtypes {
+            let w = Arc::new(raw_workload(dtype, args, &mut rng));
+            plan.extend(levels.iter().map(|&l| (w.clone(), l)));
+        }
+    }
+
+    let bars = MultiProgress::with_draw_target(draw_target());
+    let overall = bars.add(ProgressBar::new(plan.len() as u64));
+    overall.set_style(ProgressStyle::with_template("{pos}/{len} points {wide_bar} {elapsed_precise}").expect("template"));
+    let mode = if args.rate.is_empty() { Mode::Closed } else { Mode::Open };
+    for (workload, level) in plan {
+        let bar = bars.insert_before(&overall, ProgressBar::new(0));
+        bar.set_style(ProgressStyle::with_template("{prefix} {wide_bar} {msg}").expect("template"));
+        bar.set_prefix(format!("{} {} {}", workload.shape.name(), workload.data, level_name(mode, level)));
+        let point = measure(&api, &workload, mode, level, args, &bar).await;
+        bar.finish_and_clear();
+        overall.inc(1);
+        bars.suspend(|| println!("{}", describe(&point)));
+        if point.wrong > 0 || point.errors > 0 {
+            run.failures.push(format!("{} {} {}: {}", point.shape.name(), point.data, level_name(mode, level), point.problems.join("; ")));
+        }
+        let wrong = point.wrong > 0;
+        run.points.push(point);
+        if wrong {
+            break;
+        }
+    }
+    overall.finish_and_clear();
+    run.passed = run.failures.is_empty();
+    Ok(run)
+}
+
+fn draw_target() -> ProgressDrawTarget {
+    if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    }
+}
+
+pub fn level_name(mode: Mode, level: f64) -> String {
+    match mode {
+        Mode::Closed => format!("c={level}"),
+        Mode::Open => format!("{level}/s"),
+    }
+}
+
+fn describe(p: &Point) -> String {
+    let l = &p.latency_ms;
+    format!(
+        "{} {} {}: {:.0} requests/s, {} candidates/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; {} errors, {} checked, {} wrong",
+        p.shape.name(),
+        p.data,
+        level_name(p.mode, p.level),
+        p.rps,
+        report::si(p.candidates_per_s),
+        l.p50,
+        l.p90,
+        l.p99,
+        l.p999,
+        p.errors,
+        p.checked,
+        p.wrong
+    )
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, m)| m.trim().to_owned()));
+    Machine { cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), cpu, os: std::env::consts::OS.to_owned() }
+}
+
+/// The lists to match against: existing ones, or synthetic ones imported
+/// now (or by an earlier run into the same service: the journal says).
+async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, Vec<Setup>), String> {
+    let failed = |e: super::client::Failure| format!("{}: {e}", api.url());
+    let mut datas = Vec::new();
+    let mut setup = Vec::new();
+    for list in &args.list {
+        let (id, version) = match list.split_once(':') {
+            Some((id, v)) => (id, Some(v.parse::<u32>().map_err(|_| format!("--list {list}: LIST_ID:VERSION"))?)),
+            None => (list.as_str(), None),
+        };
+        let list_id: Uuid = id.parse().map_err(|_| format!("--list {list}: not a list id"))?;
+        let spec = *super::input::versions().get(version.unwrap_or(62)).map_err(|e| format!("--list {list}: {}", e.detail))?;
+        let (info, _) = api.list(list_id).await.map_err(failed)?.ok_or_else(|| format!("list {list_id} is not on {}", api.url()))?;
+        datas.push(Data::Existing { list_id, version, spec, size: info.face_count });
+    }
+    if !args.list.is_empty() {
+        return Ok((datas, setup));
+    }
+    for &spec in &args.synthetic {
+        let seed = args.seed;
+        let gallery = Arc::new(tokio::task::spawn_blocking(move || Gallery::generate(spec, seed)).await.map_err(|e| e.to_string())?);
+        let out = dir.join("setup").join(spec.label().replace(':', "-"));
+        // A journal of a list the service no longer has (another service, a wiped store) is stale.
+        if let Some(state) = State::load(&out.join("journal.jsonl"))? {
+            if state.header.url != api.url() || api.list(state.header.list_id).await.map_err(failed)?.is_none() {
+                std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            }
+        }
+        let plan = Plan {
+            list: ListChoice::New(BENCH_ACCOUNT),
+            out: out.clone(),
+            on_bad_row: OnBadRow::Stop,
+            concurrency: 4,
+            max_body: 8 << 20,
+            target_latency: Duration::from_millis(500),
+            format: Format::Auto,
+            max_requests: None,
+            progress: std::io::stderr().is_terminal(),
+        };
+        let outcome = import::run(api, Box::new(Synthetic::new(gallery.clone(), seed)), &plan).await?;
+        let s = &outcome.summary;
+        if let Some(why) = &s.stopped {
+            return Err(format!("importing {}: {why}", spec.label()));
+        }
+        let ids: Vec<Uuid> = outcome.face_ids.iter().map(|id| id.expect("a complete import has every face")).collect();
+        let (info, _) = api.list(s.list_id).await.map_err(failed)?.ok_or_else(|| format!("list {} is gone", s.list_id))?;
+        if info.face_count != spec.size {
+            return Err(format!("list {} has {} faces, not {}: it was changed; remove {}", s.list_id, info.face_count, spec.size, out.display()));
+        }
+        println!("{}: list {} ({} faces imported in {:.1} s, {:.0} faces/s)", spec.label(), s.list_id, s.faces, s.seconds, s.faces_per_s);
+        setup.push(Setup { data: spec.label(), list_id: s.list_id, faces: spec.size, imported: s.faces, seconds: s.seconds, faces_per_s: s.faces_per_s });
+        let rows = ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
+        datas.push(Data::Synthetic { gallery, list_id: s.list_id, faces: Arc::new(Known { ids, rows }) });
+    }
+    Ok((datas, setup))
+}
+
+/// Requests of one shape against one data set, and how to check their answers.
+struct Workload {
+    shape: Shape,
+    data: String,
+    dtype: Dtype,
+    list_size: u64,
+    route: &'static str,
+    bodies: Vec<Bytes>,
+    /// Per body; None where the answer cannot be known (existing lists).
+    checks: Vec<Option<Check>>,
+    candidates_per_request: u64,
+}
+
+enum Check {
+    Faces { gallery: Arc<Gallery>, faces: Arc<Known>, references: Vec<(Query, Expected<Uuid>)>, sets: usize },
+    Raw { candidates: Vectors, references: Vec<(Query, Expected<usize>)> },
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut StdRng) -> Workload {
+    let (references, sets) = match shape {
+        Shape::Refs => (args.refs, 1),
+        Shape::Sets => (1, args.sets),
+        _ => (1, 1),
+    };
+    let (list_id, spec, version, size, label) = match data {
+        Data::Synthetic { gallery, list_id, .. } => {
+            let s = gallery.spec;
+            (*list_id, synthetic::spec_of(s.dtype), Some(synthetic::version_of(s.dtype)), s.size, s.label())
+        }
+        Data::Existing { list_id, version, spec, size } => (*list_id, *spec, *version, *size, list_id.to_string()),
+    };
+    let mut bodies = Vec::new();
+    let mut checks = Vec::new();
+    for _ in 0..POOL {
+        // Probes near a face of the list, so each answer has one clear best match.
+        let probes: Vec<Vec<u8>> = (0..references)
+            .map(|_| match data {
+                Data::Synthetic { gallery, .. } => {
+                    let row = rng.random_range(0..gallery.vectors.len());
+                    synthetic::near(spec.dtype, gallery.vectors.payload(row), rng)
+                }
+                Data::Existing { .. } => synthetic::random(spec.dtype, rng),
+            })
+            .collect();
+        let refs: Vec<serde_json::Value> = probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut r = serde_json::json!({"type": "descriptor", "id": format!("r{i}"), "data": b64(p)});
+                if let Some(v) = version {
+                    r["descriptor_version"] = v.into();
+                }
+                r
+            })
+            .collect();
+        let set = serde_json::json!({"filters": {"origin": "faces", "list_id": list_id}, "limit": args.limit});
+        let body = serde_json::json!({"references": refs, "candidates": vec![set; sets]});
+        bodies.push(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
+        checks.push(match data {
+            Data::Synthetic { gallery, faces, .. } => {
+                let references = probes
+                    .iter()
+                    .map(|p| {
+                        let q = Query::new(&spec, p);
+                        let expected = exact::top(&gallery.vectors, &q, |row| faces.ids[row], args.limit, 0.0);
+                        (q, expected)
+                    })
+                    .collect();
+                Some(Check::Faces { gallery: gallery.clone(), faces: faces.clone(), references, sets })
+            }
+            Data::Existing { .. } => None,
+        });
+    }
+    Workload {
+        shape,
+        data: label,
+        dtype: spec.dtype,
+        list_size: size,
+        route: "/1/matcher/faces",
+        bodies,
+        checks,
+        candidates_per_request: (references * sets) as u64 * size,
+    }
+}
+
+fn raw_workload(dtype: Dtype, args: &BenchArgs, rng: &mut StdRng) -> Workload {
+    let spec = synthetic::spec_of(dtype);
+    let mut bodies = Vec::new();
+    let mut checks = Vec::new();
+    for _ in 0..POOL {
+        let mut candidates = Vectors::new(spec);
+        let mut items = Vec::new();
+        for i in 0..args.raw_candidates {
+            let d = synthetic::random(dtype, rng);
+            items.push(serde_json::json!({"id": raw_id(i), "data": b64(&d)}));
+            candidates.push(&d);
+        }
+        let probe = synthetic::near(dtype, candidates.payload(rng.random_range(0..candidates.len())), rng);
+        let body = serde_json::json!({
+            "references": [{"id": "r0", "data": b64(&probe)}],
+            "candidates": items,
+            "descriptor_version": synthetic::version_of(dtype),
+            "limit": args.limit,
+        });
+        bodies.push(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
+        let q = Query::new(&spec, &probe);
+        let expected = exact::top(&candidates, &q, |row| row, args.limit, 0.0);
+        checks.push(Some(Check::Raw { candidates, references: vec![(q, expected)] }));
+    }
+    Workload {
+        shape: Shape::Raw,
+        data: format!("raw {}", synthetic::dtype_name(dtype)),
+        dtype,
+        list_size: args.raw_candidates as u64,
+        route: "/1/matcher/raw",
+        bodies,
+        checks,
+        candidates_per_request: args.raw_candidates as u64,
+    }
+}
+
+/// Raw candidate ids sort as their numbers do: api.md breaks ties by id.
+fn raw_id(i: usize) -> String {
+    format!("c{i:06}")
+}
+
+#[derive(Deserialize)]
+struct RefOut {
+    matches: Option<Vec<SetOut>>,
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct SetOut {
+    result: Vec<HitOut>,
+    total_found: u64,
+}
+
+#[derive(Deserialize)]
+struct HitOut {
+    face: FaceOut,
+    similarity: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct FaceOut {
+    face_id: Option<Uuid>,
+}
+
+#[derive(Deserialize)]
+struct RawOut {
+    reference_id: String,
+    matches: Vec<RawHit>,
+}
+
+#[derive(Deserialize)]
+struct RawHit {
+    candidate_id: String,
+    similarity: f64,
+}
+
+impl Check {
+    /// Err(why) when the answer is not the exact one.
+    fn verify(&self, body: &[u8]) -> Result<(), String> {
+        match self {
+            Check::Faces { gallery, faces, references, sets } => {
+                let answer: Vec<RefOut> = serde_json::from_slice(body).map_err(|e| format!("malformed answer: {e}"))?;
+                if answer.len() != references.len() {
+                    return Err(format!("{} answers to {} references", answer.len(), references.len()));
+                }
+                for (r, (out, (query, expected))) in answer.into_iter().zip(references).enumerate() {
+                    let matches = match (out.matches, out.error) {
+                        (_, Some(e)) => return Err(format!("reference {r}: error {e}")),
+                        (Some(m), None) if m.len() == *sets => m,
+                        (m, None) => return Err(format!("reference {r}: {} candidate sets answered of {sets}", m.map_or(0, |m| m.len()))),
+                    };
+                    for (c, set) in matches.into_iter().enumerate() {
+                        let got = set
+                            .result
+                            .iter()
+                            .map(|h| Some((h.face.face_id?, h.similarity?)))
+                            .collect::<Option<Vec<_>>>()
+                            .ok_or_else(|| format!("reference {r}, set {c}: a result without face_id or similarity"))?;
+                        let exact_of = |id: &Uuid| faces.rows.get(id).map(|&row| exact::similarity(&gallery.vectors, query, row));
+                        exact::compare(expected, &got, Some(set.total_found), exact_of).map_err(|e| format!("reference {r}, set {c}: {e}"))?;
+                    }
+                }
+                Ok(())
+            }
+            Check::Raw { candidates, references } => {
+                let answer: Vec<RawOut> = serde_json::from_slice(body).map_err(|e| format!("malformed answer: {e}"))?;
+                if answer.len() != references.len() {
+                    return Err(format!("{} answers to {} references", answer.len(), references.len()));
+                }
+                for (r, (out, (query, expected))) in answer.into_iter().zip(references).enumerate() {
+                    if out.reference_id != format!("r{r}") {
+                        return Err(format!("reference {r}: answered as {}", out.reference_id));
+                    }
+                    let got: Vec<(usize, f64)> = out
+                        .matches
+                        .iter()
+                        .map(|m| (m.candidate_id.strip_prefix('c').and_then(|n| n.parse().ok()).unwrap_or(usize::MAX), m.similarity))
+                        .collect();
+                    let exact_of = |&row: &usize| (row < candidates.len()).then(|| exact::similarity(candidates, query, row));
+                    exact::compare(expected, &got, None, exact_of).map_err(|e| format!("reference {r}: {e}"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What the clients of one point saw.
+struct Tally {
+    histogram: Histogram<u64>,
+    errors: u64,
+    checked: u64,
+    wrong: u64,
+    problems: Vec<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally { histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("histogram bounds"), errors: 0, checked: 0, wrong: 0, problems: Vec::new() }
+    }
+
+    fn problem(&mut self, what: String) {
+        if self.problems.len() < 5 {
+            self.problems.push(what);
+        }
+    }
+
+    /// Record one answer. `measured`: inside the measured window; `check`: compare with the exact answer.
+    fn record(&mut self, answer: Result<super::client::Answer, String>, latency: Duration, measured: bool, check: Option<&Check>) {
+        match answer {
+            Ok(a) if (200..300).contains(&a.status) => {
+                if measured {
+                    self.histogram.saturating_record((latency.as_micros() as u64).max(1));
+                }
+                if let Some(check) = check {
+                    self.checked += 1;
+                    if let Err(e) = check.verify(&a.body) {
+                        self.wrong += 1;
+                        self.problem(format!("wrong answer: {e}"));
+                    }
+                }
+            }
+            Ok(a) => {
+                self.errors += 1;
+                self.problem(format!("HTTP {}: {}", a.status, String::from_utf8_lossy(&a.body[..a.body.len().min(200)])));
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.problem(e);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.histogram.add(&other.histogram).expect("same bounds");
+        self.errors += other.errors;
+        self.checked += other.checked;
+        self.wrong += other.wrong;
+        for p in other.problems {
+            self.problem(p);
+        }
+    }
+}
+
+/// When a point stops: after a time, or after a number of measured requests.
+#[derive(Clone, Copy)]
+enum Until {
+    Time(Instant),
+    Count(u64),
+}
+
+async fn measure(api: &Api, w: &Arc<Workload>, mode: Mode, level: f64, args: &BenchArgs, bar: &ProgressBar) -> Point {
+    let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let until = match args.requests {
+        Some(n) => Until::Count(n),
+        None => Until::Time(measure_from + Duration::from_secs_f64(args.duration)),
+    };
+    bar.set_length(match until {
+        Until::Count(n) => n,
+        Until::Time(_) => ((args.warmup + args.duration) * 10.0) as u64,
+    });
+    let done = Arc::new(AtomicU64::new(0));
+    let ticker = {
+        let (bar, done) = (bar.clone(), done.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n = done.load(Ordering::Relaxed);
+                bar.set_position(match until {
+                    Until::Count(_) => n,
+                    Until::Time(_) => (start.elapsed().as_secs_f64() * 10.0) as u64,
+                });
+                bar.set_message(format!("{:.0} requests/s", n as f64 / start.elapsed().as_secs_f64()));
+            }
+        })
+    };
+    let (tally, seconds) = match mode {
+        Mode::Closed => closed(api, w, level as usize, measure_from, until, args.check_every, &done).await,
+        Mode::Open => open(api, w, level, measure_from, until, args.check_every, &done).await,
+    };
+    ticker.abort();
+    let h = &tally.histogram;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let requests = h.len();
+    let rps = requests as f64 / seconds;
+    Point {
+        shape: w.shape,
+        data: w.data.clone(),
+        dtype: synthetic::dtype_name(w.dtype).to_owned(),
+        list_size: w.list_size,
+        candidates_per_request: w.candidates_per_request,
+        mode,
+        level,
+        seconds,
+        requests,
+        errors: tally.errors,
+        rps,
+        candidates_per_s: rps * w.candidates_per_request as f64,
+        latency_ms: Latency {
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        },
+        checked: tally.checked,
+        wrong: tally.wrong,
+        problems: tally.problems,
+    }
+}
+
+/// Which answers to check: the first to each body, then every n-th.
+fn checked(w: &Workload, i: u64, every: u64) -> Option<&Check> {
+    let body = (i % w.bodies.len() as u64) as usize;
+    if i < w.bodies.len() as u64 || (every > 0 && i % every == 0) {
+        w.checks[body].as_ref()
+    } else {
+        None
+    }
+}
+
+/// N clients, each sending its next request when the last is answered.
+async fn closed(api: &Api, w: &Arc<Workload>, clients: usize, measure_from: Instant, until: Until, every: u64, done: &Arc<AtomicU64>) -> (Tally, f64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(Mutex::new(measure_from));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (api, w, next, done, last) = (api.clone(), w.clone(), next.clone(), done.clone(), last.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::new();
+                loop {
+                    match until {
+                        Until::Time(end) if Instant::now() >= end => break,
+                        Until::Count(n) if done.load(Ordering::Relaxed) >= n => break,
+                        _ => {}
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let body = w.bodies[(i % w.bodies.len() as u64) as usize].clone();
+                    let sent = Instant::now();
+                    let answer = api.post(w.route, JSON, body).await;
+                    let now = Instant::now();
+                    // Requests sent inside the window count, however late they are answered.
+                    let measured = sent >= measure_from && !matches!(until, Until::Time(end) if sent >= end);
+                    if measured {
+                        done.fetch_add(1, Ordering::Relaxed);
+                        let mut last = last.lock().expect("last");
+                        *last = (*last).max(now);
+                    }
+                    tally.record(answer, now - sent, measured, checked(&w, i, every));
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::new();
+    for t in tasks {
+        if let Ok(t) = t.await {
+            tally.merge(t);
+        }
+    }
+    let seconds = (*last.lock().expect("last") - measure_from).as_secs_f64();
+    (tally, seconds.max(1e-9))
+}
+
+/// Requests on a fixed schedule; latency from each one's intended send time.
+async fn open(api: &Api, w: &Arc<Workload>, rate: f64, measure_from: Instant, until: Until, every: u64, done: &Arc<AtomicU64>) -> (Tally, f64) {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let warmup_requests = ((measure_from - start).as_secs_f64() * rate).ceil() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i = 0u64;
+    loop {
+        let intended = start + period.mul_f64(i as f64);
+        match until {
+            Until::Time(end) if intended >= end => break,
+            Until::Count(n) if i >= warmup_requests + n => break,
+            _ => {}
+        }
+        tokio::time::sleep_until(intended.into()).await;
+        while tasks.try_join_next().is_some() {}
+        let measured = intended >= measure_from;
+        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            let mut t = tally.lock().expect("tally");
+            t.record(Err(format!("more than {MAX_IN_FLIGHT} requests in flight: the service does not keep up with {rate}/s")), Duration::ZERO, measured, None);
+        } else {
+            let (api, w, tally, in_flight, done) = (api.clone(), w.clone(), tally.clone(), in_flight.clone(), done.clone());
+            in_flight.fetch_add(1, Ordering::Relaxed);
+            tasks.spawn(async move {
+                let body = w.bodies[(i % w.bodies.len() as u64) as usize].clone();
+                let answer = api.post(w.route, JSON, body).await;
+                let latency = Instant::now() - intended;
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                if measured {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                tally.lock().expect("tally").record(answer, latency, measured, checked(&w, i, every));
+            });
+        }
+        i += 1;
+    }
+    while tasks.join_next().await.is_some() {}
+    let seconds = match until {
+        Until::Time(end) => (end - measure_from).as_secs_f64(),
+        Until::Count(n) => period.as_secs_f64() * n as f64,
+    };
+    let tally = Arc::into_inner(tally).expect("every request is done").into_inner().expect("tally");
+    (tally, seconds.max(1e-9))
+}

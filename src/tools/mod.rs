@@ -1,0 +1,17 @@
+//! `luna-matcher import` and `luna-matcher bench`: clients of the HTTP API,
+//! so they work against any service that speaks it. They run on a tokio
+//! runtime of their own, never on the actix server's threads.
+
+pub mod bench;
+pub mod client;
+pub mod exact;
+pub mod import;
+pub mod input;
+pub mod journal;
+pub mod report;
+pub mod synthetic;
+
+/// The tools' runtime: one per command, with the HTTP client's pool on it.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
