@@ -142,7 +142,7 @@ pub struct Latency {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Point {
     pub shape: Shape,
-    /// What was matched against: `u8:100000`, a list id, or `raw u8`.
+    /// What was matched against: `u8:100000`, a list id, or raw candidates (`u8 x100`).
     pub data: String,
     pub dtype: String,
     pub list_size: u64,
@@ -570,7 +570,7 @@ fn raw_workload(dtype: Dtype, args: &BenchArgs, rng: &mut StdRng) -> Workload {
     }
     Workload {
         shape: Shape::Raw,
-        data: format!("raw {}", synthetic::dtype_name(dtype)),
+        data: format!("{} x{}", synthetic::dtype_name(dtype), args.raw_candidates),
         dtype,
         list_size: args.raw_candidates as u64,
         route: "/1/matcher/raw",

@@ -137,7 +137,7 @@ pub struct Summary {
     pub list_id: Uuid,
     pub format: &'static str,
     pub rows: u64,
-    /// Faces stored by this run.
+    /// Faces this run sent and the service acknowledged.
     pub faces: u64,
     /// Faces stored by earlier runs of the same import.
     pub faces_before: u64,
@@ -229,7 +229,7 @@ fn print_summary(s: &Summary, out: &Path) {
         s.format,
         s.faces_before,
         s.rejected_rows,
-        s.faces + s.faces_before + s.rejected_rows as u64,
+        s.faces + s.faces_before + s.in_doubt_stored + s.rejected_rows as u64,
         s.rows
     );
     if s.in_doubt_stored + s.in_doubt_missing > 0 {
@@ -331,7 +331,8 @@ pub async fn run(api: &Api, source: Box<dyn Source>, plan: &Plan) -> Result<Outc
         complete: false,
         stopped,
     };
-    let summary = Summary { complete: summary.stopped.is_none() && before + summary.faces + summary.rejected_rows as u64 == rows, ..summary };
+    let done = before + summary.faces + summary.in_doubt_stored + summary.rejected_rows as u64;
+    let summary = Summary { complete: summary.stopped.is_none() && done == rows, ..summary };
     let summary = match (&summary.stopped, summary.complete) {
         (None, false) => Summary { stopped: Some("not every row was sent".into()), ..summary },
         _ => summary,
@@ -420,14 +421,19 @@ impl Shared {
         self.progress.inc(1);
     }
 
-    fn stored(&self, rows: &[u64], face_ids: &[Uuid]) {
+    /// Record stored rows: answered to a request of this run, or found stored when in doubt.
+    fn stored(&self, rows: &[u64], face_ids: &[Uuid], found: bool) {
         self.journal.ack(rows, face_ids);
         let mut t = self.tally.lock().expect("tally");
         for (&i, &id) in rows.iter().zip(face_ids) {
             t.face_ids[i as usize] = Some(id);
             t.known.insert(id);
         }
-        t.faces += rows.len() as u64;
+        if found {
+            t.in_doubt_stored += rows.len() as u64;
+        } else {
+            t.faces += rows.len() as u64;
+        }
         self.progress.inc(rows.len() as u64);
     }
 
@@ -663,7 +669,7 @@ async fn process(s: &Shared, batch: Batch) {
         match s.api.bulk(encode(&w.rows, s.msgpack), s.msgpack).await {
             Ok(ids) if ids.len() == indexes.len() => {
                 s.sizer.observe(indexes.len(), started.elapsed());
-                s.stored(&indexes, &ids);
+                s.stored(&indexes, &ids, false);
             }
             Ok(ids) => return s.halt(format!("the service answered {} face ids for {} faces", ids.len(), indexes.len())),
             Err(Failure::Refused { status, code, detail }) => {
@@ -754,11 +760,7 @@ async fn resolve(s: &Shared, rows: Vec<Ready>) -> Result<Vec<Ready>, String> {
                 None => missing.push(r),
             }
         }
-        {
-            let mut t = s.tally.lock().expect("tally");
-            t.in_doubt_stored += indexes.len() as u64;
-        }
-        s.stored(&indexes, &ids);
+        s.stored(&indexes, &ids, true);
     }
     s.tally.lock().expect("tally").in_doubt_missing += missing.len() as u64;
     Ok(missing)

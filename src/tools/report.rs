@@ -56,13 +56,14 @@ pub fn read_run(path: &Path) -> Result<Run, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a bench results.json: {e}", path.display()))
 }
 
-/// 1234567 as "1.23 M".
+/// 1234567 as "1.2 M", 0.25 as "0.25".
 pub fn si(x: f64) -> String {
     match x {
         x if x >= 1e9 => format!("{:.2} G", x / 1e9),
         x if x >= 1e6 => format!("{:.1} M", x / 1e6),
         x if x >= 1e3 => format!("{:.1} k", x / 1e3),
-        x => format!("{x:.0}"),
+        x if x >= 10.0 => format!("{x:.0}"),
+        x => format!("{x:.2}"),
     }
 }
 
@@ -169,7 +170,15 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<S
             .y_label_area_size(64)
             .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())
             .map_err(|e| err(&e))?;
-        chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw().map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| si(*v))
+            .y_label_formatter(&|v| si(*v))
+            .light_line_style(RGBColor(238, 238, 238))
+            .draw()
+            .map_err(|e| err(&e))?;
         for s in series.iter().filter(|s| !s.points.is_empty()) {
             let color = Palette99::pick(s.color).to_rgba();
             let style = color.stroke_width(2);
