@@ -262,7 +262,7 @@ fn validate(args: &BenchArgs) -> Result<(), String> {
     if args.url.len() == 2 && args.compare.is_some() {
         return Err("--compare or a second --url, not both".into());
     }
-    if args.concurrency.contains(&0) || args.rate.iter().any(|r| !(*r > 0.0)) {
+    if args.concurrency.contains(&0) || args.rate.iter().any(|r| !r.is_finite() || *r <= 0.0) {
         return Err("--concurrency and --rate must be positive".into());
     }
     if args.duration <= 0.0 || args.requests == Some(0) || args.limit == 0 || args.refs == 0 || args.sets == 0 || args.raw_candidates == 0 {
@@ -801,7 +801,7 @@ async fn measure(api: &Api, w: &Arc<Workload>, mode: Mode, level: f64, args: &Be
 /// Which answers to check: the first to each body, then every n-th.
 fn checked(w: &Workload, i: u64, every: u64) -> Option<&Check> {
     let body = (i % w.bodies.len() as u64) as usize;
-    if i < w.bodies.len() as u64 || (every > 0 && i % every == 0) {
+    if i < w.bodies.len() as u64 || (every > 0 && i.is_multiple_of(every)) {
         w.checks[body].as_ref()
     } else {
         None
