@@ -212,10 +212,26 @@ pub fn main(args: BenchArgs) -> u8 {
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let runtime = super::runtime();
+    // One client, one connection pool, whatever the services.
+    let apis = args.url.iter().try_fold(Vec::<Api>::new(), |mut apis, url| {
+        apis.push(match apis.first() {
+            Some(first) => first.at(url)?,
+            None => Api::new(url, Duration::from_secs(args.timeout))?,
+        });
+        Ok::<_, String>(apis)
+    });
+    let apis = match apis {
+        Ok(apis) => apis,
+        Err(e) => {
+            eprintln!("luna-matcher bench: {e}");
+            return 2;
+        }
+    };
     let mut runs = Vec::new();
-    for (i, url) in args.url.iter().enumerate() {
-        let dir = if args.url.len() > 1 { args.out.join((i + 1).to_string()) } else { args.out.clone() };
-        match runtime.block_on(bench(url, &args, &dir, &command)) {
+    for (i, api) in apis.iter().enumerate() {
+        let url = api.url();
+        let dir = if apis.len() > 1 { args.out.join((i + 1).to_string()) } else { args.out.clone() };
+        match runtime.block_on(bench(api, &args, &dir, &command)) {
             Ok(run) => {
                 if let Err(e) = report::write_run(&dir, &run) {
                     eprintln!("luna-matcher bench: {e}");
@@ -283,12 +299,12 @@ struct Known {
     rows: HashMap<Uuid, usize>,
 }
 
-async fn bench(url: &str, args: &BenchArgs, dir: &Path, command: &str) -> Result<Run, String> {
-    let api = Api::new(url, Duration::from_secs(args.timeout))?;
+async fn bench(api: &Api, args: &BenchArgs, dir: &Path, command: &str) -> Result<Run, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let service = api.get("/1/version").await.ok().filter(|a| a.status == 200).and_then(|a| serde_json::from_slice(&a.body).ok());
-    let (datas, setup) = prepare(&api, args, dir).await?;
+    // Raw matching needs no list.
+    let (datas, setup) = if args.shapes.iter().all(|s| *s == Shape::Raw) { Default::default() } else { prepare(api, args, dir).await? };
     let mut run = Run {
         tool: format!("luna-matcher bench {}", env!("CARGO_PKG_VERSION")),
         command: command.to_owned(),
@@ -312,19 +328,7 @@ async fn bench(url: &str, args: &BenchArgs, dir: &Path, command: &str) -> Result
         }
     }
     if args.shapes.contains(&Shape::Raw) {
-        let dtypes: Vec<Dtype> = datas
-            .iter()
-            .map(|d| match d {
-                Data::Synthetic { gallery, .. } => gallery.spec.dtype,
-                Data::Existing { spec, .. } => spec.dtype,
-            })
-            .fold(Vec::new(), |mut seen, d| {
-                if !seen.contains(&d) {
-                    seen.push(d);
-                }
-                seen
-            });
-        for dtype in dtypes {
+        for dtype in raw_dtypes(args)? {
             let w = Arc::new(raw_workload(dtype, args, &mut rng));
             plan.extend(levels.iter().map(|&l| (w.clone(), l)));
         }
@@ -338,7 +342,7 @@ async fn bench(url: &str, args: &BenchArgs, dir: &Path, command: &str) -> Result
         let bar = bars.insert_before(&overall, ProgressBar::new(0));
         bar.set_style(ProgressStyle::with_template("{prefix} {wide_bar} {msg}").expect("template"));
         bar.set_prefix(format!("{} {} {}", workload.shape.name(), workload.data, level_name(mode, level)));
-        let point = measure(&api, &workload, mode, level, args, &bar).await;
+        let point = measure(api, &workload, mode, level, args, &bar).await;
         bar.finish_and_clear();
         overall.inc(1);
         bars.suspend(|| println!("{}", describe(&point)));
@@ -404,12 +408,7 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
     let mut datas = Vec::new();
     let mut setup = Vec::new();
     for list in &args.list {
-        let (id, version) = match list.split_once(':') {
-            Some((id, v)) => (id, Some(v.parse::<u32>().map_err(|_| format!("--list {list}: LIST_ID:VERSION"))?)),
-            None => (list.as_str(), None),
-        };
-        let list_id: Uuid = id.parse().map_err(|_| format!("--list {list}: not a list id"))?;
-        let spec = *super::input::versions().get(version.unwrap_or(62)).map_err(|e| format!("--list {list}: {}", e.detail))?;
+        let (list_id, version, spec) = parse_list(list)?;
         let (info, _) = api.list(list_id).await.map_err(failed)?.ok_or_else(|| format!("list {list_id} is not on {}", api.url()))?;
         datas.push(Data::Existing { list_id, version, spec, size: info.face_count });
     }
@@ -453,6 +452,28 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
         datas.push(Data::Synthetic { gallery, list_id: s.list_id, faces: Arc::new(Known { ids, rows }) });
     }
     Ok((datas, setup))
+}
+
+/// `LIST_ID` or `LIST_ID:VERSION`, and the version's spec (default: the default version's).
+fn parse_list(list: &str) -> Result<(Uuid, Option<u32>, VersionSpec), String> {
+    let (id, version) = match list.split_once(':') {
+        Some((id, v)) => (id, Some(v.parse::<u32>().map_err(|_| format!("--list {list}: LIST_ID:VERSION"))?)),
+        None => (list, None),
+    };
+    let list_id: Uuid = id.parse().map_err(|_| format!("--list {list}: not a list id"))?;
+    let versions = super::input::versions();
+    let spec = *versions.get(version.unwrap_or(versions.default_version())).map_err(|e| format!("--list {list}: {}", e.detail))?;
+    Ok((list_id, version, spec))
+}
+
+/// The dtypes of the lists: raw matching is measured for each.
+fn raw_dtypes(args: &BenchArgs) -> Result<Vec<Dtype>, String> {
+    let dtypes: Vec<Dtype> = if args.list.is_empty() {
+        args.synthetic.iter().map(|s| s.dtype).collect()
+    } else {
+        args.list.iter().map(|l| parse_list(l).map(|(_, _, spec)| spec.dtype)).collect::<Result<_, _>>()?
+    };
+    Ok(super::unique(dtypes))
 }
 
 /// Requests of one shape against one data set, and how to check their answers.

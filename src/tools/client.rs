@@ -70,10 +70,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(url: &str, timeout: Duration) -> Result<Api, String> {
-        let base = url.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(format!("--url {url}: give an http:// address, e.g. http://127.0.0.1:5100"));
-        }
+        let base = Self::base(url)?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .tcp_nodelay(true)
@@ -84,6 +81,19 @@ impl Api {
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Api { http, base })
+    }
+
+    /// The same client (and connection pool) for another service.
+    pub fn at(&self, url: &str) -> Result<Api, String> {
+        Ok(Api { http: self.http.clone(), base: Self::base(url)? })
+    }
+
+    fn base(url: &str) -> Result<String, String> {
+        let base = url.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(format!("--url {url}: give an http:// address, e.g. http://127.0.0.1:5100"));
+        }
+        Ok(base)
     }
 
     pub fn url(&self) -> &str {

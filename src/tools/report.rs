@@ -211,12 +211,7 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<S
 fn plots(runs: &[&Run]) -> Result<Vec<(String, String)>, String> {
     let tag = |i: usize| if runs.len() > 1 { format!(" ({})", ["A", "B"][i]) } else { String::new() };
     let mut out = Vec::new();
-    let shapes: Vec<Shape> = runs.iter().flat_map(|r| r.points.iter().map(|p| p.shape)).fold(Vec::new(), |mut seen, s| {
-        if !seen.contains(&s) {
-            seen.push(s);
-        }
-        seen
-    });
+    let shapes = super::unique(runs.iter().flat_map(|r| r.points.iter().map(|p| p.shape)));
     let mode = runs.iter().flat_map(|r| &r.points).map(|p| p.mode).next().unwrap_or(Mode::Closed);
     for shape in shapes {
         let mut series = Vec::new();
