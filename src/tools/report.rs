@@ -56,13 +56,13 @@ pub fn read_run(path: &Path) -> Result<Run, String> {
     serde_json::from_slice(&bytes).map_err(|e| format!("{}: not a bench results.json: {e}", path.display()))
 }
 
-/// 1234567 as "1.2 M", 0.25 as "0.25".
+/// 1234567 as "1.2 M", 4 as "4", 0.25 as "0.25".
 pub fn si(x: f64) -> String {
     match x {
         x if x >= 1e9 => format!("{:.2} G", x / 1e9),
         x if x >= 1e6 => format!("{:.1} M", x / 1e6),
         x if x >= 1e3 => format!("{:.1} k", x / 1e3),
-        x if x >= 10.0 => format!("{x:.0}"),
+        x if x >= 10.0 || x.fract() == 0.0 => format!("{x:.0}"),
         x => format!("{x:.2}"),
     }
 }
@@ -158,6 +158,13 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<S
         }
     };
     let (x, y) = (span(all().map(|p| p.0).collect()), span(all().map(|p| p.1).collect()));
+    // Ticks where the data are on x (clients, rates, sizes), at 1-2-5 on y.
+    let mut x_ticks: Vec<f64> = super::unique(all().map(|p| p.0));
+    x_ticks.sort_by(f64::total_cmp);
+    let y_ticks: Vec<f64> = (y.0.log10().floor() as i32..=y.1.log10().ceil() as i32)
+        .flat_map(|e| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(e)))
+        .filter(|v| (y.0..=y.1).contains(v))
+        .collect();
     let mut svg = String::new();
     {
         let err = |e: &dyn std::fmt::Display| format!("plot {title}: {e}");
@@ -168,7 +175,7 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<S
             .margin(14)
             .x_label_area_size(42)
             .y_label_area_size(64)
-            .build_cartesian_2d((x.0..x.1).log_scale(), (y.0..y.1).log_scale())
+            .build_cartesian_2d((x.0..x.1).log_scale().with_key_points(x_ticks), (y.0..y.1).log_scale().with_key_points(y_ticks))
             .map_err(|e| err(&e))?;
         chart
             .configure_mesh()
@@ -176,7 +183,7 @@ fn chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<S
             .y_desc(y_desc)
             .x_label_formatter(&|v| si(*v))
             .y_label_formatter(&|v| si(*v))
-            .light_line_style(RGBColor(238, 238, 238))
+            .light_line_style(TRANSPARENT)
             .draw()
             .map_err(|e| err(&e))?;
         for s in series.iter().filter(|s| !s.points.is_empty()) {
