@@ -22,8 +22,6 @@ use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use luna_core::descriptor::{Dtype, VersionSpec};
 use luna_core::index::{Query, Vectors};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -32,7 +30,7 @@ use super::exact::{self, Expected};
 use super::import::{self, Format, ListChoice, OnBadRow, Plan};
 use super::journal::State;
 use super::report;
-use super::synthetic::{self, Gallery, ListSpec, Synthetic};
+use super::synthetic::{self, Gallery, ListSpec, Rng, Synthetic};
 
 /// The account of the bench's synthetic lists.
 const BENCH_ACCOUNT: Uuid = Uuid::from_u128(0xbe4c_0000_0000_4000_8000_0000_0000_0001);
@@ -320,7 +318,7 @@ async fn bench(api: &Api, args: &BenchArgs, dir: &Path, command: &str) -> Result
 
     let mut plan: Vec<(Arc<Workload>, f64)> = Vec::new();
     let levels: Vec<f64> = if args.rate.is_empty() { args.concurrency.iter().map(|&c| c as f64).collect() } else { args.rate.clone() };
-    let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(1));
+    let mut rng = Rng::new(args.seed.wrapping_add(1));
     for data in &datas {
         for &shape in args.shapes.iter().filter(|s| **s != Shape::Raw) {
             let w = Arc::new(faces_workload(data, shape, args, &mut rng));
@@ -498,7 +496,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut StdRng) -> Workload {
+fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut Rng) -> Workload {
     let (references, sets) = match shape {
         Shape::Refs => (args.refs, 1),
         Shape::Sets => (1, args.sets),
@@ -518,7 +516,7 @@ fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut StdRng)
         let probes: Vec<Vec<u8>> = (0..references)
             .map(|_| match data {
                 Data::Synthetic { gallery, .. } => {
-                    let row = rng.random_range(0..gallery.vectors.len());
+                    let row = rng.below(gallery.vectors.len());
                     synthetic::near(spec.dtype, gallery.vectors.payload(row), rng)
                 }
                 Data::Existing { .. } => synthetic::random(spec.dtype, rng),
@@ -565,7 +563,7 @@ fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut StdRng)
     }
 }
 
-fn raw_workload(dtype: Dtype, args: &BenchArgs, rng: &mut StdRng) -> Workload {
+fn raw_workload(dtype: Dtype, args: &BenchArgs, rng: &mut Rng) -> Workload {
     let spec = synthetic::spec_of(dtype);
     let mut bodies = Vec::new();
     let mut checks = Vec::new();
@@ -577,7 +575,7 @@ fn raw_workload(dtype: Dtype, args: &BenchArgs, rng: &mut StdRng) -> Workload {
             items.push(serde_json::json!({"id": raw_id(i), "data": b64(&d)}));
             candidates.push(&d);
         }
-        let probe = synthetic::near(dtype, candidates.payload(rng.random_range(0..candidates.len())), rng);
+        let probe = synthetic::near(dtype, candidates.payload(rng.below(candidates.len())), rng);
         let body = serde_json::json!({
             "references": [{"id": "r0", "data": b64(&probe)}],
             "candidates": items,

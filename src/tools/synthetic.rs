@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use luna_core::descriptor::{Dtype, VersionSpec, DEFAULT_FLOAT_VERSION};
 use luna_core::index::Vectors;
-use rand::rngs::StdRng;
-use rand::{Rng, RngCore, SeedableRng};
 
 use super::input::{Face, InputInfo, Item, Row, Source};
 
@@ -66,26 +64,49 @@ impl FromStr for ListSpec {
     }
 }
 
+/// SplitMix64: the same numbers from a seed on every machine and in every
+/// version, so a rerun regenerates exactly the lists it imported before.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
+    }
+
+    /// Uniform in [-1, 1).
+    fn signed_unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
 /// Random descriptors of one dtype.
-pub fn random(dtype: Dtype, rng: &mut StdRng) -> Vec<u8> {
+pub fn random(dtype: Dtype, rng: &mut Rng) -> Vec<u8> {
     match dtype {
-        Dtype::U8 => {
-            let mut d = vec![0u8; 512];
-            rng.fill_bytes(&mut d);
-            d
-        }
-        Dtype::F32 => (0..512).flat_map(|_| rng.random_range(-1.0f32..1.0).to_le_bytes()).collect(),
+        Dtype::U8 => (0..512 / 8).flat_map(|_| rng.next_u64().to_le_bytes()).collect(),
+        Dtype::F32 => (0..512).flat_map(|_| rng.signed_unit().to_le_bytes()).collect(),
     }
 }
 
 /// A descriptor close to `payload` (similarity about 0.9): a probe of a known face.
-pub fn near(dtype: Dtype, payload: &[u8], rng: &mut StdRng) -> Vec<u8> {
+pub fn near(dtype: Dtype, payload: &[u8], rng: &mut Rng) -> Vec<u8> {
     match dtype {
-        Dtype::U8 => payload.iter().map(|&q| (q as i16 + rng.random_range(-24i16..=24)).clamp(0, 255) as u8).collect(),
-        Dtype::F32 => payload
-            .chunks_exact(4)
-            .flat_map(|c| (f32::from_le_bytes(c.try_into().expect("4 bytes")) + rng.random_range(-0.25f32..0.25)).to_le_bytes())
-            .collect(),
+        Dtype::U8 => payload.iter().map(|&q| (q as i16 + (rng.signed_unit() * 24.0) as i16).clamp(0, 255) as u8).collect(),
+        Dtype::F32 => {
+            payload.chunks_exact(4).flat_map(|c| (f32::from_le_bytes(c.try_into().expect("4 bytes")) + rng.signed_unit() * 0.25).to_le_bytes()).collect()
+        }
     }
 }
 
@@ -96,7 +117,7 @@ pub struct Gallery {
 
 impl Gallery {
     pub fn generate(spec: ListSpec, seed: u64) -> Gallery {
-        let mut rng = StdRng::seed_from_u64(seed ^ spec.size.rotate_left(17) ^ spec.dtype as u64);
+        let mut rng = Rng::new(seed ^ spec.size.rotate_left(17) ^ spec.dtype as u64);
         let mut vectors = Vectors::new(spec_of(spec.dtype));
         for _ in 0..spec.size {
             vectors.push(&random(spec.dtype, &mut rng));
