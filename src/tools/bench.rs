@@ -28,6 +28,7 @@ use uuid::Uuid;
 use super::client::{Api, JSON};
 use super::exact::{self, Expected};
 use super::import::{self, Format, ListChoice, OnBadRow, Plan};
+use super::input::Source;
 use super::journal::State;
 use super::report;
 use super::synthetic::{self, Gallery, ListSpec, Rng, Synthetic};
@@ -417,9 +418,12 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
         let seed = args.seed;
         let gallery = Arc::new(tokio::task::spawn_blocking(move || Gallery::generate(spec, seed)).await.map_err(|e| e.to_string())?);
         let out = dir.join("setup").join(spec.label().replace(':', "-"));
-        // A journal of a list the service no longer has (another service, a wiped store) is stale.
+        let source = Synthetic::new(gallery.clone(), seed);
+        // A journal of other data (another seed) or of a list the service no
+        // longer has (another service, a wiped store) is stale.
         if let Some(state) = State::load(&out.join("journal.jsonl"))? {
-            if state.header.url != api.url() || api.list(state.header.list_id).await.map_err(failed)?.is_none() {
+            let h = &state.header;
+            if h.inputs != source.inputs() || h.url != api.url() || api.list(h.list_id).await.map_err(failed)?.is_none() {
                 std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
             }
         }
@@ -434,7 +438,7 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
             max_requests: None,
             progress: std::io::stderr().is_terminal(),
         };
-        let outcome = import::run(api, Box::new(Synthetic::new(gallery.clone(), seed)), &plan).await?;
+        let outcome = import::run(api, Box::new(source), &plan).await?;
         let s = &outcome.summary;
         if let Some(why) = &s.stopped {
             return Err(format!("importing {}: {why}", spec.label()));

@@ -262,13 +262,11 @@ pub async fn run(api: &Api, source: Box<dyn Source>, plan: &Plan) -> Result<Outc
     progress.set_style(ProgressStyle::with_template("{elapsed_precise} {wide_bar} {pos}/{len} rows {per_sec} ETA {eta}").expect("template"));
     progress.set_position(before);
     progress.reset_eta();
-    let header = state.header.clone();
     let done: Vec<bool> = state.face_ids.iter().map(Option::is_some).collect();
     let shared = Arc::new(Shared {
         api: api.clone(),
         journal,
-        list_id: header.list_id,
-        since: header.since.clone(),
+        header: state.header,
         msgpack,
         on_bad_row: plan.on_bad_row,
         sizer: Sizer::new(plan.target_latency),
@@ -295,10 +293,9 @@ pub async fn run(api: &Api, source: Box<dyn Source>, plan: &Plan) -> Result<Outc
     let producer = {
         let shared = shared.clone();
         let (in_doubt, max_body) = (state.in_doubt, plan.max_body);
-        let inputs = source.inputs().to_vec();
         std::thread::Builder::new()
             .name("import-reader".into())
-            .spawn(move || produce(source, &shared, &header, &done, &in_doubt, max_body, &inputs, tx))
+            .spawn(move || produce(source, &shared, &done, &in_doubt, max_body, tx))
             .map_err(|e| e.to_string())?
     };
     for w in workers {
@@ -314,7 +311,7 @@ pub async fn run(api: &Api, source: Box<dyn Source>, plan: &Plan) -> Result<Outc
     tally.rejected.sort_by_key(|r| r.index);
     let summary = Summary {
         url: api.url().to_owned(),
-        list_id: shared.list_id,
+        list_id: shared.header.list_id,
         format: if msgpack { "msgpack" } else { "json" },
         rows,
         faces: tally.faces,
@@ -378,8 +375,7 @@ async fn open_journal(api: &Api, path: &Path, inputs: &[input::InputInfo], list:
 struct Shared {
     api: Api,
     journal: Journal,
-    list_id: Uuid,
-    since: Option<String>,
+    header: Header,
     msgpack: bool,
     on_bad_row: OnBadRow,
     sizer: Sizer,
@@ -506,19 +502,16 @@ struct Batch {
     in_doubt: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn produce(
     mut source: Box<dyn Source>,
     s: &Shared,
-    header: &Header,
     done: &[bool],
     in_doubt: &std::collections::HashSet<u64>,
     max_body: usize,
-    inputs: &[input::InputInfo],
     tx: tokio::sync::mpsc::Sender<Batch>,
 ) -> Result<(), String> {
     let versions = input::versions();
-    let files: Vec<Arc<str>> = inputs.iter().map(|i| Arc::from(i.name.as_str())).collect();
+    let files: Vec<Arc<str>> = source.inputs().iter().map(|i| Arc::from(i.name.as_str())).collect();
     let (mut batch, mut bytes, mut doubtful) = (Vec::new(), 0usize, Vec::new());
     let send = |rows: Vec<Ready>, in_doubt: bool| tx.blocking_send(Batch { rows, in_doubt }).is_ok();
     source.read(&|i| done[i as usize], &mut |item| {
@@ -533,7 +526,7 @@ fn produce(
             }
         };
         let file = files[row.file].clone();
-        let ready = match prepare(row, file, header, &versions, s.msgpack) {
+        let ready = match prepare(row, file, &s.header, &versions, s.msgpack) {
             Ok(r) => r,
             Err(rejected) => {
                 s.reject(rejected);
@@ -676,8 +669,8 @@ async fn process(s: &Shared, batch: Batch) {
                 s.journal.refused(&indexes);
                 if status == 413 {
                     s.sizer.too_large(w.rows.len());
-                } else if status == 404 && matches!(s.api.list(s.list_id).await, Ok(None)) {
-                    return s.halt(format!("list {} is gone from {}", s.list_id, s.api.url()));
+                } else if status == 404 && matches!(s.api.list(s.header.list_id).await, Ok(None)) {
+                    return s.halt(format!("list {} is gone from {}", s.header.list_id, s.api.url()));
                 }
                 let named = (status != 413).then(|| failed_row(&detail, w.rows.len())).flatten();
                 match (named, w.rows.len()) {
@@ -785,8 +778,8 @@ async fn stored_faces(s: &Shared, chunk: &[Ready]) -> Result<HashMap<(String, St
         }
     }
     let external_ids: Vec<&str> = chunk.iter().filter_map(|r| r.row.face.external_id.as_deref()).collect();
-    let mut filters = serde_json::json!({"origin": "faces", "list_id": s.list_id, "external_ids": external_ids});
-    if let Some(since) = &s.since {
+    let mut filters = serde_json::json!({"origin": "faces", "list_id": s.header.list_id, "external_ids": external_ids});
+    if let Some(since) = &s.header.since {
         filters["create_time__gte"] = since.as_str().into();
     }
     let body = serde_json::to_vec(&serde_json::json!({
