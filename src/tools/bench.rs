@@ -9,38 +9,28 @@
 //! sample of answers is checked against the exact answer computed here, and
 //! one wrong answer fails the run.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use bytes::Bytes;
-use hdrhistogram::Histogram;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use luna_core::descriptor::{Dtype, VersionSpec};
-use luna_core::index::{Query, Vectors};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::client::{Api, JSON};
-use super::exact::{self, Expected};
+use super::client::Api;
 use super::import::{self, Format, ListChoice, OnBadRow, Plan};
 use super::input::Source;
 use super::journal::State;
+use super::load::{self, Until};
 use super::report;
 use super::synthetic::{self, Gallery, ListSpec, Rng, Synthetic};
+use super::workload::{faces_workload, raw_workload, Data, Known, Workload};
 
 /// The account of the bench's synthetic lists.
 const BENCH_ACCOUNT: Uuid = Uuid::from_u128(0xbe4c_0000_0000_4000_8000_0000_0000_0001);
-/// Request bodies per workload, sent in turn.
-const POOL: usize = 16;
-/// Open loop: requests in flight beyond this count as errors (the service is not keeping up).
-const MAX_IN_FLIGHT: usize = 1000;
-/// Latencies recorded up to 60 s, to 3 significant digits.
-const MAX_LATENCY_US: u64 = 60_000_000;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -286,18 +276,6 @@ fn validate(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// What a point matches against.
-enum Data {
-    Synthetic { gallery: Arc<Gallery>, list_id: Uuid, faces: Arc<Known> },
-    Existing { list_id: Uuid, version: Option<u32>, spec: VersionSpec, size: u64 },
-}
-
-/// The faces of a synthetic list: its rows' ids, and each id's row.
-struct Known {
-    ids: Vec<Uuid>,
-    rows: HashMap<Uuid, usize>,
-}
-
 async fn bench(api: &Api, args: &BenchArgs, dir: &Path, command: &str) -> Result<Run, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -478,286 +456,6 @@ fn raw_dtypes(args: &BenchArgs) -> Result<Vec<Dtype>, String> {
     Ok(super::unique(dtypes))
 }
 
-/// Requests of one shape against one data set, and how to check their answers.
-struct Workload {
-    shape: Shape,
-    data: String,
-    dtype: Dtype,
-    list_size: u64,
-    route: &'static str,
-    bodies: Vec<Bytes>,
-    /// Per body; None where the answer cannot be known (existing lists).
-    checks: Vec<Option<Check>>,
-    candidates_per_request: u64,
-}
-
-enum Check {
-    Faces { gallery: Arc<Gallery>, faces: Arc<Known>, references: Vec<(Query, Expected<Uuid>)>, sets: usize },
-    Raw { candidates: Vectors, references: Vec<(Query, Expected<usize>)> },
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut Rng) -> Workload {
-    let (references, sets) = match shape {
-        Shape::Refs => (args.refs, 1),
-        Shape::Sets => (1, args.sets),
-        _ => (1, 1),
-    };
-    let (list_id, spec, version, size, label) = match data {
-        Data::Synthetic { gallery, list_id, .. } => {
-            let s = gallery.spec;
-            (*list_id, synthetic::spec_of(s.dtype), Some(synthetic::version_of(s.dtype)), s.size, s.label())
-        }
-        Data::Existing { list_id, version, spec, size } => (*list_id, *spec, *version, *size, list_id.to_string()),
-    };
-    let mut bodies = Vec::new();
-    let mut checks = Vec::new();
-    for _ in 0..POOL {
-        // Probes near a face of the list, so each answer has one clear best match.
-        let probes: Vec<Vec<u8>> = (0..references)
-            .map(|_| match data {
-                Data::Synthetic { gallery, .. } => {
-                    let row = rng.below(gallery.vectors.len());
-                    synthetic::near(spec.dtype, gallery.vectors.payload(row), rng)
-                }
-                Data::Existing { .. } => synthetic::random(spec.dtype, rng),
-            })
-            .collect();
-        let refs: Vec<serde_json::Value> = probes
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut r = serde_json::json!({"type": "descriptor", "id": format!("r{i}"), "data": b64(p)});
-                if let Some(v) = version {
-                    r["descriptor_version"] = v.into();
-                }
-                r
-            })
-            .collect();
-        let set = serde_json::json!({"filters": {"origin": "faces", "list_id": list_id}, "limit": args.limit});
-        let body = serde_json::json!({"references": refs, "candidates": vec![set; sets]});
-        bodies.push(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
-        checks.push(match data {
-            Data::Synthetic { gallery, faces, .. } => {
-                let references = probes
-                    .iter()
-                    .map(|p| {
-                        let q = Query::new(&spec, p);
-                        let expected = exact::top(&gallery.vectors, &q, |row| faces.ids[row], args.limit, 0.0);
-                        (q, expected)
-                    })
-                    .collect();
-                Some(Check::Faces { gallery: gallery.clone(), faces: faces.clone(), references, sets })
-            }
-            Data::Existing { .. } => None,
-        });
-    }
-    Workload {
-        shape,
-        data: label,
-        dtype: spec.dtype,
-        list_size: size,
-        route: "/1/matcher/faces",
-        bodies,
-        checks,
-        candidates_per_request: (references * sets) as u64 * size,
-    }
-}
-
-fn raw_workload(dtype: Dtype, args: &BenchArgs, rng: &mut Rng) -> Workload {
-    let spec = synthetic::spec_of(dtype);
-    let mut bodies = Vec::new();
-    let mut checks = Vec::new();
-    for _ in 0..POOL {
-        let mut candidates = Vectors::new(spec);
-        let mut items = Vec::new();
-        for i in 0..args.raw_candidates {
-            let d = synthetic::random(dtype, rng);
-            items.push(serde_json::json!({"id": raw_id(i), "data": b64(&d)}));
-            candidates.push(&d);
-        }
-        let probe = synthetic::near(dtype, candidates.payload(rng.below(candidates.len())), rng);
-        let body = serde_json::json!({
-            "references": [{"id": "r0", "data": b64(&probe)}],
-            "candidates": items,
-            "descriptor_version": synthetic::version_of(dtype),
-            "limit": args.limit,
-        });
-        bodies.push(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
-        let q = Query::new(&spec, &probe);
-        let expected = exact::top(&candidates, &q, |row| row, args.limit, 0.0);
-        checks.push(Some(Check::Raw { candidates, references: vec![(q, expected)] }));
-    }
-    Workload {
-        shape: Shape::Raw,
-        data: format!("{} x{}", synthetic::dtype_name(dtype), args.raw_candidates),
-        dtype,
-        list_size: args.raw_candidates as u64,
-        route: "/1/matcher/raw",
-        bodies,
-        checks,
-        candidates_per_request: args.raw_candidates as u64,
-    }
-}
-
-/// Raw candidate ids sort as their numbers do: api.md breaks ties by id.
-fn raw_id(i: usize) -> String {
-    format!("c{i:06}")
-}
-
-#[derive(Deserialize)]
-struct RefOut {
-    matches: Option<Vec<SetOut>>,
-    error: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct SetOut {
-    result: Vec<HitOut>,
-    total_found: u64,
-}
-
-#[derive(Deserialize)]
-struct HitOut {
-    face: FaceOut,
-    similarity: Option<f64>,
-}
-
-#[derive(Deserialize)]
-struct FaceOut {
-    face_id: Option<Uuid>,
-}
-
-#[derive(Deserialize)]
-struct RawOut {
-    reference_id: String,
-    matches: Vec<RawHit>,
-}
-
-#[derive(Deserialize)]
-struct RawHit {
-    candidate_id: String,
-    similarity: f64,
-}
-
-impl Check {
-    /// Err(why) when the answer is not the exact one.
-    fn verify(&self, body: &[u8]) -> Result<(), String> {
-        match self {
-            Check::Faces { gallery, faces, references, sets } => {
-                let answer: Vec<RefOut> = serde_json::from_slice(body).map_err(|e| format!("malformed answer: {e}"))?;
-                if answer.len() != references.len() {
-                    return Err(format!("{} answers to {} references", answer.len(), references.len()));
-                }
-                for (r, (out, (query, expected))) in answer.into_iter().zip(references).enumerate() {
-                    let matches = match (out.matches, out.error) {
-                        (_, Some(e)) => return Err(format!("reference {r}: error {e}")),
-                        (Some(m), None) if m.len() == *sets => m,
-                        (m, None) => return Err(format!("reference {r}: {} candidate sets answered of {sets}", m.map_or(0, |m| m.len()))),
-                    };
-                    for (c, set) in matches.into_iter().enumerate() {
-                        let got = set
-                            .result
-                            .iter()
-                            .map(|h| Some((h.face.face_id?, h.similarity?)))
-                            .collect::<Option<Vec<_>>>()
-                            .ok_or_else(|| format!("reference {r}, set {c}: a result without face_id or similarity"))?;
-                        let exact_of = |id: &Uuid| faces.rows.get(id).map(|&row| exact::similarity(&gallery.vectors, query, row));
-                        exact::compare(expected, &got, Some(set.total_found), exact_of).map_err(|e| format!("reference {r}, set {c}: {e}"))?;
-                    }
-                }
-                Ok(())
-            }
-            Check::Raw { candidates, references } => {
-                let answer: Vec<RawOut> = serde_json::from_slice(body).map_err(|e| format!("malformed answer: {e}"))?;
-                if answer.len() != references.len() {
-                    return Err(format!("{} answers to {} references", answer.len(), references.len()));
-                }
-                for (r, (out, (query, expected))) in answer.into_iter().zip(references).enumerate() {
-                    if out.reference_id != format!("r{r}") {
-                        return Err(format!("reference {r}: answered as {}", out.reference_id));
-                    }
-                    let got: Vec<(usize, f64)> = out
-                        .matches
-                        .iter()
-                        .map(|m| (m.candidate_id.strip_prefix('c').and_then(|n| n.parse().ok()).unwrap_or(usize::MAX), m.similarity))
-                        .collect();
-                    let exact_of = |&row: &usize| (row < candidates.len()).then(|| exact::similarity(candidates, query, row));
-                    exact::compare(expected, &got, None, exact_of).map_err(|e| format!("reference {r}: {e}"))?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// What the clients of one point saw.
-struct Tally {
-    histogram: Histogram<u64>,
-    errors: u64,
-    checked: u64,
-    wrong: u64,
-    problems: Vec<String>,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally { histogram: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("histogram bounds"), errors: 0, checked: 0, wrong: 0, problems: Vec::new() }
-    }
-
-    fn problem(&mut self, what: String) {
-        if self.problems.len() < 5 {
-            self.problems.push(what);
-        }
-    }
-
-    /// Record one answer. `measured`: inside the measured window; `check`: compare with the exact answer.
-    fn record(&mut self, answer: Result<super::client::Answer, String>, latency: Duration, measured: bool, check: Option<&Check>) {
-        match answer {
-            Ok(a) if (200..300).contains(&a.status) => {
-                if measured {
-                    self.histogram.saturating_record((latency.as_micros() as u64).max(1));
-                }
-                if let Some(check) = check {
-                    self.checked += 1;
-                    if let Err(e) = check.verify(&a.body) {
-                        self.wrong += 1;
-                        self.problem(format!("wrong answer: {e}"));
-                    }
-                }
-            }
-            Ok(a) => {
-                self.errors += 1;
-                self.problem(format!("HTTP {}: {}", a.status, String::from_utf8_lossy(&a.body[..a.body.len().min(200)])));
-            }
-            Err(e) => {
-                self.errors += 1;
-                self.problem(e);
-            }
-        }
-    }
-
-    fn merge(&mut self, other: Tally) {
-        self.histogram.add(&other.histogram).expect("same bounds");
-        self.errors += other.errors;
-        self.checked += other.checked;
-        self.wrong += other.wrong;
-        for p in other.problems {
-            self.problem(p);
-        }
-    }
-}
-
-/// When a point stops: after a time, or after a number of measured requests.
-#[derive(Clone, Copy)]
-enum Until {
-    Time(Instant),
-    Count(u64),
-}
-
 async fn measure(api: &Api, w: &Arc<Workload>, mode: Mode, level: f64, args: &BenchArgs, bar: &ProgressBar) -> Point {
     let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
     let start = Instant::now();
@@ -786,8 +484,8 @@ async fn measure(api: &Api, w: &Arc<Workload>, mode: Mode, level: f64, args: &Be
         })
     };
     let (tally, seconds) = match mode {
-        Mode::Closed => closed(api, w, level as usize, measure_from, until, args.check_every, &done).await,
-        Mode::Open => open(api, w, level, measure_from, until, args.check_every, &done).await,
+        Mode::Closed => load::closed(api, w, level as usize, measure_from, until, args.check_every, &done).await,
+        Mode::Open => load::open(api, w, level, measure_from, until, args.check_every, &done).await,
     };
     ticker.abort();
     let h = &tally.histogram;
@@ -819,104 +517,4 @@ async fn measure(api: &Api, w: &Arc<Workload>, mode: Mode, level: f64, args: &Be
         wrong: tally.wrong,
         problems: tally.problems,
     }
-}
-
-/// Which answers to check: the first to each body, then every n-th.
-fn checked(w: &Workload, i: u64, every: u64) -> Option<&Check> {
-    let body = (i % w.bodies.len() as u64) as usize;
-    if i < w.bodies.len() as u64 || (every > 0 && i.is_multiple_of(every)) {
-        w.checks[body].as_ref()
-    } else {
-        None
-    }
-}
-
-/// N clients, each sending its next request when the last is answered.
-async fn closed(api: &Api, w: &Arc<Workload>, clients: usize, measure_from: Instant, until: Until, every: u64, done: &Arc<AtomicU64>) -> (Tally, f64) {
-    let next = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(Mutex::new(measure_from));
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (api, w, next, done, last) = (api.clone(), w.clone(), next.clone(), done.clone(), last.clone());
-            tokio::spawn(async move {
-                let mut tally = Tally::new();
-                loop {
-                    match until {
-                        Until::Time(end) if Instant::now() >= end => break,
-                        Until::Count(n) if done.load(Ordering::Relaxed) >= n => break,
-                        _ => {}
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let body = w.bodies[(i % w.bodies.len() as u64) as usize].clone();
-                    let sent = Instant::now();
-                    let answer = api.post(w.route, JSON, body).await;
-                    let now = Instant::now();
-                    // Requests sent inside the window count, however late they are answered.
-                    let measured = sent >= measure_from && !matches!(until, Until::Time(end) if sent >= end);
-                    if measured {
-                        done.fetch_add(1, Ordering::Relaxed);
-                        let mut last = last.lock().expect("last");
-                        *last = (*last).max(now);
-                    }
-                    tally.record(answer, now - sent, measured, checked(&w, i, every));
-                }
-                tally
-            })
-        })
-        .collect();
-    let mut tally = Tally::new();
-    for t in tasks {
-        if let Ok(t) = t.await {
-            tally.merge(t);
-        }
-    }
-    let seconds = (*last.lock().expect("last") - measure_from).as_secs_f64();
-    (tally, seconds.max(1e-9))
-}
-
-/// Requests on a fixed schedule; latency from each one's intended send time.
-async fn open(api: &Api, w: &Arc<Workload>, rate: f64, measure_from: Instant, until: Until, every: u64, done: &Arc<AtomicU64>) -> (Tally, f64) {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let tally = Arc::new(Mutex::new(Tally::new()));
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let warmup_requests = ((measure_from - start).as_secs_f64() * rate).ceil() as u64;
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut i = 0u64;
-    loop {
-        let intended = start + period.mul_f64(i as f64);
-        match until {
-            Until::Time(end) if intended >= end => break,
-            Until::Count(n) if i >= warmup_requests + n => break,
-            _ => {}
-        }
-        tokio::time::sleep_until(intended.into()).await;
-        while tasks.try_join_next().is_some() {}
-        let measured = intended >= measure_from;
-        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-            let mut t = tally.lock().expect("tally");
-            t.record(Err(format!("more than {MAX_IN_FLIGHT} requests in flight: the service does not keep up with {rate}/s")), Duration::ZERO, measured, None);
-        } else {
-            let (api, w, tally, in_flight, done) = (api.clone(), w.clone(), tally.clone(), in_flight.clone(), done.clone());
-            in_flight.fetch_add(1, Ordering::Relaxed);
-            tasks.spawn(async move {
-                let body = w.bodies[(i % w.bodies.len() as u64) as usize].clone();
-                let answer = api.post(w.route, JSON, body).await;
-                let latency = Instant::now() - intended;
-                in_flight.fetch_sub(1, Ordering::Relaxed);
-                if measured {
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                tally.lock().expect("tally").record(answer, latency, measured, checked(&w, i, every));
-            });
-        }
-        i += 1;
-    }
-    while tasks.join_next().await.is_some() {}
-    let seconds = match until {
-        Until::Time(end) => (end - measure_from).as_secs_f64(),
-        Until::Count(n) => period.as_secs_f64() * n as f64,
-    };
-    let tally = Arc::into_inner(tally).expect("every request is done").into_inner().expect("tally");
-    (tally, seconds.max(1e-9))
 }

@@ -8,8 +8,10 @@ pub mod exact;
 pub mod import;
 pub mod input;
 pub mod journal;
+pub mod load;
 pub mod report;
 pub mod synthetic;
+pub mod workload;
 
 /// The tools' runtime: one per command, with the HTTP client's pool on it.
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -24,4 +26,10 @@ fn unique<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
         }
         seen
     })
+}
+
+/// Binary data as JSON carries it.
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
