@@ -228,6 +228,10 @@ pub fn main(args: BenchArgs) -> u8 {
                 }
                 runs.push(run);
             }
+            Err(e) if e.starts_with(url) => {
+                eprintln!("luna-matcher bench: {e}");
+                return 1;
+            }
             Err(e) => {
                 eprintln!("luna-matcher bench: {url}: {e}");
                 return 1;

@@ -260,7 +260,11 @@ pub async fn run(api: &Api, source: Box<dyn Source>, plan: &Plan) -> Result<Outc
     let rows = state.face_ids.len() as u64;
     let before = state.acknowledged();
     let progress = if plan.progress { ProgressBar::with_draw_target(Some(rows), ProgressDrawTarget::stderr()) } else { ProgressBar::hidden() };
-    progress.set_style(ProgressStyle::with_template("{elapsed_precise} {wide_bar} {pos}/{len} rows {per_sec} ETA {eta}").expect("template"));
+    let rate = |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.0} rows/s", s.per_sec());
+    };
+    progress
+        .set_style(ProgressStyle::with_template("{elapsed_precise} {wide_bar} {pos}/{len} rows, {rate}, ETA {eta}").expect("template").with_key("rate", rate));
     progress.set_position(before);
     progress.reset_eta();
     let done: Vec<bool> = state.face_ids.iter().map(Option::is_some).collect();
