@@ -8,3 +8,4 @@ pub mod logging;
 pub mod pipeline;
 pub mod server;
 pub mod telemetry;
+pub mod tools;
