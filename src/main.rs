@@ -12,25 +12,45 @@ const DEFAULT_CONFIG: &str = "conf/luna-matcher.toml";
 /// Face-descriptor matching service with LUNA PLATFORM 5's Python Matcher API.
 /// Without a command, it runs the service.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true)]
+#[command(version, args_conflicts_with_subcommands = true, after_help = ENVIRONMENT)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Configuration file [default: conf/luna-matcher.toml]
+    /// Configuration file (TOML, every key optional) [default: conf/luna-matcher.toml, if present]
     #[arg(long)]
     config: Option<PathBuf>,
+    /// standalone: matching plugins in front of an in-process matcher (port 5100);
+    /// matcher: LUNA's Python Matcher (port 5100); proxy: LUNA's Matcher Proxy in
+    /// front of remote matchers (port 5110) [default: standalone]
     #[arg(long, value_enum)]
     role: Option<Role>,
+    /// Address to listen on [default: 127.0.0.1]
     #[arg(long)]
     host: Option<String>,
+    /// Port to listen on [default: the role's]
     #[arg(long)]
     port: Option<u16>,
-    /// Directory of the SQLite file [default: ./data]
+    /// Directory of the embedded store and its lock file [default: ./data]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Log lines as text or as JSON objects [default: text]
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
 }
+
+/// The environment the service reads, after the flags in `--help`.
+const ENVIRONMENT: &str = "\
+Environment:
+  LUNA_MATCHER__<SECTION>__<KEY>      any key of the configuration, e.g. LUNA_MATCHER__LIMITS__MAX_LIMIT=50;
+                                      lists and numbers as TOML values, durations as text (\"5s\")
+  LUNA_MATCHER_PROXY_ACTIVE_PLUGINS   plugins of roles standalone and proxy, a JSON list: '[\"teapot\"]'
+  LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS  plugins of role matcher, a JSON list
+  SERVICE_TYPE=proxy                  role proxy, as LUNA's image takes it
+  VIRTUAL_ENV                         the plugins' virtual environment, unless plugins.venv is set
+  RUST_LOG                            log level, e.g. info (the default), debug, luna_matcher::access=warn
+
+Precedence: built-in defaults < configuration file < environment < flags. An unknown key or a bad
+value stops start-up with exit code 2 and names the key and where it was set.";
 
 #[derive(Subcommand)]
 enum Command {
