@@ -1,0 +1,5 @@
+//! The store behind the in-memory index.
+
+mod sqlite;
+
+pub use sqlite::*;
