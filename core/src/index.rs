@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::descriptor::{Descriptor, Dtype, VersionSpec};
 use crate::kernels::Kernels;
+use crate::store::Op;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -282,8 +283,8 @@ impl Index {
             }
             _ => false,
         };
-        if changed {
-            let list = self.lists.get_mut(&list_id).expect("membership of a known list");
+        // A list this instance does not cache has no record to count in.
+        if let Some(list) = self.lists.get_mut(&list_id).filter(|_| changed) {
             if member {
                 list.face_count += 1;
             } else {
@@ -301,5 +302,43 @@ impl Index {
             }
         }
         Some(list)
+    }
+
+    /// Apply one committed operation of a write.
+    pub fn apply(&mut self, op: Op) {
+        match op {
+            Op::CreateList(list) => self.upsert_list(list),
+            Op::DeleteList(list_id) => {
+                self.remove_list(&list_id);
+            }
+            Op::CreateFace { spec, descriptor, face } => self.insert_face(spec, &descriptor, face),
+            Op::DeleteFace(face_id) => {
+                self.remove_face(&face_id);
+            }
+            Op::SetMembership { list_id, face_id, member } => {
+                self.set_membership(list_id, &face_id, member);
+            }
+        }
+    }
+
+    /// A list as the store now holds it; a known list keeps its face count.
+    pub fn upsert_list(&mut self, list: ListRecord) {
+        match self.lists.get_mut(&list.list_id) {
+            Some(known) => *known = ListRecord { face_count: known.face_count, ..list },
+            None => {
+                self.lists.insert(list.list_id, list);
+            }
+        }
+    }
+
+    /// A face as the store now holds it: unchanged, replaced or added.
+    pub fn upsert_face(&mut self, spec: VersionSpec, descriptor: &Descriptor, face: FaceRecord) {
+        if let Some(at) = self.face(&face.face_id) {
+            if at.version == descriptor.version && *at.record() == face && at.payload() == descriptor.payload.as_slice() {
+                return;
+            }
+            self.remove_face(&face.face_id);
+        }
+        self.insert_face(spec, descriptor, face);
     }
 }

@@ -17,4 +17,4 @@ pub mod store;
 pub mod time;
 
 pub use errors::{Error, ErrorCode, Result};
-pub use service::{Core, CoreConfig, Limits, StoreStats};
+pub use service::{Core, CoreConfig, Limits, StoreConfig, StoreStats};
