@@ -50,9 +50,9 @@ fn main() -> ExitCode {
     }
     match actix_rt::System::new().block_on(luna_matcher::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            log::error!("{}", failure.message);
+            ExitCode::from(failure.exit_code)
         }
     }
 }

@@ -13,11 +13,27 @@ use crate::config::{Config, Role};
 use crate::http::{self, openapi, AppState};
 use crate::telemetry::Telemetry;
 
-/// Open the store: the SQLite file, loaded into memory.
+/// Open the store: the SQLite file, loaded into memory; or PostgreSQL,
+/// connected to and migrated, loading into memory in the background.
 pub fn core(config: &Config) -> Result<Arc<Core>, String> {
-    let core = Core::open(CoreConfig { db_path: config.db_path(), versions: config.versions()?, limits: config.limits.clone(), threads: config.threads() })
-        .map_err(|e| format!("cannot open the store {}: {e}", config.db_path().display()))?;
+    let (store, setting) = config.store();
+    let core = Core::open(CoreConfig { store, versions: config.versions()?, limits: config.limits.clone(), threads: config.threads() })
+        .map_err(|e| format!("cannot open the store ({setting}): {}", e.detail))?;
     Ok(Arc::new(core))
+}
+
+/// Why the service stopped without serving: exit code 2 for a setting that
+/// keeps it from starting (as a bad configuration does), 1 otherwise.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { message, exit_code: 1 }
+    }
 }
 
 /// The shared state of the app.
@@ -56,13 +72,13 @@ pub fn serve(config: &Config, state: web::Data<AppState>, listener: TcpListener)
 
 /// Serve until SIGTERM (or a first SIGINT): stop accepting, drain in-flight
 /// requests, flush plugins' event queues, `close()` every plugin.
-pub async fn run(config: Config) -> Result<(), String> {
+pub async fn run(config: Config) -> Result<(), Failure> {
     if config.server.role == Role::Proxy {
-        return Err("role proxy is not available yet: it needs the matching-plugin pipeline; run matcher or standalone".into());
+        return Err(String::from("role proxy is not available yet: it needs the matching-plugin pipeline; run matcher or standalone").into());
     }
     let addr = (config.server.host.clone(), config.port());
     let listener = TcpListener::bind(&addr).map_err(|e| format!("cannot listen on {}:{}: {e}", addr.0, addr.1))?;
-    let core = core(&config)?;
+    let core = core(&config).map_err(|message| Failure { message, exit_code: 2 })?;
     let plugins = plugins(&config, &core)?;
     let state = state(&config, core, plugins.clone());
     let server = serve(&config, state, listener).map_err(|e| e.to_string())?;

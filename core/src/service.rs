@@ -15,7 +15,7 @@ use crate::descriptor::Versions;
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::Index;
 use crate::matching::Engine;
-use crate::store::{PostgresConfig, PostgresStore, Position, SqliteStore, Store, SyncStatus};
+use crate::store::{Position, PostgresConfig, PostgresStore, SqliteStore, Store, SyncStatus};
 
 /// The `[limits]` of api.md. Exceeding one is an error, never a truncation.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::http::header::HeaderName;
 use actix_web::http::StatusCode;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, CustomizeResponder, FromRequest, HttpMessage, HttpRequest, HttpResponse, Responder};
 use futures_util::future::{ready, Ready};
 use luna_core::api::*;
+use luna_core::store::Position;
 use luna_core::{Core, Error, ErrorCode};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -22,6 +24,9 @@ use super::AppState;
 use crate::pipeline;
 
 type Reply<T> = Result<Output<T>, ApiError>;
+
+/// A position in the shared store's change log: answered by writes, awaited by matches.
+pub const STORE_POSITION: HeaderName = HeaderName::from_static("luna-store-position");
 
 /// The `account_id` query parameter that scopes a request.
 pub struct Account(pub Option<Uuid>);
@@ -55,64 +60,108 @@ async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce(&Core) -> 
     web::block(move || f(&core)).await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?.map_err(ApiError)
 }
 
-pub async fn create_list(state: web::Data<AppState>, account: Account, body: Input<NewList>) -> Reply<CreatedList> {
-    Ok(Output::created(blocking(&state, move |c| c.create_list(account.0, body.0)).await?))
+/// A write's answer, with the shared store's position it committed at, so
+/// that a proxy can ask another instance for an answer that includes it.
+fn written<T>(out: T, position: Option<Position>) -> CustomizeResponder<T>
+where
+    T: Responder,
+{
+    let reply = out.customize();
+    match position {
+        Some(p) => reply.insert_header((STORE_POSITION, p.to_string())),
+        None => reply,
+    }
+}
+
+type Written<T> = Result<CustomizeResponder<Output<T>>, ApiError>;
+type WrittenEmpty = Result<CustomizeResponder<HttpResponse>, ApiError>;
+
+pub async fn create_list(state: web::Data<AppState>, account: Account, body: Input<NewList>) -> Written<CreatedList> {
+    let w = blocking(&state, move |c| c.create_list(account.0, body.0)).await?;
+    Ok(written(Output::created(w.value), w.position))
 }
 
 pub async fn get_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Reply<ListView> {
-    Ok(Output::ok(state.core.get_list(account.0, path_id(&req, "list_id")?)?))
+    Ok(Output::ok(state.core.get_list(account.0, path_id(&req, "list_id")?).await?))
 }
 
-pub async fn delete_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn delete_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> WrittenEmpty {
     let id = path_id(&req, "list_id")?;
-    blocking(&state, move |c| c.delete_list(account.0, id)).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let w = blocking(&state, move |c| c.delete_list(account.0, id)).await?;
+    Ok(written(HttpResponse::NoContent().finish(), w.position))
 }
 
-pub async fn patch_list_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<ListFacesPatch>) -> Result<HttpResponse, ApiError> {
+pub async fn patch_list_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<ListFacesPatch>) -> WrittenEmpty {
     let id = path_id(&req, "list_id")?;
-    blocking(&state, move |c| c.patch_list_faces(account.0, id, body.0)).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let w = blocking(&state, move |c| c.patch_list_faces(account.0, id, body.0)).await?;
+    Ok(written(HttpResponse::NoContent().finish(), w.position))
 }
 
-pub async fn create_face(state: web::Data<AppState>, account: Account, body: Input<NewFace>) -> Reply<CreatedFace> {
-    Ok(Output::created(blocking(&state, move |c| c.create_face(account.0, body.0)).await?))
+pub async fn create_face(state: web::Data<AppState>, account: Account, body: Input<NewFace>) -> Written<CreatedFace> {
+    let w = blocking(&state, move |c| c.create_face(account.0, body.0)).await?;
+    Ok(written(Output::created(w.value), w.position))
 }
 
-pub async fn create_faces(state: web::Data<AppState>, account: Account, body: Input<Vec<NewFace>>) -> Reply<CreatedFaces> {
-    Ok(Output::created(blocking(&state, move |c| c.create_faces(account.0, body.0)).await?))
+pub async fn create_faces(state: web::Data<AppState>, account: Account, body: Input<Vec<NewFace>>) -> Written<CreatedFaces> {
+    let w = blocking(&state, move |c| c.create_faces(account.0, body.0)).await?;
+    Ok(written(Output::created(w.value), w.position))
 }
 
 pub async fn get_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Reply<FaceView> {
-    Ok(Output::ok(state.core.get_face(account.0, path_id(&req, "face_id")?)?))
+    Ok(Output::ok(state.core.get_face(account.0, path_id(&req, "face_id")?).await?))
 }
 
-pub async fn delete_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn delete_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> WrittenEmpty {
     let id = path_id(&req, "face_id")?;
-    blocking(&state, move |c| c.delete_face(account.0, id)).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let w = blocking(&state, move |c| c.delete_face(account.0, id)).await?;
+    Ok(written(HttpResponse::NoContent().finish(), w.position))
+}
+
+/// Wait for the store position the request names, if it names one: the
+/// `Luna-Store-Position` header or the `store_position` query parameter.
+async fn include_position(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    #[derive(Deserialize)]
+    struct Q {
+        store_position: Option<String>,
+    }
+    let header = req.headers().get(STORE_POSITION).map(|v| ("Luna-Store-Position", v.to_str().unwrap_or("").to_owned()));
+    let query = || serde_urlencoded::from_str::<Q>(req.query_string()).ok()?.store_position.map(|p| ("store_position", p));
+    let Some((name, text)) = header.or_else(query) else { return Ok(()) };
+    let position: Position = text.parse().map_err(|e| ApiError::new(ErrorCode::BadQueryParameter, format!("{name}: {e}")))?;
+    Ok(state.core.wait_for(position).await?)
 }
 
 pub async fn match_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<MatchFacesRequest>) -> Reply<Vec<ReferenceMatches>> {
+    include_position(&state, &req).await?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let (references, reports) = pipeline::match_faces(&state.core, state.matching_plugins(), account.0, &request_id, body.0).await?;
     req.extensions_mut().insert(reports);
     Ok(Output::ok(references))
 }
 
-pub async fn match_raw(state: web::Data<AppState>, body: Input<MatchRawRequest>) -> Reply<Vec<RawReferenceMatches>> {
+pub async fn match_raw(state: web::Data<AppState>, req: HttpRequest, body: Input<MatchRawRequest>) -> Reply<Vec<RawReferenceMatches>> {
+    include_position(&state, &req).await?;
     Ok(Output::ok(state.core.match_raw(body.0).await?))
+}
+
+/// What this instance matches from, for a proxy to route by.
+pub async fn cache(state: web::Data<AppState>) -> Reply<CacheReport> {
+    Ok(Output::ok(state.core.cache_report()))
 }
 
 pub async fn healthcheck(state: web::Data<AppState>) -> HttpResponse {
     let start = Instant::now();
+    let mut starting: Vec<_> = state.core.loading().map(|why| json!({"component": "store", "error": why})).into_iter().collect();
     if let Some(plugins) = state.plugins.as_ref().filter(|p| !p.ready()) {
-        let starting: Vec<_> = plugins
-            .reports()
-            .into_iter()
-            .filter(|r| r.state == PluginState::Loading)
-            .map(|r| json!({"component": format!("plugin:{}", r.name), "error": "starting"}))
-            .collect();
+        starting.extend(
+            plugins
+                .reports()
+                .into_iter()
+                .filter(|r| r.state == PluginState::Loading)
+                .map(|r| json!({"component": format!("plugin:{}", r.name), "error": "starting"})),
+        );
+    }
+    if !starting.is_empty() {
         return HttpResponse::ServiceUnavailable().json(json!({"errors": starting}));
     }
     let core: Arc<Core> = state.core.clone();

@@ -56,7 +56,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/1/faces/bulk", vec![web::post().to(h::create_faces)]))
         .service(resource("/1/faces/{face_id}", vec![web::get().to(h::get_face), web::delete().to(h::delete_face)]))
         .service(resource("/1/matcher/faces", vec![web::post().to(h::match_faces)]))
-        .service(resource("/1/matcher/raw", vec![web::post().to(h::match_raw)]));
+        .service(resource("/1/matcher/raw", vec![web::post().to(h::match_raw)]))
+        .service(resource("/1/matcher/cache", vec![web::get().to(h::cache)]));
 }
 
 /// The application, as the server runs it and as the tests drive it.

@@ -98,9 +98,7 @@ pub(super) fn describe_error(e: &tokio_postgres::Error) -> String {
 pub(super) fn pg_error(e: tokio_postgres::Error) -> Error {
     let lost = e.is_closed()
         || match e.code() {
-            Some(code) => {
-                code.code().starts_with("08") || [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code)
-            }
+            Some(code) => code.code().starts_with("08") || [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code),
             // Not the server's answer: the socket, the protocol or a timeout.
             None => e.as_db_error().is_none(),
         };
@@ -391,7 +389,10 @@ pub(super) fn stored_face(r: &Row, versions: &Versions) -> Result<(VersionSpec, 
 pub(super) fn checked_spec(versions: &Versions, face_id: Uuid, version: u32, len: usize) -> Result<VersionSpec> {
     let spec = *versions.get(version).map_err(|e| Error::storage(format!("stored face {face_id}: {}", e.detail)))?;
     if len != spec.payload_len() {
-        return Err(Error::storage(format!("stored face {face_id}: version {version} descriptor is {len} bytes, the version table says {}", spec.payload_len())));
+        return Err(Error::storage(format!(
+            "stored face {face_id}: version {version} descriptor is {len} bytes, the version table says {}",
+            spec.payload_len()
+        )));
     }
     Ok(spec)
 }
