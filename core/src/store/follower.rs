@@ -3,8 +3,8 @@
 //! what PostgreSQL holds.
 //!
 //! The log is ordered by (transaction id, sequence) and read only below the
-//! reader's snapshot xmin, where every transaction has finished: one that
-//! commits late is read when it is done, never skipped. A change is applied by
+//! reader's snapshot horizon, where every transaction that can write it has
+//! finished: one that commits late is read when it is done, never skipped. A change is applied by
 //! re-reading the changed rows as they are now, so applying one twice is
 //! harmless. LISTEN/NOTIFY only wakes the follower; it also reads the log
 //! every `poll_interval` and after every reconnect.
@@ -30,6 +30,13 @@ use crate::catalog::StoredFace;
 use crate::descriptor::{Descriptor, VersionSpec, Versions};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceRecord, Index, ListRecord};
+
+/// The transaction id below which the log can be read from this snapshot:
+/// every transaction below it has finished, or runs in another database and
+/// so never writes this log. The snapshot's xmin alone would let a long
+/// transaction anywhere on the server hold every instance back.
+const HORIZON: &str = "SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snapshot())) FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.backend_xid = xid(x) AND a.datname <> current_database())";
 
 /// The channel the change log's triggers notify.
 const CHANNEL: &str = "luna_matcher_changes";
@@ -181,7 +188,10 @@ impl Follower {
                 }
                 self.reload(&mut client).await?;
             }
-            *backoff = BACKOFF_FIRST;
+            if *backoff > BACKOFF_FIRST {
+                log::info!("store: following {} again, at position {}", describe(&self.pg), *self.position.borrow());
+                *backoff = BACKOFF_FIRST;
+            }
             if Instant::now() >= next_trim {
                 if let Err(e) = self.trim(&client).await {
                     log::warn!("store: trimming the change log: {}", e.detail);
@@ -330,28 +340,25 @@ impl Follower {
     async fn read_changes(&self, client: &mut Client, from: Position) -> Result<std::result::Result<Batch, Reload>> {
         let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await.map_err(pg_error)?;
         let (from_xid, from_seq) = (from.xid.to_string(), from.seq);
-        let mark = tx
-            .query_one("SELECT xid::text::bigint, seq, pg_snapshot_xmin(pg_current_snapshot())::text::bigint FROM change_log_trimmed", &[])
-            .await
-            .map_err(pg_error)?;
+        let mark = tx.query_one(&format!("SELECT xid::text::bigint, seq, ({HORIZON})::text::bigint FROM change_log_trimmed"), &[]).await.map_err(pg_error)?;
         let trimmed = Position { xid: mark.get::<_, i64>(0) as u64, seq: mark.get(1) };
         if trimmed > from {
             return Ok(Err(Reload::Trimmed(trimmed)));
         }
-        let xmin = mark.get::<_, i64>(2) as u64;
+        let horizon = mark.get::<_, i64>(2) as u64;
         let changes = tx
             .query(
                 "SELECT xid::text::bigint, seq, kind, id FROM change_log
-                 WHERE (xid, seq) > ($1::text::xid8, $2) AND xid < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY xid, seq LIMIT $3",
-                &[&from_xid, &from_seq, &BATCH],
+                 WHERE (xid, seq) > ($1::text::xid8, $2) AND xid < $3::text::xid8
+                 ORDER BY xid, seq LIMIT $4",
+                &[&from_xid, &from_seq, &horizon.to_string(), &BATCH],
             )
             .await
             .map_err(pg_error)?;
         let full = changes.len() as i64 == BATCH;
         let last = changes.last().map(|r| Position { xid: r.get::<_, i64>(0) as u64, seq: r.get(1) });
-        // Drained: every transaction below xmin is applied, so the position moves up to it.
-        let position = if full { last.unwrap_or(from) } else { last.unwrap_or(from).max(from.max(Position { xid: xmin, seq: 0 })) };
+        // Drained: every transaction below the horizon is applied, so the position moves up to it.
+        let position = if full { last.unwrap_or(from) } else { last.unwrap_or(from).max(from.max(Position { xid: horizon, seq: 0 })) };
         let (mut list_ids, mut face_ids) = (Vec::new(), Vec::new());
         for r in &changes {
             match r.get::<_, i8>(2) as u8 {

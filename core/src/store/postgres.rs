@@ -113,9 +113,21 @@ fn pool_error(e: PoolError) -> Error {
     }
 }
 
+/// The store's own runtime, shut down without blocking when dropped: the
+/// store may be dropped inside another runtime, where blocking is refused.
+struct OwnRuntime(Option<Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 pub struct PostgresStore {
-    /// Owned so it outlives every task on it; shut down without blocking on drop.
-    runtime: Option<Runtime>,
+    /// Owned so it outlives every task on it.
+    _runtime: OwnRuntime,
     handle: Handle,
     pool: Pool,
     follower: Arc<Follower>,
@@ -135,8 +147,10 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(|e| Error::storage(format!("store runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let runtime = OwnRuntime(Some(runtime));
         // Its own thread: the caller may be inside another runtime, where blocking on this one is refused.
-        std::thread::scope(|s| s.spawn(|| runtime.block_on(migrate(&pg))).join()).map_err(|_| Error::storage("migration panicked"))??;
+        std::thread::scope(|s| s.spawn(|| handle.block_on(migrate(&pg))).join()).map_err(|_| Error::storage("migration panicked"))??;
         let manager = Manager::from_config(pg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(config.pool_size)
@@ -146,8 +160,8 @@ impl PostgresStore {
             .build()
             .map_err(|e| Error::storage(format!("connection pool: {e}")))?;
         let follower = Arc::new(Follower::new(pg, versions.clone(), index, config.scope, config.poll_interval, config.changes_retention));
-        runtime.spawn(follower.clone().run());
-        Ok(PostgresStore { handle: runtime.handle().clone(), runtime: Some(runtime), pool, follower, versions, position_wait: config.position_wait })
+        handle.spawn(follower.clone().run());
+        Ok(PostgresStore { _runtime: runtime, handle, pool, follower, versions, position_wait: config.position_wait })
     }
 
     /// Run a read on the store's runtime, where its connections live, from any executor.
@@ -187,14 +201,6 @@ impl PostgresStore {
             }
         }
         Ok(position)
-    }
-}
-
-impl Drop for PostgresStore {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -305,7 +311,9 @@ async fn migrate(pg: &PgConfig) -> Result<()> {
 async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::result::Result<(), tokio_postgres::Error> {
     let mut lists: Vec<&ListRecord> = Vec::new();
     let mut faces: Vec<(&Descriptor, &FaceRecord)> = Vec::new();
-    let (mut attach, mut detach): (Vec<(Uuid, Uuid)>, Vec<(Uuid, Uuid)>) = (Vec::new(), Vec::new());
+    // (list_id, face_id) pairs.
+    let mut attach: Vec<(Uuid, Uuid)> = Vec::new();
+    let mut detach: Vec<(Uuid, Uuid)> = Vec::new();
     let (mut gone_faces, mut gone_lists) = (Vec::new(), Vec::new());
     for op in ops {
         match op {
