@@ -28,7 +28,7 @@ fn op(summary: &str, request: Option<&str>, code: &str, description: &str) -> Va
 }
 
 /// Every documented path, also used by the tests to check each one is routed.
-pub const PATHS: [&str; 13] = [
+pub const PATHS: [&str; 14] = [
     "/healthcheck",
     "/1/plugins",
     "/1/version",
@@ -42,6 +42,7 @@ pub const PATHS: [&str; 13] = [
     "/1/faces/{face_id}",
     "/1/matcher/faces",
     "/1/matcher/raw",
+    "/1/matcher/cache",
 ];
 
 pub fn document() -> Value {
@@ -59,8 +60,9 @@ pub fn document() -> Value {
         PATHS[8]: {"post": op("Create a face", Some("NewFace"), "201", "face_id and url")},
         PATHS[9]: {"post": op("Create many faces in one transaction: all or nothing", Some("NewFaces"), "201", "face_ids in input order")},
         PATHS[10]: {"get": op("Read a face", None, "200", "the face"), "delete": op("Delete a face", None, "204", "deleted")},
-        PATHS[11]: {"post": op("Match references against faces of the store", Some("MatchFaces"), "200", "one element per reference")},
+        PATHS[11]: {"post": op("Match references against faces of the store; a Luna-Store-Position header (or store_position parameter) waits until that write of a shared store is applied", Some("MatchFaces"), "200", "one element per reference")},
         PATHS[12]: {"post": op("Match descriptors against descriptors", Some("MatchRaw"), "200", "one element per reference")},
+        PATHS[13]: {"get": op("What this instance matches from: backend, cached lists, readiness, applied store position, faces", None, "200", "the cache report")},
     });
     let descriptor = json!({"type": "object", "required": ["data"], "properties": {
         "data": {"type": "string", "format": "byte", "description": "SDK container (dp\\0\\0 + u32 LE version + payload) or raw payload"},
