@@ -60,16 +60,17 @@ class Instance:
         self.binary, self.env, self.data_dir = binary, env, data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="luna-bench-", suffix=".log", delete=False)
+        self.log = os.path.join(tempfile.mkdtemp(prefix="luna-bench-"), "service.log")
         self.proc = None
 
     def start(self):
         """Start and wait until /healthcheck answers 200; the seconds it took."""
         env = dict(os.environ, RUST_LOG="info", LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS="[]", **self.env)
         started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [self.binary, "--role", "matcher", "--port", str(self.port), "--data-dir", self.data_dir],
-            env=env, stdout=self.log, stderr=self.log)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--role", "matcher", "--port", str(self.port), "--data-dir", self.data_dir],
+                env=env, stdout=log, stderr=log)
         while True:
             try:
                 with urllib.request.urlopen(f"{self.url}/healthcheck", timeout=5) as r:
@@ -78,7 +79,7 @@ class Instance:
             except OSError:
                 pass
             if self.proc.poll() is not None:
-                raise SystemExit(f"the service exited; log {self.log.name}")
+                raise SystemExit(f"the service exited; log {self.log}")
             time.sleep(0.005)
 
     def stop(self):
@@ -87,7 +88,8 @@ class Instance:
 
     def load_log(self):
         """(faces, seconds) of the last 'store: loaded' line of a shared store."""
-        text = open(self.log.name).read()
+        with open(self.log) as log:
+            text = log.read()
         found = re.findall(r"store: loaded (\d+) faces .* in ([0-9.]+) s", text)
         return (int(found[-1][0]), float(found[-1][1])) if found else None
 
@@ -123,7 +125,7 @@ def match_latency(instance, list_id, rounds):
 
 def percentile(values, p):
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 def lag(binary, seconds, rate, background):
@@ -216,7 +218,7 @@ def main():
         psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
     n = args.faces
-    print(f"\n| | SQLite | PostgreSQL |\n|---|---|---|")
+    print("\n| | SQLite | PostgreSQL |\n|---|---|---|")
     s, pg = results["SQLite"], results["PostgreSQL"]
     print(f"| bulk import ({args.batch} faces a request) | {s['import']:,.0f} faces/s | {pg['import']:,.0f} faces/s |")
     print(f"| start-up until /healthcheck is 200, {n:,} faces (median of {args.loads}) | {s['start']:.2f} s ({n / s['start']:,.0f} faces/s) "

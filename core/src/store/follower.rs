@@ -272,12 +272,12 @@ impl Follower {
     }
 
     /// Read the store into a new index from one REPEATABLE READ snapshot,
-    /// with binary COPY. Its position is the snapshot's xmin: every
-    /// transaction below it is in the snapshot or rolled back, and those not
-    /// in it are applied from the log afterwards.
+    /// with binary COPY. Its position is the snapshot's horizon: every
+    /// transaction below it that wrote the store is in the snapshot, and
+    /// those not in it are applied from the log afterwards.
     async fn load(&self, client: &mut Client) -> Result<(Index, Position, u64)> {
         let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await.map_err(pg_error)?;
-        let xmin: i64 = tx.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", &[]).await.map_err(pg_error)?.get(0);
+        let horizon: i64 = tx.query_one(&format!("SELECT ({HORIZON})::text::bigint"), &[]).await.map_err(pg_error)?.get(0);
         let (lists_in_scope, faces_in_scope) = scope_sql(&self.scope);
         let mut index = Index::default();
 
@@ -332,7 +332,7 @@ impl Follower {
         }
         tx.commit().await.map_err(pg_error)?;
         self.state.lock().unreadable_faces += unreadable;
-        Ok((index, Position { xid: xmin as u64, seq: 0 }, faces))
+        Ok((index, Position { xid: horizon as u64, seq: 0 }, faces))
     }
 
     /// The changes after `from` that can be applied now, and the rows they
