@@ -10,10 +10,12 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -54,13 +56,12 @@ def position(text):
 
 
 class Instance:
-    """One luna-matcher process, role matcher, no plugins."""
+    """One luna-matcher process, role matcher, no plugins, logging into `log`."""
 
-    def __init__(self, binary, env, data_dir):
-        self.binary, self.env, self.data_dir = binary, env, data_dir
+    def __init__(self, binary, env, data_dir, log):
+        self.binary, self.env, self.data_dir, self.log = binary, env, data_dir, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = os.path.join(tempfile.mkdtemp(prefix="luna-bench-"), "service.log")
         self.proc = None
 
     def start(self):
@@ -83,44 +84,26 @@ class Instance:
             time.sleep(0.005)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=120)
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=120)
 
     def load_log(self):
         """(faces, seconds) of the last 'store: loaded' line of a shared store."""
         with open(self.log) as log:
-            text = log.read()
-        found = re.findall(r"store: loaded (\d+) faces .* in ([0-9.]+) s", text)
+            found = re.findall(r"store: loaded (\d+) faces .* in ([0-9.]+) s", log.read())
         return (int(found[-1][0]), float(found[-1][1])) if found else None
 
 
-def bodies(n, batch, list_id):
+def bodies(n, batch):
+    """Bulk bodies of random faces in the list named @LIST@."""
     rng = random.Random(7)
     out = []
     for start in range(0, n, batch):
-        faces = [{"account_id": ACCOUNT, "descriptor": {"data": base64.b64encode(rng.randbytes(512)).decode()}, "lists": [list_id]}
+        faces = [{"account_id": ACCOUNT, "descriptor": {"data": base64.b64encode(rng.randbytes(512)).decode()}, "lists": ["@LIST@"]}
                  for _ in range(min(batch, n - start))]
         out.append(json.dumps(faces).encode())
     return out
-
-
-def bulk_import(instance, payloads, n):
-    started = time.perf_counter()
-    for body in payloads:
-        post(f"{instance.url}/1/faces/bulk", body, raw=True)
-    return n / (time.perf_counter() - started)
-
-
-def match_latency(instance, list_id, rounds):
-    rng = random.Random(11)
-    times = []
-    for _ in range(rounds):
-        q = {"references": [{"type": "descriptor", "data": base64.b64encode(rng.randbytes(512)).decode()}],
-             "candidates": [{"filters": {"origin": "faces", "list_id": list_id}, "limit": 3}]}
-        started = time.perf_counter()
-        post(f"{instance.url}/1/matcher/faces", q)
-        times.append(time.perf_counter() - started)
-    return percentile(times, 50), percentile(times, 99)
 
 
 def percentile(values, p):
@@ -128,13 +111,19 @@ def percentile(values, p):
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-def lag(binary, seconds, rate, background):
+def timed(f):
+    started = time.perf_counter()
+    f()
+    return time.perf_counter() - started
+
+
+def lag(binary, work, seconds, rate, background):
     """Writes through A at `rate`/s beside `background` faces/s in bulks; for
     each, the time from A's answer until B has applied its store position."""
     db = f"luna_bench_{uuid.uuid4().hex}"
     psql(f"CREATE DATABASE {db}")
     env = {"LUNA_MATCHER__STORAGE__BACKEND": "postgres", "LUNA_MATCHER__STORAGE__DSN": f"{SERVER}/{db}"}
-    a, b = Instance(binary, env, tempfile.mkdtemp()), Instance(binary, env, tempfile.mkdtemp())
+    a, b = Instance(binary, env, work, os.path.join(work, "a.log")), Instance(binary, env, work, os.path.join(work, "b.log"))
     try:
         a.start()
         b.start()
@@ -169,9 +158,8 @@ def lag(binary, seconds, rate, background):
         bg.join()
         return percentile(lags, 50), percentile(lags, 99), len(lags)
     finally:
-        for i in (a, b):
-            if i.proc and i.proc.poll() is None:
-                i.stop()
+        a.stop()
+        b.stop()
         psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
@@ -184,50 +172,62 @@ def main():
     p.add_argument("--match-rounds", type=int, default=200)
     p.add_argument("--lag-seconds", type=int, default=30)
     args = p.parse_args()
+    # SIGTERM ends the run through the clean-up below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
+    n = args.faces
     db = f"luna_bench_{uuid.uuid4().hex}"
     psql(f"CREATE DATABASE {db}")
     work = tempfile.mkdtemp(prefix="luna-bench-")
-    backends = {
-        "SQLite": Instance(args.binary, {}, os.path.join(work, "sqlite")),
-        "PostgreSQL": Instance(args.binary, {"LUNA_MATCHER__STORAGE__BACKEND": "postgres", "LUNA_MATCHER__STORAGE__DSN": f"{SERVER}/{db}"}, work),
-    }
-    results = {}
+    env = {"LUNA_MATCHER__STORAGE__BACKEND": "postgres", "LUNA_MATCHER__STORAGE__DSN": f"{SERVER}/{db}"}
+    # Both run at once and every measurement alternates between them, so
+    # whatever else the machine does weighs on both alike.
+    backends = {"SQLite": Instance(args.binary, {}, os.path.join(work, "sqlite"), os.path.join(work, "sqlite.log")),
+                "PostgreSQL": Instance(args.binary, env, work, os.path.join(work, "postgres.log"))}
+    stats = {name: {"import": 0.0, "match": [], "start": [], "inner": []} for name in backends}
     try:
+        lists = {}
         for name, instance in backends.items():
             instance.start()
-            _, created = post(f"{instance.url}/1/lists", {"account_id": ACCOUNT})
-            list_id = created["list_id"]
-            payloads = bodies(args.faces, args.batch, list_id)
-            rate = bulk_import(instance, payloads, args.faces)
-            del payloads
-            p50, p99 = match_latency(instance, list_id, args.match_rounds)
+            lists[name] = post(f"{instance.url}/1/lists", {"account_id": ACCOUNT})[1]["list_id"]
+        for body in bodies(n, args.batch):
+            for name, instance in backends.items():
+                sent = body.replace(b"@LIST@", lists[name].encode())
+                stats[name]["import"] += timed(lambda i=instance, b=sent: post(f"{i.url}/1/faces/bulk", b, raw=True))
+        rng = random.Random(11)
+        for _ in range(args.match_rounds):
+            data = base64.b64encode(rng.randbytes(512)).decode()
+            for name, instance in backends.items():
+                q = {"references": [{"type": "descriptor", "data": data}],
+                     "candidates": [{"filters": {"origin": "faces", "list_id": lists[name]}, "limit": 3}]}
+                stats[name]["match"].append(timed(lambda i=instance, q=q: post(f"{i.url}/1/matcher/faces", q)))
+        for instance in backends.values():
             instance.stop()
-            loads, inner = [], []
-            for _ in range(args.loads):
-                loads.append(instance.start())
-                inner.append(instance.load_log())
+        for _ in range(args.loads):
+            for name, instance in backends.items():
+                stats[name]["start"].append(instance.start())
+                stats[name]["inner"].append(instance.load_log())
                 instance.stop()
-            results[name] = {"import": rate, "match": (p50, p99), "start": statistics.median(loads), "inner": inner[len(inner) // 2]}
-            print(f"{name}: {results[name]}", flush=True)
-        lag_p50, lag_p99, samples = lag(args.binary, args.lag_seconds, 20, 500)
+        lag_p50, lag_p99, samples = lag(args.binary, work, args.lag_seconds, 20, 500)
     finally:
-        for i in backends.values():
-            if i.proc and i.proc.poll() is None:
-                i.stop()
+        for instance in backends.values():
+            instance.stop()
         psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        shutil.rmtree(work, ignore_errors=True)
 
-    n = args.faces
+    s, pg = stats["SQLite"], stats["PostgreSQL"]
+    start = {name: statistics.median(v["start"]) for name, v in stats.items()}
     print("\n| | SQLite | PostgreSQL |\n|---|---|---|")
-    s, pg = results["SQLite"], results["PostgreSQL"]
-    print(f"| bulk import ({args.batch} faces a request) | {s['import']:,.0f} faces/s | {pg['import']:,.0f} faces/s |")
-    print(f"| start-up until /healthcheck is 200, {n:,} faces (median of {args.loads}) | {s['start']:.2f} s ({n / s['start']:,.0f} faces/s) "
-          f"| {pg['start']:.2f} s ({n / pg['start']:,.0f} faces/s) |")
-    if pg["inner"]:
-        faces, secs = pg["inner"]
-        print(f"| of which the load itself (PostgreSQL's log line) | | {secs:.2f} s ({faces / secs:,.0f} faces/s) |")
+    print(f"| bulk import, {n:,} faces in requests of {args.batch:,} | {n / s['import']:,.0f} faces/s | {n / pg['import']:,.0f} faces/s |")
+    print(f"| start-up until /healthcheck is 200, {n:,} faces (median of {args.loads}) | {start['SQLite']:.2f} s ({n / start['SQLite']:,.0f} faces/s) "
+          f"| {start['PostgreSQL']:.2f} s ({n / start['PostgreSQL']:,.0f} faces/s) |")
+    inner = sorted(x for x in pg["inner"] if x)
+    if inner:
+        faces, secs = inner[len(inner) // 2]
+        print(f"| of which the load (the service's log line) | | {secs:.2f} s ({faces / secs:,.0f} faces/s) |")
     print(f"| /1/matcher/faces, one descriptor against the {n:,}-face list, top-3, sequential: p50 / p99 "
-          f"| {s['match'][0] * 1000:.1f} / {s['match'][1] * 1000:.1f} ms | {pg['match'][0] * 1000:.1f} / {pg['match'][1] * 1000:.1f} ms |")
+          f"| {percentile(s['match'], 50) * 1000:.1f} / {percentile(s['match'], 99) * 1000:.1f} ms "
+          f"| {percentile(pg['match'], 50) * 1000:.1f} / {percentile(pg['match'], 99) * 1000:.1f} ms |")
     print(f"\nWrite-to-visible lag on a second instance ({samples} writes at 20/s beside 500 faces/s in bulks): "
           f"p50 {lag_p50 * 1000:.1f} ms, p99 {lag_p99 * 1000:.1f} ms")
 
