@@ -69,6 +69,22 @@ on_each_backend! {
         assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 5);
     }
 
+    fn text_a_store_cannot_keep_is_refused(store: Store) {
+        let s = TestServer::start_on(store);
+        let list = s.create_list(ACCOUNT);
+        let bad = [
+            ("/1/lists", json!({"account_id": ACCOUNT, "user_data": "a\u{0}b"}), "user_data"),
+            ("/1/faces", json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(1))}, "user_data": "\u{0}"}), "user_data"),
+            ("/1/faces", json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(1))}, "external_id": "x\u{0}", "lists": [list]}), "external_id"),
+        ];
+        for (path, body, field) in bad {
+            let r = s.json("POST", path, Some(&body));
+            assert_eq!((r.status, r.code()), (400, 11002), "{path} {body}");
+            assert!(r.json()["detail"].as_str().unwrap().contains(field), "{}", r.json());
+        }
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 0);
+    }
+
     fn a_restart_restores_everything(store: Store) {
         let mut s = TestServer::start_on(store);
         let list = s.create_list(ACCOUNT);

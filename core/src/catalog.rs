@@ -24,6 +24,7 @@ pub struct Written<T> {
 impl Core {
     pub fn create_list(&self, account: Option<Uuid>, new: NewList) -> Result<Written<CreatedList>> {
         same_account(account, new.account_id)?;
+        storable_text("user_data", &new.user_data)?;
         let list = ListRecord { list_id: Uuid::new_v4(), account_id: new.account_id, user_data: new.user_data, create_time: now(), face_count: 0 };
         let list_id = list.list_id;
         let position = self.store.write(&Reads::default(), Box::new(|_| Ok(vec![Op::CreateList(list)])))?;
@@ -107,6 +108,8 @@ impl Core {
 
     fn prepare_face(&self, owners: &dyn Owners, account: Option<Uuid>, new: NewFace) -> Result<Op> {
         same_account(account, new.account_id)?;
+        storable_text("user_data", &new.user_data)?;
+        storable_text("external_id", new.external_id.as_deref().unwrap_or(""))?;
         let descriptor = self.versions.parse(&new.descriptor.data.decode()?, new.descriptor.version)?;
         let spec = *self.versions.get(descriptor.version)?;
         let mut lists = SmallVec::new();
@@ -195,6 +198,14 @@ fn same_account(request: Option<Uuid>, body: Uuid) -> Result<()> {
         Some(a) if a != body => Err(Error::new(ErrorCode::AccountMismatch, format!("account_id {body} is not the request's account {a}"))),
         _ => Ok(()),
     }
+}
+
+/// Text both stores keep as given: PostgreSQL's text cannot hold NUL.
+fn storable_text(field: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(Error::new(ErrorCode::SchemaViolation, format!("{field}: a NUL character cannot be stored")));
+    }
+    Ok(())
 }
 
 fn list_not_found(list_id: Uuid) -> Error {
