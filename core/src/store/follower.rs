@@ -9,7 +9,7 @@
 //! harmless. LISTEN/NOTIFY only wakes the follower; it also reads the log
 //! every `poll_interval` and after every reconnect.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +59,10 @@ pub(super) struct Follower {
     /// The last change applied.
     position: watch::Sender<Position>,
     state: Mutex<State>,
+    /// Transactions of this instance that only created rows, already in
+    /// memory as committed: nothing to re-read. (A write that changes
+    /// existing rows is re-read: a concurrent one may have committed after it.)
+    own_creations: Mutex<HashSet<u64>>,
 }
 
 struct State {
@@ -121,8 +125,15 @@ impl Follower {
             poll_interval,
             retention,
             position: watch::Sender::new(Position::default()),
+            own_creations: Mutex::new(HashSet::new()),
             state: Mutex::new(State { loading: Some("loading".into()), lag_seconds: 0.0, loaded_faces: 0, loads: 0, unreadable_faces: 0 }),
         }
+    }
+
+    /// A transaction of this instance that only created rows, applied to
+    /// memory; call it under the apply lock, before the log can be read past it.
+    pub fn created(&self, xid: u64) {
+        self.own_creations.lock().insert(xid);
     }
 
     /// Whether the first load is in place.
@@ -212,18 +223,24 @@ impl Follower {
         let _apply = self.apply.write().await;
         loop {
             let from = *self.position.borrow();
-            let batch = match self.read_changes(client, from).await? {
+            let batch = match self.read_changes(client, from, true).await? {
                 Ok(batch) => batch,
                 Err(reload) => return Ok(Err(reload)),
             };
             let (position, full) = (batch.position, batch.full);
             self.note(&batch);
             batch.apply(&mut self.index.write(), &self.scope);
-            self.position.send_replace(position);
+            self.passed(position);
             if !full {
                 return Ok(Ok(()));
             }
         }
+    }
+
+    /// Every change up to `position` is in memory.
+    fn passed(&self, position: Position) {
+        self.position.send_replace(position);
+        self.own_creations.lock().retain(|xid| *xid >= position.xid);
     }
 
     fn note(&self, batch: &Batch) {
@@ -241,7 +258,8 @@ impl Follower {
         // included, are applied to the new index before anyone matches from it.
         let _apply = self.apply.write().await;
         loop {
-            let batch = match self.read_changes(client, position).await? {
+            // The new index has none of this instance's own writes yet: no skipping.
+            let batch = match self.read_changes(client, position, false).await? {
                 Ok(batch) => batch,
                 Err(_) => return Err(Error::storage("the change log moved past the load: loading again")),
             };
@@ -255,7 +273,7 @@ impl Follower {
         }
         let lists = index.lists.len();
         *self.index.write() = index;
-        self.position.send_replace(position);
+        self.passed(position);
         {
             let mut s = self.state.lock();
             s.loading = None;
@@ -337,7 +355,7 @@ impl Follower {
 
     /// The changes after `from` that can be applied now, and the rows they
     /// touched, all from one snapshot.
-    async fn read_changes(&self, client: &mut Client, from: Position) -> Result<std::result::Result<Batch, Reload>> {
+    async fn read_changes(&self, client: &mut Client, from: Position, skip_own: bool) -> Result<std::result::Result<Batch, Reload>> {
         let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start().await.map_err(pg_error)?;
         let (from_xid, from_seq) = (from.xid.to_string(), from.seq);
         let mark = tx.query_one(&format!("SELECT xid::text::bigint, seq, ({HORIZON})::text::bigint FROM change_log_trimmed"), &[]).await.map_err(pg_error)?;
@@ -360,7 +378,8 @@ impl Follower {
         // Drained: every transaction below the horizon is applied, so the position moves up to it.
         let position = if full { last.unwrap_or(from) } else { last.unwrap_or(from).max(from.max(Position { xid: horizon, seq: 0 })) };
         let (mut list_ids, mut face_ids) = (Vec::new(), Vec::new());
-        for r in &changes {
+        let own = if skip_own { self.own_creations.lock().clone() } else { HashSet::new() };
+        for r in changes.iter().filter(|r| !own.contains(&(r.get::<_, i64>(0) as u64))) {
             match r.get::<_, i8>(2) as u8 {
                 b'l' => list_ids.push(r.get::<_, Uuid>(3)),
                 b'f' | b'm' => face_ids.push(r.get::<_, Uuid>(3)),

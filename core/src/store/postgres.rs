@@ -195,9 +195,13 @@ impl PostgresStore {
         tx.commit().await.map_err(pg_error)?;
         // Before the first load is in place the load and its catch-up bring this write in.
         if self.follower.loaded() {
+            let only_creates = ops.iter().all(|op| matches!(op, Op::CreateList(_) | Op::CreateFace { .. }));
             let mut index = self.follower.index.write();
             for op in ops.into_iter().filter(|op| self.follower.scope.admits(op)) {
                 index.apply(op);
+            }
+            if let Some(p) = position.filter(|_| only_creates) {
+                self.follower.created(p.xid);
             }
         }
         Ok(position)
