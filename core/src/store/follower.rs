@@ -272,7 +272,9 @@ impl Follower {
             }
         }
         let lists = index.lists.len();
-        *self.index.write() = index;
+        // The old copy is freed outside the lock: matching does not wait for that.
+        let old = std::mem::replace(&mut *self.index.write(), index);
+        drop(old);
         self.passed(position);
         {
             let mut s = self.state.lock();
