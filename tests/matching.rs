@@ -1,5 +1,6 @@
 //! `/1/matcher/faces` and `/1/matcher/raw` over HTTP: ordering, limit,
-//! threshold, filters, targets and account isolation.
+//! threshold, filters, targets and account isolation; each test on SQLite and
+//! on PostgreSQL.
 
 mod common;
 

@@ -1,4 +1,5 @@
-//! The candidate store over HTTP: lists, faces, bulk import, persistence.
+//! The candidate store over HTTP, each test on SQLite and on PostgreSQL:
+//! lists, faces, bulk import, persistence.
 
 mod common;
 
