@@ -378,7 +378,7 @@ impl Follower {
         let full = changes.len() as i64 == BATCH;
         let last = changes.last().map(|r| Position { xid: r.get::<_, i64>(0) as u64, seq: r.get(1) });
         // Drained: every transaction below the horizon is applied, so the position moves up to it.
-        let position = if full { last.unwrap_or(from) } else { last.unwrap_or(from).max(from.max(Position { xid: horizon, seq: 0 })) };
+        let position = if full { last.unwrap_or(from) } else { last.unwrap_or(from).max(Position { xid: horizon, seq: 0 }) };
         let (mut list_ids, mut face_ids) = (Vec::new(), Vec::new());
         let own = if skip_own { self.own_creations.lock().clone() } else { HashSet::new() };
         for r in changes.iter().filter(|r| !own.contains(&(r.get::<_, i64>(0) as u64))) {
