@@ -472,14 +472,14 @@ fn a_slow_load_answers_503_and_a_failed_load_retries() {
     let mut lock = holder.transaction().unwrap();
     lock.batch_execute("LOCK TABLE faces IN ACCESS EXCLUSIVE MODE").unwrap();
     let b = Instance::spawn_only(&db, &[("LUNA_MATCHER__STORAGE__DSN", &format!("{}?options=-c%20statement_timeout%3D300", db.dsn()))]);
-    std::thread::sleep(Duration::from_millis(1200));
+    b.wait_for(|| b.log().contains("statement timeout"), "a failed load is logged");
     let health = b.call("GET", "/healthcheck", None);
     assert_eq!(health.status, 503, "the port is open, the load is not done");
     assert_eq!(health.json()["errors"][0]["component"], "store");
     let r = b.match_body(8, Some(&list));
     assert_eq!((r.status, r.code()), (503, 31011));
     assert!(b.log().contains("retrying in"), "a failed load says why and retries:\n{}", b.log());
-    assert!(b.log().contains("statement timeout"), "{}", b.log());
+    assert!(health.json()["errors"][0]["error"].as_str().unwrap().contains("load failed"), "{}", health.json());
     lock.rollback().unwrap();
     b.ready();
     assert_eq!(b.matched(8, Some(&list)), vec![face]);

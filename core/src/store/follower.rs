@@ -433,18 +433,14 @@ impl Follower {
     /// Trim the log rows older than the retention, and raise the watermark
     /// to the last trimmed: an instance behind it reloads.
     async fn trim(&self, client: &Client) -> Result<()> {
-        client
-            .execute(
-                "WITH gone AS (
-                     DELETE FROM change_log
-                     WHERE at < clock_timestamp() - make_interval(secs => $1) AND xid < pg_snapshot_xmin(pg_current_snapshot())
-                     RETURNING xid, seq),
-                 last AS (SELECT xid, seq FROM gone ORDER BY xid DESC, seq DESC LIMIT 1)
-                 UPDATE change_log_trimmed t SET xid = last.xid, seq = last.seq FROM last WHERE (last.xid, last.seq) > (t.xid, t.seq)",
-                &[&self.retention.as_secs_f64()],
-            )
-            .await
-            .map_err(pg_error)?;
+        let sql = format!(
+            "WITH gone AS (
+                 DELETE FROM change_log WHERE at < clock_timestamp() - make_interval(secs => $1) AND xid < ({HORIZON})
+                 RETURNING xid, seq),
+             last AS (SELECT xid, seq FROM gone ORDER BY xid DESC, seq DESC LIMIT 1)
+             UPDATE change_log_trimmed t SET xid = last.xid, seq = last.seq FROM last WHERE (last.xid, last.seq) > (t.xid, t.seq)"
+        );
+        client.execute(&sql, &[&self.retention.as_secs_f64()]).await.map_err(pg_error)?;
         Ok(())
     }
 }
