@@ -362,6 +362,31 @@ fn a_transaction_open_in_another_database_holds_no_instance_back() {
     open.commit().unwrap();
 }
 
+#[test]
+fn a_stored_face_the_version_table_cannot_read_is_left_out_and_counted() {
+    let db = TestDb::create();
+    let a = Instance::start(&db, &[]);
+    let list = a.create_list();
+    let mut psql = db.client();
+    let bad: String = psql
+        .query_one(
+            "WITH f AS (INSERT INTO faces (account_id, descriptor_version, descriptor) VALUES ($1::text::uuid, 62, '\\x0102') RETURNING face_id)
+             INSERT INTO list_faces (list_id, face_id) SELECT $2::text::uuid, face_id FROM f RETURNING face_id::text",
+            &[&ACCOUNT, &list],
+        )
+        .unwrap()
+        .get(0);
+    let good = insert_face(&mut psql, 1, &list, "good");
+    within("the readable face is matched", || a.matched(1, Some(&list)) == vec![good.clone()]);
+    assert_eq!(a.metric("luna_matcher_store_unreadable_faces"), 1.0);
+    assert!(a.log().contains(&format!("stored face {bad}")), "{}", a.log());
+    // A load leaves it out the same way.
+    let b = Instance::start(&db, &[]);
+    assert_eq!((b.matched(1, Some(&list)), b.metric("luna_matcher_store_unreadable_faces")), (vec![good], 1.0));
+    let r = b.call("GET", &format!("/1/faces/{bad}"), None);
+    assert_eq!((r.status, r.code()), (500, 10002));
+}
+
 fn insert_face_in(tx: &mut postgres::Transaction, seed: u64, list: &str) -> String {
     tx.query_one(
         "WITH f AS (INSERT INTO faces (account_id, descriptor_version, descriptor) VALUES ($1::text::uuid, 62, $2) RETURNING face_id)
