@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use luna_actors::settings::{duration, PluginsConfig};
+use luna_core::api::CacheScope;
 use luna_core::descriptor::{VersionSpec, Versions};
-use luna_core::Limits;
+use luna_core::store::PostgresConfig;
+use luna_core::{Limits, StoreConfig};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
+use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -63,20 +66,68 @@ impl Default for Server {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
+    pub backend: Backend,
     pub data_dir: PathBuf,
     /// The SQLite file; relative to `data_dir` unless absolute.
     pub path: PathBuf,
     /// Time between checkpoints that copy the WAL into the file and truncate it.
     #[serde(with = "duration")]
     pub checkpoint_interval: Duration,
+    /// PostgreSQL connection string (backend postgres), libpq URL or key=value.
+    pub dsn: String,
+    /// PostgreSQL connections for writes and reads of single records.
+    pub pool_size: usize,
+    /// Longest time between two reads of the shared store's change log.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// Age past which the change log is trimmed.
+    #[serde(with = "duration")]
+    pub changes_retention: Duration,
 }
 
 impl Default for Storage {
     fn default() -> Self {
-        Storage { data_dir: "data".into(), path: "luna-matcher.sqlite3".into(), checkpoint_interval: Duration::from_secs(60) }
+        Storage {
+            backend: Backend::Sqlite,
+            data_dir: "data".into(),
+            path: "luna-matcher.sqlite3".into(),
+            checkpoint_interval: Duration::from_secs(60),
+            dsn: String::new(),
+            pool_size: 8,
+            poll_interval: Duration::from_millis(200),
+            changes_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The lists this instance keeps in memory (backend postgres), as LUNA's
+/// `DESCRIPTORS_CACHE.cached_data.faces_lists`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cache {
+    /// Only these lists; absent: every list (and faces in no list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<Uuid>>,
+    /// Not these lists.
+    pub exclude: Vec<Uuid>,
+    /// Longest wait for a store position a matching request names.
+    #[serde(with = "duration")]
+    pub position_wait: Duration,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache { include: None, exclude: Vec::new(), position_wait: Duration::from_secs(2) }
     }
 }
 
@@ -122,6 +173,7 @@ impl Default for Shutdown {
 pub struct Config {
     pub server: Server,
     pub storage: Storage,
+    pub cache: Cache,
     pub matching: Matching,
     pub descriptors: Descriptors,
     pub limits: Limits,
@@ -140,6 +192,46 @@ impl Config {
 
     pub fn db_path(&self) -> PathBuf {
         self.storage.data_dir.join(&self.storage.path)
+    }
+
+    /// The store the core opens, and the setting that names it (for messages).
+    pub fn store(&self) -> (StoreConfig, String) {
+        match self.storage.backend {
+            Backend::Sqlite => (StoreConfig::Sqlite(self.db_path()), format!("storage.path ({})", self.db_path().display())),
+            Backend::Postgres => {
+                let pg = PostgresConfig {
+                    dsn: self.storage.dsn.clone(),
+                    pool_size: self.storage.pool_size,
+                    poll_interval: self.storage.poll_interval,
+                    changes_retention: self.storage.changes_retention,
+                    scope: CacheScope { include: self.cache.include.clone(), exclude: self.cache.exclude.clone() },
+                    position_wait: self.cache.position_wait,
+                };
+                (StoreConfig::Postgres(pg), "storage.dsn".into())
+            }
+        }
+    }
+
+    fn check_storage(&self) -> Result<(), String> {
+        let s = &self.storage;
+        match s.backend {
+            Backend::Postgres if s.dsn.is_empty() => return Err("config key storage.dsn: required with storage.backend = \"postgres\"".into()),
+            Backend::Postgres => luna_core::store::check_dsn(&s.dsn).map_err(|e| format!("config key storage.dsn: {e}"))?,
+            Backend::Sqlite if self.cache.include.is_some() || !self.cache.exclude.is_empty() => {
+                return Err("config key cache: caching only some lists needs storage.backend = \"postgres\"".into())
+            }
+            Backend::Sqlite => {}
+        }
+        if s.pool_size == 0 {
+            return Err("config key storage.pool_size: at least 1".into());
+        }
+        if s.poll_interval.is_zero() {
+            return Err("config key storage.poll_interval: must be positive".into());
+        }
+        if s.changes_retention < Duration::from_secs(1) {
+            return Err("config key storage.changes_retention: at least 1s".into());
+        }
+        Ok(())
     }
 
     pub fn versions(&self) -> Result<Versions, String> {
@@ -274,6 +366,7 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
 /// What the types alone do not check.
 fn check(config: &Config) -> Result<(), String> {
     config.versions()?;
+    config.check_storage()?;
     config.plugins.validate()?;
     if config.server.body_timeout.is_zero() {
         return Err("config key server.body_timeout: must be above 0ms, or every body would be refused".into());
@@ -426,6 +519,34 @@ mod tests {
         assert_eq!((c.max_connections(20_000), c.max_connections(1024)), (18_000, 768));
         let c = Config { server: Server { max_connections: 50, ..Default::default() }, ..Default::default() };
         assert_eq!(c.max_connections(20_000), 50);
+    }
+
+    #[test]
+    fn shared_store_settings_from_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = "6d3f2a5e-1111-4222-8333-444455556666";
+        let e = env(&[
+            ("LUNA_MATCHER__STORAGE__BACKEND", "postgres"),
+            ("LUNA_MATCHER__STORAGE__DSN", "postgresql://luna@h1:5432,h2:5432/faces?target_session_attrs=read-write"),
+            ("LUNA_MATCHER__STORAGE__POLL_INTERVAL", "50ms"),
+            ("LUNA_MATCHER__CACHE__INCLUDE", &format!(r#"["{list}"]"#)),
+        ]);
+        let c = load(&file_ok(&dir), true, &e, &Overrides::default()).unwrap();
+        assert_eq!((c.storage.backend, c.storage.poll_interval, c.storage.pool_size), (Backend::Postgres, Duration::from_millis(50), 8));
+        assert_eq!(c.cache.include, Some(vec![list.parse().unwrap()]));
+        let (store, setting) = c.store();
+        assert!(matches!(store, StoreConfig::Postgres(pg) if pg.scope.include == c.cache.include && pg.position_wait == Duration::from_secs(2)));
+        assert_eq!(setting, "storage.dsn");
+
+        let refused = |pairs: &[(&str, &str)], key: &str| {
+            let err = load(&file_ok(&dir), true, &env(pairs), &Overrides::default()).unwrap_err();
+            assert!(err.contains(key), "{err}");
+        };
+        refused(&[("LUNA_MATCHER__STORAGE__BACKEND", "postgres")], "storage.dsn");
+        refused(&[("LUNA_MATCHER__STORAGE__BACKEND", "postgres"), ("LUNA_MATCHER__STORAGE__DSN", "postgresql://[x")], "storage.dsn");
+        refused(&[("LUNA_MATCHER__STORAGE__BACKEND", "mysql")], "storage.backend");
+        refused(&[("LUNA_MATCHER__CACHE__EXCLUDE", &format!(r#"["{list}"]"#))], "cache");
+        refused(&[("LUNA_MATCHER__CACHE__INCLUDE", r#"["not-a-uuid"]"#)], "cache.include");
     }
 
     fn file_ok(dir: &tempfile::TempDir) -> std::path::PathBuf {

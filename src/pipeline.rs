@@ -33,7 +33,7 @@ pub async fn match_faces(
     request_id: &str,
     req: MatchFacesRequest,
 ) -> Result<(Vec<ReferenceMatches>, Vec<SubReport>)> {
-    let plan = core.plan_faces(account, req)?;
+    let plan = core.plan_faces(account, req).await?;
     let count = plan.subs().count();
     let mut answered: Vec<Option<SubResult>> = (0..count).map(|_| None).collect();
     let mut reports: Vec<Option<SubReport>> = vec![None; count];

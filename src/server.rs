@@ -11,15 +11,17 @@ use luna_actors::PluginHost;
 use luna_core::{Core, CoreConfig};
 use tokio::signal::unix;
 
-use crate::config::{Config, Role};
+use crate::config::{Backend, Config, Role};
 use crate::data_lock::DataLock;
 use crate::http::{self, openapi, AppState};
 use crate::telemetry::Telemetry;
 
-/// Open the store: the SQLite file, loaded into memory.
+/// Open the store: the SQLite file, loaded into memory; or PostgreSQL,
+/// connected to and migrated, loading into memory in the background.
 pub fn core(config: &Config) -> Result<Arc<Core>, String> {
-    let core = Core::open(CoreConfig { db_path: config.db_path(), versions: config.versions()?, limits: config.limits.clone(), threads: config.threads() })
-        .map_err(|e| format!("cannot open the store {}: {}", config.db_path().display(), e.detail))?;
+    let (store, setting) = config.store();
+    let core = Core::open(CoreConfig { store, versions: config.versions()?, limits: config.limits.clone(), threads: config.threads() })
+        .map_err(|e| format!("cannot open the store ({setting}): {}", e.detail))?;
     Ok(Arc::new(core))
 }
 
@@ -92,12 +94,16 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     if config.server.role == Role::Proxy {
         return Err(Failure::Failed("role proxy is not available yet: it needs the matching-plugin pipeline; run matcher or standalone".into()));
     }
-    let _lock = DataLock::acquire(&config.storage.data_dir).map_err(Failure::Refused)?;
+    // The embedded store has one owner; instances of a shared store share nothing on disk.
+    let _lock = match config.storage.backend {
+        Backend::Sqlite => Some(DataLock::acquire(&config.storage.data_dir).map_err(Failure::Refused)?),
+        Backend::Postgres => None,
+    };
     let nofile = raise_nofile();
     log::info!("descriptor limit {nofile}: at most {} client connections", config.max_connections(nofile));
     let addr = (config.server.host.clone(), config.port());
     let listener = TcpListener::bind(&addr).map_err(|e| Failure::Failed(format!("cannot listen on {}:{}: {e}", addr.0, addr.1)))?;
-    log::info!("opening the store {}", config.db_path().display());
+    log::info!("opening the store ({})", config.store().1);
     let core = tokio::select! {
         core = load_core(&config) => core.map_err(Failure::Refused)?,
         signal = signals.stop() => {
@@ -105,10 +111,8 @@ pub async fn run(config: Config) -> Result<(), Failure> {
             return Ok(());
         }
     };
-    if let Err(e) = core.check_store() {
-        log::error!("THE DATA DIRECTORY {} IS NOT WRITABLE: {e}. Writes fail and /healthcheck answers 502 until it is.", config.storage.data_dir.display());
-    }
-    let plugins = plugins(&config, &core).map_err(Failure::Failed)?;
+    // What stops plugins from starting is a setting: the directory, the environment.
+    let plugins = plugins(&config, &core).map_err(Failure::Refused)?;
     let state = state(&config, core.clone(), plugins.clone());
     let server = serve(&config, state, listener).map_err(|e| Failure::Failed(e.to_string()))?;
     log::info!("luna-matcher {} listening on {}:{} as {:?}", env!("CARGO_PKG_VERSION"), addr.0, addr.1, config.server.role);
@@ -171,14 +175,21 @@ impl Signals {
 }
 
 /// The store, opened and loaded on its own thread so that a signal meanwhile
-/// is answered at once.
+/// is answered at once; a store that cannot take writes is said loudly.
 async fn load_core(config: &Config) -> Result<Arc<Core>, String> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let config = config.clone();
     std::thread::Builder::new()
         .name("store-load".into())
         .spawn(move || {
-            let _ = tx.send(core(&config));
+            let core = core(&config);
+            if let Some(Err(e)) = core.as_ref().ok().filter(|_| config.storage.backend == Backend::Sqlite).map(|c| c.check_store()) {
+                log::error!(
+                    "THE DATA DIRECTORY {} IS NOT WRITABLE: {e}. Writes fail and /healthcheck answers 502 until it is.",
+                    config.storage.data_dir.display()
+                );
+            }
+            let _ = tx.send(core);
         })
         .map_err(|e| e.to_string())?;
     rx.await.map_err(|_| "the store loader stopped".to_string())?

@@ -175,6 +175,20 @@ impl Telemetry {
         for (version, n) in &store.faces_by_version {
             let _ = writeln!(out, "luna_matcher_store_faces{{descriptor_version=\"{version}\"}} {n}");
         }
+        if let Some(sync) = &store.sync {
+            let gauges: [(&str, &str, f64); 7] = [
+                ("luna_matcher_store_ready", "1 once the shared store is loaded into memory.", u8::from(sync.loading.is_none()).into()),
+                ("luna_matcher_store_position_xid", "Transaction id of the last change of the shared store applied.", sync.position.xid as f64),
+                ("luna_matcher_store_position_seq", "Sequence number of the last change of the shared store applied.", sync.position.seq as f64),
+                ("luna_matcher_store_lag_seconds", "Age of the oldest committed change of the shared store not applied yet.", sync.lag_seconds),
+                ("luna_matcher_store_loaded_faces", "Faces read by the last full load of the shared store.", sync.loaded_faces as f64),
+                ("luna_matcher_store_loads", "Full loads of the shared store since start-up.", sync.loads as f64),
+                ("luna_matcher_store_unreadable_faces", "Stored faces the version table cannot read, left out of memory.", sync.unreadable_faces as f64),
+            ];
+            for (name, help, value) in gauges {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            }
+        }
         type Counter = (&'static str, &'static str, fn(&PluginReport) -> u64);
         let counters: [Counter; 4] = [
             ("luna_matcher_plugin_calls_total", "Events and route calls a plugin handled.", |p| p.calls),

@@ -1,94 +1,167 @@
-//! The candidate store over HTTP: lists, faces, bulk import, persistence.
+//! The candidate store over HTTP, each test on SQLite and on PostgreSQL:
+//! lists, faces, bulk import, persistence.
 
 mod common;
 
 use common::*;
 use serde_json::json;
 
-#[test]
-fn lists_and_faces_round_trip() {
-    let s = TestServer::start();
-    let list = s.create_list(ACCOUNT);
-    let r = s.json("GET", &format!("/1/lists/{list}"), None);
-    assert_eq!(r.status, 200);
-    assert_eq!((r.json()["account_id"].as_str(), r.json()["face_count"].as_u64()), (Some(ACCOUNT), Some(0)));
+on_each_backend! {
+    fn lists_and_faces_round_trip(store: Store) {
+        let s = TestServer::start_on(store);
+        let list = s.create_list(ACCOUNT);
+        let r = s.json("GET", &format!("/1/lists/{list}"), None);
+        assert_eq!(r.status, 200);
+        assert_eq!((r.json()["account_id"].as_str(), r.json()["face_count"].as_u64()), (Some(ACCOUNT), Some(0)));
 
-    let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&sdk(59, &descriptor(1)))},
-                      "external_id": "ext-1", "user_data": "alice", "lists": [list, list]});
-    let r = s.json("POST", "/1/faces", Some(&body));
-    assert_eq!(r.status, 201);
-    let face = r.json()["face_id"].as_str().unwrap().to_owned();
-    assert_eq!(r.json()["url"], format!("/1/faces/{face}"));
+        let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&sdk(59, &descriptor(1)))},
+                          "external_id": "ext-1", "user_data": "alice", "lists": [list, list]});
+        let r = s.json("POST", "/1/faces", Some(&body));
+        assert_eq!(r.status, 201);
+        let face = r.json()["face_id"].as_str().unwrap().to_owned();
+        assert_eq!(r.json()["url"], format!("/1/faces/{face}"));
 
-    let f = s.json("GET", &format!("/1/faces/{face}"), None).json();
-    assert_eq!((f["external_id"].as_str(), f["user_data"].as_str(), f["descriptor_version"].as_u64()), (Some("ext-1"), Some("alice"), Some(59)));
-    assert_eq!(f["lists"], json!([list]));
-    assert!(f["create_time"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 1);
+        let f = s.json("GET", &format!("/1/faces/{face}"), None).json();
+        assert_eq!((f["external_id"].as_str(), f["user_data"].as_str(), f["descriptor_version"].as_u64()), (Some("ext-1"), Some("alice"), Some(59)));
+        assert_eq!(f["lists"], json!([list]));
+        assert!(f["create_time"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 1);
 
-    // detach, attach
-    let patch = |action: &str| s.json("PATCH", &format!("/1/lists/{list}/faces"), Some(&json!({"action": action, "face_ids": [face]})));
-    assert_eq!(patch("detach").status, 204);
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 0);
-    assert_eq!(patch("attach").status, 204);
-    assert_eq!(patch("attach").status, 204, "attaching twice is harmless");
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 1);
+        // detach, attach
+        let patch = |action: &str| s.json("PATCH", &format!("/1/lists/{list}/faces"), Some(&json!({"action": action, "face_ids": [face]})));
+        assert_eq!(patch("detach").status, 204);
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 0);
+        assert_eq!(patch("attach").status, 204);
+        assert_eq!(patch("attach").status, 204, "attaching twice is harmless");
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 1);
 
-    // Deleting the list keeps its faces.
-    assert_eq!(s.json("DELETE", &format!("/1/lists/{list}"), None).status, 204);
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).code(), 22001);
-    let f = s.json("GET", &format!("/1/faces/{face}"), None);
-    assert_eq!((f.status, f.json()["lists"].clone()), (200, json!([])));
+        // Deleting the list keeps its faces.
+        assert_eq!(s.json("DELETE", &format!("/1/lists/{list}"), None).status, 204);
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).code(), 22001);
+        let f = s.json("GET", &format!("/1/faces/{face}"), None);
+        assert_eq!((f.status, f.json()["lists"].clone()), (200, json!([])));
 
-    assert_eq!(s.json("DELETE", &format!("/1/faces/{face}"), None).status, 204);
-    let r = s.json("GET", &format!("/1/faces/{face}"), None);
-    assert_eq!((r.status, r.code()), (404, 22002));
-    assert_eq!(s.json("DELETE", &format!("/1/faces/{face}"), None).code(), 22002);
-}
-
-#[test]
-fn bulk_import_is_all_or_nothing() {
-    let s = TestServer::start();
-    let list = s.create_list(ACCOUNT);
-    let face = |seed: u64, data: String| json!({"account_id": ACCOUNT, "descriptor": {"data": data}, "lists": [list], "user_data": format!("u{seed}")});
-    let good: Vec<_> = (0..5).map(|i| face(i, b64(&descriptor(i)))).collect();
-    let mut bad = good.clone();
-    bad.insert(3, face(99, b64(&descriptor(99)[..100])));
-    let r = s.json("POST", "/1/faces/bulk", Some(&json!(bad)));
-    assert_eq!((r.status, r.code()), (400, 11013));
-    assert!(r.json()["detail"].as_str().unwrap().starts_with("faces[3]"), "{}", r.json());
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 0, "nothing of a failed bulk is stored");
-
-    let r = s.json("POST", "/1/faces/bulk", Some(&json!(good)));
-    assert_eq!(r.status, 201);
-    let ids = r.json()["face_ids"].as_array().unwrap().clone();
-    assert_eq!(ids.len(), 5);
-    for (i, id) in ids.iter().enumerate() {
-        let f = s.json("GET", &format!("/1/faces/{}", id.as_str().unwrap()), None).json();
-        assert_eq!(f["user_data"], format!("u{i}"), "face_ids are in input order");
+        assert_eq!(s.json("DELETE", &format!("/1/faces/{face}"), None).status, 204);
+        let r = s.json("GET", &format!("/1/faces/{face}"), None);
+        assert_eq!((r.status, r.code()), (404, 22002));
+        assert_eq!(s.json("DELETE", &format!("/1/faces/{face}"), None).code(), 22002);
     }
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 5);
-}
 
-#[test]
-fn a_restart_restores_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = TestServer::start_in(dir.path(), |_| {});
-    let list = s.create_list(ACCOUNT);
-    let faces: Vec<String> = (0..20).map(|i| s.create_face(ACCOUNT, &descriptor(i), &[&list], &format!("u{i}"))).collect();
-    s.json("DELETE", &format!("/1/faces/{}", faces[0]), None);
-    let query = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(7))}],
-                       "candidates": [{"filters": {"origin": "faces", "list_id": list}, "limit": 5,
-                                       "targets": ["face_id", "similarity", "user_data", "lists", "create_time"]}]});
-    let before = s.json("POST", "/1/matcher/faces", Some(&query)).json();
-    let face_before = s.json("GET", &format!("/1/faces/{}", faces[7]), None).json();
-    s.stop();
+    fn bulk_import_is_all_or_nothing(store: Store) {
+        let s = TestServer::start_on(store);
+        let list = s.create_list(ACCOUNT);
+        let face = |seed: u64, data: String| json!({"account_id": ACCOUNT, "descriptor": {"data": data}, "lists": [list], "user_data": format!("u{seed}")});
+        let good: Vec<_> = (0..5).map(|i| face(i, b64(&descriptor(i)))).collect();
+        let mut bad = good.clone();
+        bad.insert(3, face(99, b64(&descriptor(99)[..100])));
+        let r = s.json("POST", "/1/faces/bulk", Some(&json!(bad)));
+        assert_eq!((r.status, r.code()), (400, 11013));
+        assert!(r.json()["detail"].as_str().unwrap().starts_with("faces[3]"), "{}", r.json());
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 0, "nothing of a failed bulk is stored");
 
-    let s = TestServer::start_in(dir.path(), |_| {});
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 19);
-    assert_eq!(s.json("GET", &format!("/1/faces/{}", faces[0]), None).code(), 22002);
-    assert_eq!(s.json("GET", &format!("/1/faces/{}", faces[7]), None).json(), face_before);
-    assert_eq!(s.json("POST", "/1/matcher/faces", Some(&query)).json(), before);
+        let r = s.json("POST", "/1/faces/bulk", Some(&json!(good)));
+        assert_eq!(r.status, 201);
+        let ids = r.json()["face_ids"].as_array().unwrap().clone();
+        assert_eq!(ids.len(), 5);
+        for (i, id) in ids.iter().enumerate() {
+            let f = s.json("GET", &format!("/1/faces/{}", id.as_str().unwrap()), None).json();
+            assert_eq!(f["user_data"], format!("u{i}"), "face_ids are in input order");
+        }
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 5);
+    }
+
+    fn text_a_store_cannot_keep_is_refused(store: Store) {
+        let s = TestServer::start_on(store);
+        let list = s.create_list(ACCOUNT);
+        let bad = [
+            ("/1/lists", json!({"account_id": ACCOUNT, "user_data": "a\u{0}b"}), "user_data"),
+            ("/1/faces", json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(1))}, "user_data": "\u{0}"}), "user_data"),
+            ("/1/faces", json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(1))}, "external_id": "x\u{0}", "lists": [list]}), "external_id"),
+        ];
+        for (path, body, field) in bad {
+            let r = s.json("POST", path, Some(&body));
+            assert_eq!((r.status, r.code()), (400, 11002), "{path} {body}");
+            assert!(r.json()["detail"].as_str().unwrap().contains(field), "{}", r.json());
+        }
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 0);
+    }
+
+    fn a_restart_restores_everything(store: Store) {
+        let mut s = TestServer::start_on(store);
+        let list = s.create_list(ACCOUNT);
+        let faces: Vec<String> = (0..20).map(|i| s.create_face(ACCOUNT, &descriptor(i), &[&list], &format!("u{i}"))).collect();
+        s.json("DELETE", &format!("/1/faces/{}", faces[0]), None);
+        let query = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(7))}],
+                           "candidates": [{"filters": {"origin": "faces", "list_id": list}, "limit": 5,
+                                           "targets": ["face_id", "similarity", "user_data", "lists", "create_time"]}]});
+        let before = s.json("POST", "/1/matcher/faces", Some(&query)).json();
+        let face_before = s.json("GET", &format!("/1/faces/{}", faces[7]), None).json();
+
+        s.restart();
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 19);
+        assert_eq!(s.json("GET", &format!("/1/faces/{}", faces[0]), None).code(), 22002);
+        assert_eq!(s.json("GET", &format!("/1/faces/{}", faces[7]), None).json(), face_before);
+        assert_eq!(s.json("POST", "/1/matcher/faces", Some(&query)).json(), before);
+    }
+
+    fn an_acknowledged_write_survives_kill_9(store: Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = (store == Store::Postgres).then(TestDb::create);
+        let port = free_port();
+        let spawn = || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_luna-matcher"))
+                .args(["--config", "conf/luna-matcher.toml", "--port", &port.to_string(), "--data-dir"])
+                .arg(dir.path())
+                .env("RUST_LOG", "warn")
+                .env("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", "[]")
+                .envs(db.iter().flat_map(TestDb::env))
+                .spawn()
+                .unwrap()
+        };
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let wait_ready = || {
+            for _ in 0..400 {
+                if std::net::TcpStream::connect(addr).is_ok() && request(addr, "GET", "/healthcheck", &[], b"").status == 200 {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            panic!("the service did not start");
+        };
+        let mut child = spawn();
+        wait_ready();
+        let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(5))}});
+        let r = request(addr, "POST", "/1/faces", &[("Content-Type", "application/json")], &serde_json::to_vec(&body).unwrap());
+        assert_eq!(r.status, 201);
+        child.kill().unwrap(); // SIGKILL, right after the response
+        child.wait().unwrap();
+        let face = r.json()["face_id"].as_str().unwrap().to_owned();
+
+        let mut child = spawn();
+        wait_ready();
+        let r = request(addr, "GET", &format!("/1/faces/{face}"), &[], b"");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+
+    fn a_storage_failure_is_a_500_with_its_code_and_changes_nothing(store: Store) {
+        let s = TestServer::start_on(store);
+        let list = s.create_list(ACCOUNT);
+        let kept = s.create_face(ACCOUNT, &descriptor(1), &[&list], "kept");
+        // Break the store under the running service: writes to faces now fail.
+        match &s.db {
+            None => rusqlite::Connection::open(s.dir.join("luna-matcher.sqlite3")).unwrap().execute_batch("DROP TABLE list_faces; DROP TABLE faces;").unwrap(),
+            Some(db) => db.client().batch_execute("ALTER TABLE faces ADD CONSTRAINT broken CHECK (false) NOT VALID").unwrap(),
+        }
+        let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(2))}, "lists": [list]});
+        let r = s.json("POST", "/1/faces", Some(&body));
+        assert_eq!((r.status, r.code()), (500, 10002));
+        assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 1, "the index did not take the failed write");
+        assert_eq!(s.json("GET", &format!("/1/faces/{kept}"), None).status, 200);
+        let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(2))}], "candidates": [{"filters": {"origin": "faces", "list_id": list}}]});
+        assert_eq!(s.json("POST", "/1/matcher/faces", Some(&q)).json()[0]["matches"][0]["total_found"], 1);
+    }
 }
 
 /// Writers create faces without pause; the process is killed (SIGKILL) at
@@ -156,21 +229,4 @@ fn no_acknowledged_write_is_lost_across_kill_9_cycles() {
     eprintln!("kill -9: {CYCLES} cycles, {} acknowledged writes, {} lost", acknowledged.len(), lost.len());
     assert!(acknowledged.len() as u64 > CYCLES * 10, "writes were acknowledged in every cycle: {}", acknowledged.len());
     assert!(lost.is_empty(), "{} of {} acknowledged faces lost: {lost:?}", lost.len(), acknowledged.len());
-}
-
-#[test]
-fn a_storage_failure_is_a_500_with_its_code_and_changes_nothing() {
-    let s = TestServer::start();
-    let list = s.create_list(ACCOUNT);
-    let kept = s.create_face(ACCOUNT, &descriptor(1), &[&list], "kept");
-    // Break the file under the running service: writes to faces now fail in SQLite.
-    let db = rusqlite::Connection::open(s.dir.join("luna-matcher.sqlite3")).unwrap();
-    db.execute_batch("DROP TABLE list_faces; DROP TABLE faces;").unwrap();
-    let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(2))}, "lists": [list]});
-    let r = s.json("POST", "/1/faces", Some(&body));
-    assert_eq!((r.status, r.code()), (500, 10002));
-    assert_eq!(s.json("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 1, "the index did not take the failed write");
-    assert_eq!(s.json("GET", &format!("/1/faces/{kept}"), None).status, 200);
-    let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(2))}], "candidates": [{"filters": {"origin": "faces", "list_id": list}}]});
-    assert_eq!(s.json("POST", "/1/matcher/faces", Some(&q)).json()[0]["matches"][0]["total_found"], 1);
 }

@@ -324,3 +324,60 @@ pub struct VersionNumbers {
     pub minor: u32,
     pub patch: u32,
 }
+
+// ---- the in-memory cache ----
+
+/// The lists an instance keeps in memory, as LUNA's
+/// `DESCRIPTORS_CACHE.cached_data.faces_lists`: `include` absent is every
+/// list; `exclude` takes lists out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheScope {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<Uuid>>,
+    pub exclude: Vec<Uuid>,
+}
+
+impl CacheScope {
+    /// Every list and every face, those in no list included.
+    pub fn is_all(&self) -> bool {
+        self.include.is_none() && self.exclude.is_empty()
+    }
+
+    pub fn caches(&self, list_id: &Uuid) -> bool {
+        self.include.as_ref().is_none_or(|i| i.contains(list_id)) && !self.exclude.contains(list_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Sqlite,
+    Postgres,
+}
+
+/// `GET /1/matcher/cache`: what an instance matches from, for a proxy to
+/// route by. A match on `list_id` can go to an instance that is `ready` and
+/// whose `scope` caches the list; a match without a list filter needs a scope
+/// that caches everything (`all`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CacheReport {
+    pub backend: StoreBackend,
+    pub all: bool,
+    pub scope: CacheScope,
+    /// Loaded and matching.
+    pub ready: bool,
+    /// The last change of the shared store applied (`<xid>:<seq>`); none for SQLite.
+    #[schema(value_type = Option<String>, pattern = "^[0-9]+:[0-9]+$")]
+    pub position: Option<crate::store::Position>,
+    pub lag_seconds: f64,
+    pub faces: usize,
+    pub lists: usize,
+}
+
+impl CacheReport {
+    /// Whether this instance can answer a match on `list_id` (None: on every face).
+    pub fn can_match(&self, list_id: Option<Uuid>) -> bool {
+        self.ready && list_id.map_or(self.all, |l| self.scope.caches(&l))
+    }
+}

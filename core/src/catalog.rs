@@ -1,97 +1,119 @@
-//! The catalog of lists and faces: create, read, attach, delete. Every write
-//! goes to the store first and to the in-memory index once it is committed.
+//! The catalog of lists and faces: create, read, attach, delete. A write is
+//! checked against what the store holds and committed there, then applied to
+//! the in-memory index; reads of single records come from the store.
 
 use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::api::*;
-use crate::descriptor::{Descriptor, VersionSpec};
+use crate::descriptor::Descriptor;
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceAt, FaceRecord, Index, ListRecord};
 use crate::service::Core;
-use crate::store;
+use crate::store::{Op, Owners, Position, Reads};
 use crate::time::{format_time, now};
 
+/// What a write answers, and where it landed in the shared store's change
+/// log (None for the embedded store).
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub position: Option<Position>,
+}
+
 impl Core {
-    pub fn create_list(&self, account: Option<Uuid>, new: NewList) -> Result<CreatedList> {
+    pub fn create_list(&self, account: Option<Uuid>, new: NewList) -> Result<Written<CreatedList>> {
         same_account(account, new.account_id)?;
         self.limits.check_list(&new)?;
         let list = ListRecord { list_id: Uuid::new_v4(), account_id: new.account_id, user_data: new.user_data, create_time: now(), face_count: 0 };
-        let mut store = self.store.lock();
-        store.write(|tx| store::insert_list(tx, &list))?;
         let list_id = list.list_id;
-        self.index.write().lists.insert(list_id, list);
-        Ok(CreatedList { list_id, url: format!("/1/lists/{list_id}") })
+        let position = self.store.write(&Reads::default(), Box::new(|_| Ok(vec![Op::CreateList(list)])))?;
+        Ok(Written { value: CreatedList { list_id, url: format!("/1/lists/{list_id}") }, position })
     }
 
-    pub fn get_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<ListView> {
-        let index = self.read_index();
-        let l = visible_list(&index, account, list_id)?;
-        Ok(ListView { list_id, account_id: l.account_id, user_data: l.user_data.clone(), create_time: format_time(l.create_time), face_count: l.face_count })
+    pub async fn get_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<ListView> {
+        let l = self.store.list(list_id).await?.filter(|l| account.is_none_or(|a| a == l.account_id)).ok_or_else(|| list_not_found(list_id))?;
+        Ok(ListView { list_id, account_id: l.account_id, user_data: l.user_data, create_time: format_time(l.create_time), face_count: l.face_count })
     }
 
-    pub fn delete_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<()> {
-        let mut store = self.store.lock();
-        visible_list(&self.index.read(), account, list_id)?;
-        store.write(|tx| store::delete_list(tx, &list_id))?;
-        self.index.write().remove_list(&list_id);
-        Ok(())
+    pub fn delete_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<Written<()>> {
+        let reads = Reads { lists: vec![list_id], delete: true, ..Default::default() };
+        let position = self.store.write(
+            &reads,
+            Box::new(|owners| {
+                list_owner(owners, account, list_id)?;
+                Ok(vec![Op::DeleteList(list_id)])
+            }),
+        )?;
+        Ok(Written { value: (), position })
     }
 
-    pub fn patch_list_faces(&self, account: Option<Uuid>, list_id: Uuid, patch: ListFacesPatch) -> Result<()> {
-        let mut store = self.store.lock();
-        {
-            let index = self.index.read();
-            let owner = visible_list(&index, account, list_id)?.account_id;
-            for (i, face_id) in patch.face_ids.iter().enumerate() {
-                visible_face(&index, Some(owner), *face_id).map_err(|e| e.at(format_args!("face_ids[{i}]")))?;
-            }
-        }
-        let member = patch.action == MembershipAction::Attach;
-        store.write(|tx| patch.face_ids.iter().try_for_each(|f| store::set_membership(tx, &list_id, f, member)))?;
-        let mut index = self.index.write();
-        for face_id in &patch.face_ids {
-            index.set_membership(list_id, face_id, member);
-        }
-        Ok(())
+    pub fn patch_list_faces(&self, account: Option<Uuid>, list_id: Uuid, patch: ListFacesPatch) -> Result<Written<()>> {
+        let reads = Reads { lists: vec![list_id], faces: patch.face_ids.clone(), delete: false };
+        let position = self.store.write(
+            &reads,
+            Box::new(|owners| {
+                let owner = list_owner(owners, account, list_id)?;
+                for (i, face_id) in patch.face_ids.iter().enumerate() {
+                    face_owner(owners, Some(owner), *face_id).map_err(|e| e.at(format_args!("face_ids[{i}]")))?;
+                }
+                let member = patch.action == MembershipAction::Attach;
+                Ok(patch.face_ids.into_iter().map(|face_id| Op::SetMembership { list_id, face_id, member }).collect())
+            }),
+        )?;
+        Ok(Written { value: (), position })
     }
 
     // ---- faces ----
 
-    pub fn create_face(&self, account: Option<Uuid>, new: NewFace) -> Result<CreatedFace> {
-        let face_id = self.insert_faces(|index| Ok(vec![self.prepare_face(index, account, new)?]))?[0];
-        Ok(CreatedFace { face_id, url: format!("/1/faces/{face_id}") })
+    pub fn create_face(&self, account: Option<Uuid>, new: NewFace) -> Result<Written<CreatedFace>> {
+        let reads = Reads { lists: new.lists.clone(), ..Default::default() };
+        let mut face_id = Uuid::nil();
+        let position = self.store.write(
+            &reads,
+            Box::new(|owners| {
+                let op = self.prepare_face(owners, account, new)?;
+                if let Op::CreateFace { face, .. } = &op {
+                    face_id = face.face_id;
+                }
+                Ok(vec![op])
+            }),
+        )?;
+        Ok(Written { value: CreatedFace { face_id, url: format!("/1/faces/{face_id}") }, position })
     }
 
     /// Create faces in one transaction: all of them, or none.
-    pub fn create_faces(&self, account: Option<Uuid>, faces: Vec<NewFace>) -> Result<CreatedFaces> {
-        let face_ids = self.insert_faces(|index| {
-            faces.into_iter().enumerate().map(|(i, f)| self.prepare_face(index, account, f).map_err(|e| e.at(format_args!("faces[{i}]")))).collect()
-        })?;
-        Ok(CreatedFaces { face_ids })
+    pub fn create_faces(&self, account: Option<Uuid>, faces: Vec<NewFace>) -> Result<Written<CreatedFaces>> {
+        let mut lists: Vec<Uuid> = faces.iter().flat_map(|f| f.lists.iter().copied()).collect();
+        lists.sort_unstable();
+        lists.dedup();
+        let mut face_ids = Vec::with_capacity(faces.len());
+        let position = self.store.write(
+            &Reads { lists, ..Default::default() },
+            Box::new(|owners| {
+                let ops = faces
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, f)| self.prepare_face(owners, account, f).map_err(|e| e.at(format_args!("faces[{i}]"))))
+                    .collect::<Result<Vec<_>>>()?;
+                face_ids.extend(ops.iter().filter_map(|op| match op {
+                    Op::CreateFace { face, .. } => Some(face.face_id),
+                    _ => None,
+                }));
+                Ok(ops)
+            }),
+        )?;
+        Ok(Written { value: CreatedFaces { face_ids }, position })
     }
 
-    /// Validate faces against the index, commit them in one transaction, then index them.
-    fn insert_faces(&self, prepare: impl FnOnce(&Index) -> Result<Vec<PreparedFace>>) -> Result<Vec<Uuid>> {
-        let mut store = self.store.lock();
-        let prepared = prepare(&self.index.read())?;
-        store.write(|tx| prepared.iter().try_for_each(|(_, d, f)| store::insert_face(tx, f, d)))?;
-        let face_ids = prepared.iter().map(|(_, _, f)| f.face_id).collect();
-        let mut index = self.index.write();
-        for (spec, descriptor, face) in prepared {
-            index.insert_face(spec, &descriptor, face);
-        }
-        Ok(face_ids)
-    }
-
-    fn prepare_face(&self, index: &Index, account: Option<Uuid>, new: NewFace) -> Result<PreparedFace> {
+    fn prepare_face(&self, owners: &dyn Owners, account: Option<Uuid>, new: NewFace) -> Result<Op> {
         same_account(account, new.account_id)?;
         self.limits.check_face(&new)?;
         let descriptor = self.versions.parse(&new.descriptor.data.decode()?, new.descriptor.version)?;
         let spec = *self.versions.get(descriptor.version)?;
         let mut lists = SmallVec::new();
         for list_id in new.lists {
-            visible_list(index, Some(new.account_id), list_id)?;
+            list_owner(owners, Some(new.account_id), list_id)?;
             if !lists.contains(&list_id) {
                 lists.push(list_id);
             }
@@ -104,22 +126,25 @@ impl Core {
             create_time: now(),
             lists,
         };
-        Ok((spec, descriptor, face))
+        Ok(Op::CreateFace { spec, descriptor, face })
     }
 
-    pub fn get_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<FaceView> {
-        let index = self.read_index();
-        let at = visible_face(&index, account, face_id)?;
-        let f = at.record();
+    pub async fn get_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<FaceView> {
+        let StoredFace { face: f, descriptor } = self.visible_stored_face(account, face_id).await?;
         Ok(FaceView {
             face_id,
             account_id: f.account_id,
-            external_id: f.external_id.clone(),
-            user_data: f.user_data.clone(),
+            external_id: f.external_id,
+            user_data: f.user_data,
             create_time: format_time(f.create_time),
             lists: f.lists.to_vec(),
-            descriptor_version: at.version,
+            descriptor_version: descriptor.version,
         })
+    }
+
+    /// A face the account may see, with its descriptor, as the store holds it.
+    pub(crate) async fn visible_stored_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<StoredFace> {
+        self.store.face(face_id).await?.filter(|f| account.is_none_or(|a| a == f.face.account_id)).ok_or_else(|| face_not_found(face_id))
     }
 
     /// A face with its descriptor, for plugins that keep their own copy of a list.
@@ -131,7 +156,9 @@ impl Core {
     /// Every face of a list with its descriptor.
     pub fn stored_list_faces(&self, list_id: Uuid) -> Result<Vec<StoredFace>> {
         let index = self.read_index();
-        visible_list(&index, None, list_id)?;
+        if !index.lists.contains_key(&list_id) {
+            return Err(list_not_found(list_id));
+        }
         Ok(index
             .versions
             .iter()
@@ -141,26 +168,29 @@ impl Core {
             .collect())
     }
 
-    pub fn delete_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<()> {
-        let mut store = self.store.lock();
-        visible_face(&self.index.read(), account, face_id)?;
-        store.write(|tx| store::delete_face(tx, &face_id))?;
-        self.index.write().remove_face(&face_id);
-        Ok(())
+    pub fn delete_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<Written<()>> {
+        let reads = Reads { faces: vec![face_id], delete: true, ..Default::default() };
+        let position = self.store.write(
+            &reads,
+            Box::new(|owners| {
+                face_owner(owners, account, face_id)?;
+                Ok(vec![Op::DeleteFace(face_id)])
+            }),
+        )?;
+        Ok(Written { value: (), position })
     }
 }
 
 /// A face and its descriptor, as plugins read them.
+#[derive(Debug, Clone)]
 pub struct StoredFace {
     pub face: FaceRecord,
     pub descriptor: Descriptor,
 }
 
-fn stored(at: &FaceAt) -> StoredFace {
+pub(crate) fn stored(at: &FaceAt) -> StoredFace {
     StoredFace { face: at.record().clone(), descriptor: Descriptor { version: at.version, payload: at.payload().to_vec() } }
 }
-
-type PreparedFace = (VersionSpec, Descriptor, FaceRecord);
 
 fn same_account(request: Option<Uuid>, body: Uuid) -> Result<()> {
     match request {
@@ -169,18 +199,24 @@ fn same_account(request: Option<Uuid>, body: Uuid) -> Result<()> {
     }
 }
 
-/// A list the account may see; another account's list does not exist for it.
-fn visible_list(index: &Index, account: Option<Uuid>, list_id: Uuid) -> Result<&ListRecord> {
-    index
-        .lists
-        .get(&list_id)
-        .filter(|l| account.is_none_or(|a| a == l.account_id))
-        .ok_or_else(|| Error::new(ErrorCode::ListNotFound, format!("list {list_id} not found")))
+/// Text both stores keep as given: PostgreSQL's text cannot hold NUL.
+fn list_not_found(list_id: Uuid) -> Error {
+    Error::new(ErrorCode::ListNotFound, format!("list {list_id} not found"))
+}
+
+fn face_not_found(face_id: Uuid) -> Error {
+    Error::new(ErrorCode::FaceNotFound, format!("face {face_id} not found"))
+}
+
+/// The owner of a list the account may see; another account's list does not exist for it.
+fn list_owner(owners: &dyn Owners, account: Option<Uuid>, list_id: Uuid) -> Result<Uuid> {
+    owners.list_owner(&list_id).filter(|o| account.is_none_or(|a| a == *o)).ok_or_else(|| list_not_found(list_id))
+}
+
+fn face_owner(owners: &dyn Owners, account: Option<Uuid>, face_id: Uuid) -> Result<Uuid> {
+    owners.face_owner(&face_id).filter(|o| account.is_none_or(|a| a == *o)).ok_or_else(|| face_not_found(face_id))
 }
 
 pub(crate) fn visible_face(index: &Index, account: Option<Uuid>, face_id: Uuid) -> Result<FaceAt<'_>> {
-    index
-        .face(&face_id)
-        .filter(|at| account.is_none_or(|a| a == at.record().account_id))
-        .ok_or_else(|| Error::new(ErrorCode::FaceNotFound, format!("face {face_id} not found")))
+    index.face(&face_id).filter(|at| account.is_none_or(|a| a == at.record().account_id)).ok_or_else(|| face_not_found(face_id))
 }

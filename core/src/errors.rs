@@ -27,6 +27,7 @@ macro_rules! error_table {
 error_table! {
     Internal = 10001, "Internal server error";
     StorageFailure = 10002, "Storage error";
+    StoreUnavailable = 10003, "Store unavailable";
     PluginFailed = 10010, "Plugin error";
     PluginUnavailable = 10011, "Plugin is not running";
     PluginTimeout = 10012, "Plugin did not answer in time";
@@ -55,6 +56,7 @@ error_table! {
     FaceNotFound = 22002, "Face not found";
     AccountMismatch = 31000, "Account id of the filter does not match the account of the request";
     TooManyReferences = 31007, "Too many references";
+    NoMatcher = 31011, "No matcher available for the request";
 }
 
 /// An error of the core: a code from the table and a detail for this occurrence.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::descriptor::{Descriptor, Dtype, VersionSpec};
 use crate::kernels::Kernels;
+use crate::store::Op;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -282,8 +283,8 @@ impl Index {
             }
             _ => false,
         };
-        if changed {
-            let list = self.lists.get_mut(&list_id).expect("membership of a known list");
+        // A list this instance does not cache has no record to count in.
+        if let Some(list) = self.lists.get_mut(&list_id).filter(|_| changed) {
             if member {
                 list.face_count += 1;
             } else {
@@ -301,5 +302,97 @@ impl Index {
             }
         }
         Some(list)
+    }
+
+    /// Apply one committed operation of a write.
+    pub fn apply(&mut self, op: Op) {
+        match op {
+            Op::CreateList(list) => self.upsert_list(list),
+            Op::DeleteList(list_id) => {
+                self.remove_list(&list_id);
+            }
+            Op::CreateFace { spec, descriptor, face } => self.insert_face(spec, &descriptor, face),
+            Op::DeleteFace(face_id) => {
+                self.remove_face(&face_id);
+            }
+            Op::SetMembership { list_id, face_id, member } => {
+                self.set_membership(list_id, &face_id, member);
+            }
+        }
+    }
+
+    /// A list as the store now holds it; a known list keeps its face count.
+    pub fn upsert_list(&mut self, list: ListRecord) {
+        match self.lists.get_mut(&list.list_id) {
+            Some(known) => *known = ListRecord { face_count: known.face_count, ..list },
+            None => {
+                self.lists.insert(list.list_id, list);
+            }
+        }
+    }
+
+    /// A face as the store now holds it: unchanged, replaced or added.
+    pub fn upsert_face(&mut self, spec: VersionSpec, descriptor: &Descriptor, face: FaceRecord) {
+        if let Some(at) = self.face(&face.face_id) {
+            if at.version == descriptor.version && *at.record() == face && at.payload() == descriptor.payload.as_slice() {
+                return;
+            }
+            self.remove_face(&face.face_id);
+        }
+        self.insert_face(spec, descriptor, face);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::descriptor::Dtype;
+
+    const SPEC: VersionSpec = VersionSpec { length: 8, dtype: Dtype::U8, a: None, b: None };
+
+    fn list(list_id: Uuid) -> ListRecord {
+        ListRecord { list_id, account_id: Uuid::nil(), user_data: String::new(), create_time: 0, face_count: 0 }
+    }
+
+    fn face(face_id: Uuid, lists: &[Uuid], user_data: &str) -> FaceRecord {
+        FaceRecord { face_id, account_id: Uuid::nil(), external_id: None, user_data: user_data.into(), create_time: 0, lists: lists.iter().copied().collect() }
+    }
+
+    fn descriptor(byte: u8) -> Descriptor {
+        Descriptor { version: 62, payload: vec![byte; 8] }
+    }
+
+    #[test]
+    fn upserts_replace_and_keep_counts() {
+        let (l1, f1, f2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut index = Index::default();
+        index.apply(Op::CreateList(list(l1)));
+        index.apply(Op::CreateFace { spec: SPEC, descriptor: descriptor(1), face: face(f1, &[l1], "a") });
+        index.apply(Op::CreateFace { spec: SPEC, descriptor: descriptor(2), face: face(f2, &[l1], "b") });
+        index.upsert_list(ListRecord { user_data: "renamed".into(), ..list(l1) });
+        assert_eq!((index.lists[&l1].user_data.as_str(), index.lists[&l1].face_count), ("renamed", 2), "a known list keeps its count");
+
+        // The same face again changes nothing; a changed one replaces it.
+        index.upsert_face(SPEC, &descriptor(1), face(f1, &[l1], "a"));
+        assert_eq!((index.slots.len(), index.versions[&62].vectors.len()), (2, 2));
+        index.upsert_face(SPEC, &descriptor(9), face(f1, &[], "a2"));
+        let at = index.face(&f1).unwrap();
+        assert_eq!((at.record().user_data.as_str(), at.payload()), ("a2", &[9u8; 8][..]));
+        assert_eq!((index.versions[&62].vectors.len(), index.lists[&l1].face_count), (2, 1));
+        assert_eq!(index.face(&f2).unwrap().payload(), &[2u8; 8][..], "the other face kept its row");
+    }
+
+    #[test]
+    fn membership_of_a_list_not_in_memory_is_kept_on_the_face() {
+        let (cached, other, f) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut index = Index::default();
+        index.upsert_list(list(cached));
+        index.insert_face(SPEC, &descriptor(1), face(f, &[cached], "x"));
+        assert!(index.set_membership(other, &f, true));
+        assert_eq!(index.face(&f).unwrap().record().lists.to_vec(), vec![cached, other]);
+        assert_eq!(index.lists[&cached].face_count, 1);
+        assert!(index.set_membership(other, &f, false));
+        index.apply(Op::DeleteList(cached));
+        assert!(index.face(&f).unwrap().record().lists.is_empty() && index.lists.is_empty());
     }
 }

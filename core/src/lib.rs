@@ -20,4 +20,4 @@ pub mod time;
 
 pub use errors::{Error, ErrorCode, Result};
 pub use limits::Limits;
-pub use service::{Core, CoreConfig, StoreStats};
+pub use service::{Core, CoreConfig, StoreConfig, StoreStats};

@@ -86,7 +86,12 @@ impl Limits {
     }
 }
 
+/// A text field fits its limit and can be stored (PostgreSQL cannot keep a
+/// NUL character, so neither store accepts one).
 fn check_chars(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::new(ErrorCode::SchemaViolation, format!("{field}: a NUL character cannot be stored")));
+    }
     // Counting stops past the limit: a long value costs no more than a short one.
     match value.chars().take(max + 1).count() {
         n if n > max => Err(Error::new(ErrorCode::SchemaViolation, format!("{field}: {} characters, at most {max}", value.chars().count()))),

@@ -8,6 +8,6 @@ impl Core {
     /// the WAL stays short, and at a clean shutdown, so the file alone holds
     /// everything.
     pub fn checkpoint(&self) -> Result<()> {
-        self.store.lock().checkpoint()
+        self.store.checkpoint()
     }
 }

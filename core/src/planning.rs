@@ -8,7 +8,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::api::*;
-use crate::catalog::visible_face;
+use crate::catalog::{stored, visible_face};
 use crate::descriptor::Descriptor;
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceRecord, Query};
@@ -113,7 +113,7 @@ impl FacesPlan {
 impl Core {
     /// Check a matching request and load its references: the sub-requests
     /// (reference x candidate set) that `run_plan` answers.
-    pub fn plan_faces(&self, account: Option<Uuid>, req: MatchFacesRequest) -> Result<FacesPlan> {
+    pub async fn plan_faces(&self, account: Option<Uuid>, req: MatchFacesRequest) -> Result<FacesPlan> {
         self.check_counts(req.references.len(), Some(req.candidates.len()))?;
         let sets = req
             .candidates
@@ -132,10 +132,15 @@ impl Core {
                     (ReferenceEcho { kind: "descriptor", id }, Ok(LoadedReference { descriptor: d, query }))
                 }
                 Reference::Face { id } => {
-                    let index = self.read_index();
-                    let loaded = visible_face(&index, account, id).map(|at| LoadedReference {
-                        descriptor: Descriptor { version: at.version, payload: at.payload().to_vec() },
-                        query: Arc::new(Query::new(&at.vi.vectors.spec, at.payload())),
+                    let cached = visible_face(&self.read_index(), account, id).map(|at| stored(&at));
+                    // Not in memory: a shared store may hold it (a face of a list this instance does not cache).
+                    let face = match cached {
+                        Ok(face) => Ok(face),
+                        Err(_) => self.visible_stored_face(account, id).await,
+                    };
+                    let loaded = face.and_then(|f| {
+                        let query = Arc::new(Query::new(self.versions.get(f.descriptor.version)?, &f.descriptor.payload));
+                        Ok(LoadedReference { descriptor: f.descriptor, query })
                     });
                     (ReferenceEcho { kind: "face", id: Some(id.to_string()) }, loaded)
                 }
@@ -220,6 +225,7 @@ impl Core {
 
     fn compile_set(&self, account: Option<Uuid>, set: CandidateSet) -> Result<CompiledSet> {
         let f = &set.filters;
+        self.store.can_match(f.list_id)?;
         if let (Some(request), Some(filter)) = (account, f.account_id) {
             if request != filter {
                 return Err(Error::new(ErrorCode::AccountMismatch, format!("filters.account_id {filter} is not the request's account {request}")));

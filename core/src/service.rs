@@ -7,45 +7,90 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
+use crate::api::{CacheReport, StoreBackend};
 use crate::descriptor::Versions;
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::Index;
 use crate::limits::Limits;
 use crate::matching::Engine;
-use crate::store::Store;
+use crate::store::{Position, PostgresConfig, PostgresStore, SqliteStore, Store, SyncStatus};
+
+/// Which store holds the candidates.
+pub enum StoreConfig {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// PostgreSQL, shared with other instances.
+    Postgres(PostgresConfig),
+}
 
 pub struct CoreConfig {
-    pub db_path: PathBuf,
+    pub store: StoreConfig,
     pub versions: Versions,
     pub limits: Limits,
     /// Threads that scan candidates.
     pub threads: usize,
 }
 
-/// Sizes of the store, for `/metrics`.
+/// Sizes of the in-memory index, for `/metrics`, and how far it follows a shared store.
 pub struct StoreStats {
     pub lists: usize,
     pub faces_by_version: Vec<(u32, usize)>,
+    pub sync: Option<SyncStatus>,
 }
 
 pub struct Core {
     pub(crate) versions: Versions,
     pub(crate) limits: Limits,
-    /// Writers hold this across the SQLite commit and the index update, so the
-    /// two never disagree.
-    pub(crate) store: Mutex<Store>,
+    pub(crate) store: Box<dyn Store>,
     pub(crate) index: Arc<RwLock<Index>>,
     pub(crate) engine: Engine,
 }
 
 impl Core {
+    /// Open the store. SQLite is loaded into memory before this returns; a
+    /// shared store is connected to and migrated, and loads in the background
+    /// (see [`Core::loading`]).
     pub fn open(config: CoreConfig) -> Result<Core> {
-        let store = Store::open(&config.db_path)?;
-        let index = Arc::new(RwLock::new(store.load(&config.versions)?));
+        let index = Arc::new(RwLock::new(Index::default()));
+        let store: Box<dyn Store> = match config.store {
+            StoreConfig::Sqlite(path) => Box::new(SqliteStore::open(&path, &config.versions, index.clone())?),
+            StoreConfig::Postgres(pg) => Box::new(PostgresStore::open(pg, config.versions.clone(), index.clone())?),
+        };
         let engine = Engine::start(index.clone(), config.threads);
-        Ok(Core { versions: config.versions, limits: config.limits, store: Mutex::new(store), index, engine })
+        Ok(Core { versions: config.versions, limits: config.limits, store, index, engine })
+    }
+
+    /// Why the instance cannot match yet (a shared store's first load); None once it can.
+    pub fn loading(&self) -> Option<String> {
+        self.store.sync().and_then(|s| s.loading)
+    }
+
+    /// Wait, bounded, until the shared store's changes up to `position` are
+    /// in memory; 31011 when they are not in time.
+    pub async fn wait_for(&self, position: Position) -> Result<()> {
+        self.store.wait_for(position).await
+    }
+
+    /// What this instance matches from, for `GET /1/matcher/cache`.
+    pub fn cache_report(&self) -> CacheReport {
+        let sync = self.store.sync();
+        let (faces, lists) = {
+            let index = self.read_index();
+            (index.slots.len(), index.lists.len())
+        };
+        let scope = sync.as_ref().map(|s| s.scope.clone()).unwrap_or_default();
+        CacheReport {
+            backend: if sync.is_some() { StoreBackend::Postgres } else { StoreBackend::Sqlite },
+            all: scope.is_all(),
+            scope,
+            ready: sync.as_ref().is_none_or(|s| s.loading.is_none()),
+            position: sync.as_ref().map(|s| s.position),
+            lag_seconds: sync.as_ref().map_or(0.0, |s| s.lag_seconds),
+            faces,
+            lists,
+        }
     }
 
     /// The index for a short read on a caller's (HTTP worker's) thread. Unlike
@@ -63,18 +108,18 @@ impl Core {
         &self.versions
     }
 
+    /// Whether the store answers. Blocks: call it off the HTTP threads.
     pub fn check_store(&self) -> Result<()> {
-        self.store.lock().ping()
+        self.store.check()
     }
 
     pub fn stats(&self) -> StoreStats {
+        let sync = self.store.sync();
         let index = self.read_index();
         let mut faces_by_version: Vec<(u32, usize)> = index.versions.iter().map(|(v, vi)| (*v, vi.faces.len())).collect();
         faces_by_version.sort_unstable();
-        StoreStats { lists: index.lists.len(), faces_by_version }
+        StoreStats { lists: index.lists.len(), faces_by_version, sync }
     }
-
-    // ---- lists ----
 
     pub(crate) fn check_counts(&self, references: usize, candidate_sets: Option<usize>) -> Result<()> {
         if references > self.limits.references {

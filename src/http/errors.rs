@@ -10,7 +10,7 @@ pub fn status(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
         Internal | StorageFailure | PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
-        PluginUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        PluginUnavailable | StoreUnavailable | NoMatcher => StatusCode::SERVICE_UNAVAILABLE,
         PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
         BadJson
         | SchemaViolation

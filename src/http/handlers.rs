@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::http::header::HeaderName;
 use actix_web::http::StatusCode;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, CustomizeResponder, FromRequest, HttpMessage, HttpRequest, HttpResponse, Responder};
 use futures_util::future::{ready, Ready};
 use luna_core::api::*;
+use luna_core::store::Position;
 use luna_core::{Core, Error, ErrorCode};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -30,6 +32,9 @@ pub struct AccountQuery {
     /// Every list, face and filter the request touches must belong to this account.
     account_id: Option<Uuid>,
 }
+
+/// A position in the shared store's change log: answered by writes, awaited by matches.
+pub const STORE_POSITION: HeaderName = HeaderName::from_static("luna-store-position");
 
 /// The `account_id` query parameter that scopes a request.
 pub struct Account(pub Option<Uuid>);
@@ -75,73 +80,123 @@ async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce(&Core) -> 
     web::block(move || f(&core)).await.map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?.map_err(ApiError)
 }
 
+/// A write's answer, with the shared store's position it committed at, so
+/// that a proxy can ask another instance for an answer that includes it.
+fn written<T>(out: T, position: Option<Position>) -> CustomizeResponder<T>
+where
+    T: Responder,
+{
+    let reply = out.customize();
+    match position {
+        Some(p) => reply.insert_header((STORE_POSITION, p.to_string())),
+        None => reply,
+    }
+}
+
+type Written<T> = Result<CustomizeResponder<Output<T>>, ApiError>;
+type WrittenEmpty = Result<CustomizeResponder<HttpResponse>, ApiError>;
+
 #[utoipa::path(post, path = "/1/lists", tag = "lists", params(AccountQuery), request_body = NewList,
     responses((status = 201, description = "Created", body = CreatedList), (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn create_list(state: web::Data<AppState>, account: Account, body: Input<NewList>) -> Reply<CreatedList> {
-    Ok(Output::created(blocking(&state, move |c| c.create_list(account.0, body.0)).await?))
+pub async fn create_list(state: web::Data<AppState>, account: Account, body: Input<NewList>) -> Written<CreatedList> {
+    let w = blocking(&state, move |c| c.create_list(account.0, body.0)).await?;
+    Ok(written(Output::created(w.value), w.position))
 }
 
 #[utoipa::path(get, path = "/1/lists/{list_id}", tag = "lists", params(ListId, AccountQuery),
     responses((status = 200, description = "The list with its face_count", body = ListView), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn get_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Reply<ListView> {
-    Ok(Output::ok(state.core.get_list(account.0, path_id(&req, "list_id")?)?))
+    Ok(Output::ok(state.core.get_list(account.0, path_id(&req, "list_id")?).await?))
 }
 
 #[utoipa::path(delete, path = "/1/lists/{list_id}", tag = "lists", params(ListId, AccountQuery),
     responses((status = 204, description = "Deleted; its faces stay"), (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn delete_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn delete_list(state: web::Data<AppState>, account: Account, req: HttpRequest) -> WrittenEmpty {
     let id = path_id(&req, "list_id")?;
-    blocking(&state, move |c| c.delete_list(account.0, id)).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let w = blocking(&state, move |c| c.delete_list(account.0, id)).await?;
+    Ok(written(HttpResponse::NoContent().finish(), w.position))
 }
 
 #[utoipa::path(patch, path = "/1/lists/{list_id}/faces", tag = "lists", params(ListId, AccountQuery), request_body = ListFacesPatch,
     responses((status = 204, description = "Attached or detached"), (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn patch_list_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<ListFacesPatch>) -> Result<HttpResponse, ApiError> {
+pub async fn patch_list_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<ListFacesPatch>) -> WrittenEmpty {
     let id = path_id(&req, "list_id")?;
-    blocking(&state, move |c| c.patch_list_faces(account.0, id, body.0)).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let w = blocking(&state, move |c| c.patch_list_faces(account.0, id, body.0)).await?;
+    Ok(written(HttpResponse::NoContent().finish(), w.position))
 }
 
 #[utoipa::path(post, path = "/1/faces", tag = "faces", params(AccountQuery), request_body = NewFace,
     responses((status = 201, description = "Created", body = CreatedFace), (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn create_face(state: web::Data<AppState>, account: Account, body: Input<NewFace>) -> Reply<CreatedFace> {
-    Ok(Output::created(blocking(&state, move |c| c.create_face(account.0, body.0)).await?))
+pub async fn create_face(state: web::Data<AppState>, account: Account, body: Input<NewFace>) -> Written<CreatedFace> {
+    let w = blocking(&state, move |c| c.create_face(account.0, body.0)).await?;
+    Ok(written(Output::created(w.value), w.position))
 }
 
 #[utoipa::path(post, path = "/1/faces/bulk", tag = "faces", params(AccountQuery), request_body = Vec<NewFace>,
     responses((status = 201, description = "All created, in one transaction; ids in input order", body = CreatedFaces), (status = "default", description = "An error: nothing was created", body = ErrorBody)))]
-pub async fn create_faces(state: web::Data<AppState>, account: Account, body: Input<Vec<NewFace>>) -> Reply<CreatedFaces> {
-    Ok(Output::created(blocking(&state, move |c| c.create_faces(account.0, body.0)).await?))
+pub async fn create_faces(state: web::Data<AppState>, account: Account, body: Input<Vec<NewFace>>) -> Written<CreatedFaces> {
+    let w = blocking(&state, move |c| c.create_faces(account.0, body.0)).await?;
+    Ok(written(Output::created(w.value), w.position))
 }
 
 #[utoipa::path(get, path = "/1/faces/{face_id}", tag = "faces", params(FaceId, AccountQuery),
     responses((status = 200, description = "The face", body = FaceView), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn get_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Reply<FaceView> {
-    Ok(Output::ok(state.core.get_face(account.0, path_id(&req, "face_id")?)?))
+    Ok(Output::ok(state.core.get_face(account.0, path_id(&req, "face_id")?).await?))
 }
 
 #[utoipa::path(delete, path = "/1/faces/{face_id}", tag = "faces", params(FaceId, AccountQuery),
     responses((status = 204, description = "Deleted"), (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn delete_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub async fn delete_face(state: web::Data<AppState>, account: Account, req: HttpRequest) -> WrittenEmpty {
     let id = path_id(&req, "face_id")?;
-    blocking(&state, move |c| c.delete_face(account.0, id)).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let w = blocking(&state, move |c| c.delete_face(account.0, id)).await?;
+    Ok(written(HttpResponse::NoContent().finish(), w.position))
 }
 
-#[utoipa::path(post, path = "/1/matcher/faces", tag = "matching", params(AccountQuery), request_body = MatchFacesRequest,
+/// A store position the answer must include: the `store_position` query
+/// parameter or the `Luna-Store-Position` header (which wins).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PositionQuery {
+    /// `<xid>:<seq>`, as a write through any instance answered it: the match
+    /// waits (at most `cache.position_wait`) until this instance has applied
+    /// it, else 31011. Also as the header `Luna-Store-Position`.
+    #[param(pattern = "^[0-9]+:[0-9]+$")]
+    store_position: Option<String>,
+}
+
+/// Wait for the store position the request names, if it names one.
+async fn include_position(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let header = req.headers().get(STORE_POSITION).map(|v| ("Luna-Store-Position", v.to_str().unwrap_or("").to_owned()));
+    let query = || serde_urlencoded::from_str::<PositionQuery>(req.query_string()).ok()?.store_position.map(|p| ("store_position", p));
+    let Some((name, text)) = header.or_else(query) else { return Ok(()) };
+    let position: Position = text.parse().map_err(|e| ApiError::new(ErrorCode::BadQueryParameter, format!("{name}: {e}")))?;
+    Ok(state.core.wait_for(position).await?)
+}
+
+#[utoipa::path(post, path = "/1/matcher/faces", tag = "matching", params(AccountQuery, PositionQuery), request_body = MatchFacesRequest,
     responses((status = 200, description = "One element per reference, in request order", body = Vec<ReferenceMatches>), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn match_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<MatchFacesRequest>) -> Reply<Vec<ReferenceMatches>> {
+    include_position(&state, &req).await?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let (references, reports) = pipeline::match_faces(&state.core, state.matching_plugins(), account.0, &request_id, body.0).await?;
     req.extensions_mut().insert(reports);
     Ok(Output::ok(references))
 }
 
-#[utoipa::path(post, path = "/1/matcher/raw", tag = "matching", request_body = MatchRawRequest,
+#[utoipa::path(post, path = "/1/matcher/raw", tag = "matching", params(PositionQuery), request_body = MatchRawRequest,
     responses((status = 200, description = "One element per reference, in request order", body = Vec<RawReferenceMatches>), (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn match_raw(state: web::Data<AppState>, body: Input<MatchRawRequest>) -> Reply<Vec<RawReferenceMatches>> {
+pub async fn match_raw(state: web::Data<AppState>, req: HttpRequest, body: Input<MatchRawRequest>) -> Reply<Vec<RawReferenceMatches>> {
+    include_position(&state, &req).await?;
     Ok(Output::ok(state.core.match_raw(body.0).await?))
+}
+
+/// What this instance matches from, for a proxy to route by.
+#[utoipa::path(get, path = "/1/matcher/cache", tag = "matching",
+    responses((status = 200, description = "What this instance matches from: its cache scope, readiness and store position", body = CacheReport),
+              (status = "default", description = "An error", body = ErrorBody)))]
+pub async fn cache(state: web::Data<AppState>) -> Reply<CacheReport> {
+    Ok(Output::ok(state.core.cache_report()))
 }
 
 #[utoipa::path(get, path = "/healthcheck", tag = "service",
@@ -149,14 +204,18 @@ pub async fn match_raw(state: web::Data<AppState>, body: Input<MatchRawRequest>)
               (status = 503, description = "Plugins are still starting", body = Unhealthy), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn healthcheck(state: web::Data<AppState>) -> Result<Output<Health>, ApiError> {
     let start = Instant::now();
+    let mut starting: Vec<_> = state.core.loading().map(|why| ComponentError { component: "store".into(), error: why }).into_iter().collect();
     if let Some(plugins) = state.plugins.as_ref().filter(|p| !p.ready()) {
-        let errors = plugins
-            .reports()
-            .into_iter()
-            .filter(|r| r.state == PluginState::Loading)
-            .map(|r| ComponentError { component: format!("plugin:{}", r.name), error: "starting".into() })
-            .collect();
-        return Ok(Output { status: StatusCode::SERVICE_UNAVAILABLE, body: Health::Unhealthy(Unhealthy { errors }) });
+        starting.extend(
+            plugins
+                .reports()
+                .into_iter()
+                .filter(|r| r.state == PluginState::Loading)
+                .map(|r| ComponentError { component: format!("plugin:{}", r.name), error: "starting".into() }),
+        );
+    }
+    if !starting.is_empty() {
+        return Ok(Output { status: StatusCode::SERVICE_UNAVAILABLE, body: Health::Unhealthy(Unhealthy { errors: starting }) });
     }
     let core: Arc<Core> = state.core.clone();
     let mut errors = Vec::new();

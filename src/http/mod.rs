@@ -86,7 +86,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/1/faces/bulk", vec![on(M::POST, h::create_faces)]))
         .service(resource("/1/faces/{face_id}", vec![on(M::GET, h::get_face), on(M::DELETE, h::delete_face)]))
         .service(resource("/1/matcher/faces", vec![on(M::POST, h::match_faces)]))
-        .service(resource("/1/matcher/raw", vec![on(M::POST, h::match_raw)]));
+        .service(resource("/1/matcher/raw", vec![on(M::POST, h::match_raw)]))
+        .service(resource("/1/matcher/cache", vec![on(M::GET, h::cache)]));
 }
 
 /// The application, as the server runs it and as the tests drive it.

@@ -24,7 +24,7 @@ msgpack (binary fields as raw bytes). Every error answers a stable error_code: s
         h::healthcheck, h::plugins, h::version, h::spec, h::metrics,
         h::create_list, h::get_list, h::delete_list, h::patch_list_faces,
         h::create_face, h::create_faces, h::get_face, h::delete_face,
-        h::match_faces, h::match_raw,
+        h::match_faces, h::match_raw, h::cache,
     ),
     modifiers(&Conventions),
 )]
@@ -37,10 +37,29 @@ struct Conventions;
 impl Modify for Conventions {
     fn modify(&self, doc: &mut Document) {
         for item in doc.paths.paths.values_mut() {
+            let writes = [&mut item.post, &mut item.patch, &mut item.delete];
+            for op in writes.into_iter().flatten().filter(|op| is_store_write(op)) {
+                answers_position(op);
+            }
             let operations = [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete];
             for op in operations.into_iter().flatten() {
                 conventions(op);
             }
+        }
+    }
+}
+
+/// A write to the candidate store: its answer names the store position it committed at.
+fn is_store_write(op: &Operation) -> bool {
+    op.tags.iter().flatten().any(|t| t == "lists" || t == "faces")
+}
+
+fn answers_position(op: &mut Operation) {
+    for (_, response) in op.responses.responses.iter_mut().filter(|(status, _)| status.starts_with('2')) {
+        if let RefOr::T(r) = response {
+            let mut position = Header::new(ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[0-9]+:[0-9]+$")));
+            position.description = Some("With the shared store: the change-log position this write committed at (`<xid>:<seq>`)".into());
+            r.headers.insert("Luna-Store-Position".into(), position);
         }
     }
 }

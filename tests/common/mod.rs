@@ -1,22 +1,103 @@
 //! The test harness: the real app on a real socket in this process, with its
-//! SQLite file in a temporary directory, and a plain HTTP/1.1 client.
+//! store in a SQLite file in a temporary directory or in a PostgreSQL
+//! database of its own on the machine's server, and a plain HTTP/1.1 client.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use actix_web::dev::ServerHandle;
 use base64::Engine;
-use luna_matcher::config::Config;
+use luna_matcher::config::{Backend, Config};
 use serde_json::Value;
 
 pub const ACCOUNT: &str = "6d3f2a5e-1111-4222-8333-444455556666";
 pub const OTHER_ACCOUNT: &str = "0f0f0f0f-2222-4333-8444-555566667777";
 
+/// The machine's PostgreSQL (trust authentication on loopback), without a
+/// database name; `LUNA_TEST_POSTGRES` overrides it.
+pub fn postgres_server() -> String {
+    std::env::var("LUNA_TEST_POSTGRES").unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432".into())
+}
+
+/// A database of its own, `luna_test_<random>`, dropped with the value.
+pub struct TestDb {
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn create() -> TestDb {
+        let name = format!("luna_test_{}", uuid::Uuid::new_v4().simple());
+        admin().batch_execute(&format!("CREATE DATABASE {name}")).unwrap_or_else(|e| panic!("cannot create {name} on {}: {e}", postgres_server()));
+        TestDb { name }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("{}/{}", postgres_server(), self.name)
+    }
+
+    /// A client of this database, as psql would be: outside the service.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.dsn(), postgres::NoTls).unwrap()
+    }
+
+    /// The environment that points the binary at this database.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![("LUNA_MATCHER__STORAGE__BACKEND".into(), "postgres".into()), ("LUNA_MATCHER__STORAGE__DSN".into(), self.dsn())]
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Err(e) = admin().batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)) {
+            eprintln!("cannot drop {}: {e}", self.name);
+        }
+    }
+}
+
+/// A client of the server's `postgres` database, for what a test does to whole databases.
+pub fn admin() -> postgres::Client {
+    postgres::Client::connect(&format!("{}/postgres", postgres_server()), postgres::NoTls).unwrap()
+}
+
+/// Each test body once per store backend: `name::sqlite` and `name::postgres`.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($(fn $name:ident($backend:ident: Store) $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($backend: Store) $body
+
+            #[test]
+            fn sqlite() {
+                run(Store::Sqlite)
+            }
+
+            #[test]
+            fn postgres() {
+                run(Store::Postgres)
+            }
+        }
+    )*};
+}
+
+/// Which store a test server keeps its candidates in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The PostgreSQL database, for the postgres backend.
+    pub db: Option<Arc<TestDb>>,
+    config: Config,
     _tmp: Option<tempfile::TempDir>,
     handle: Option<ServerHandle>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -49,21 +130,48 @@ impl TestServer {
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_with_on(Store::Sqlite, tweak)
+    }
+
+    pub fn start_on(store: Store) -> TestServer {
+        Self::start_with_on(store, |_| {})
+    }
+
+    /// A server on a fresh store: a SQLite file in a temporary directory, or a
+    /// database of its own.
+    pub fn start_with_on(store: Store, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = Self::start_in(tmp.path(), tweak);
+        let db = (store == Store::Postgres).then(|| Arc::new(TestDb::create()));
+        let mut s = Self::start_in_db(tmp.path(), db, tweak);
         s._tmp = Some(tmp);
         s
     }
 
-    /// A server on an existing data directory, as after a restart.
+    /// A SQLite server on an existing data directory, as after a restart.
     pub fn start_in(dir: &Path, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_in_db(dir, None, tweak)
+    }
+
+    fn start_in_db(dir: &Path, db: Option<Arc<TestDb>>, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::default();
         config.storage.data_dir = dir.to_path_buf();
         config.server.workers = 2;
         config.matching.threads = 2;
+        if let Some(db) = &db {
+            config.storage.backend = Backend::Postgres;
+            config.storage.dsn = db.dsn();
+            config.storage.pool_size = 4;
+        }
         tweak(&mut config);
+        let mut s = TestServer { addr: "127.0.0.1:0".parse().unwrap(), dir: dir.to_path_buf(), db, config, _tmp: None, handle: None, thread: None };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let config = self.config.clone();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+        self.addr = listener.local_addr().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
@@ -74,8 +182,20 @@ impl TestServer {
                 server.await.unwrap();
             })
         });
-        let handle = rx.recv().expect("server started");
-        TestServer { addr, dir: dir.to_path_buf(), _tmp: None, handle: Some(handle), thread: Some(thread) }
+        self.handle = Some(rx.recv().expect("server started"));
+        self.thread = Some(thread);
+        // A shared store loads in the background: wait until it can match.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while self.json("GET", "/healthcheck", None).status != 200 {
+            assert!(std::time::Instant::now() < until, "the server did not become ready");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Stop and start again on the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
     }
 
     /// Stop gracefully and wait until the server has let go of its store.

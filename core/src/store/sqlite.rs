@@ -3,11 +3,15 @@
 //! to build the in-memory [`Index`]; afterwards every write goes to both.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, MAIN_DB};
 use uuid::Uuid;
 
+use super::{BoxFuture, Op, Position, Prepare, Reads};
+use crate::catalog::{stored, StoredFace};
 use crate::descriptor::{Descriptor, Versions};
 use crate::errors::{Error, Result};
 use crate::index::{FaceRecord, Index, ListRecord};
@@ -239,4 +243,61 @@ pub fn set_membership(tx: &Transaction, list_id: &Uuid, face_id: &Uuid, member: 
     };
     tx.execute(sql, params![list_id, face_id])?;
     Ok(())
+}
+
+/// The embedded store as the core uses it: the file, and the in-memory index
+/// it is the only writer of. Writers hold the file's lock across the commit
+/// and the index update, so the two never disagree, and the index is exact
+/// for checking a write.
+pub struct SqliteStore {
+    db: Mutex<Store>,
+    index: Arc<RwLock<Index>>,
+}
+
+impl SqliteStore {
+    /// Open the file and load it into `index`.
+    pub fn open(path: &Path, versions: &Versions, index: Arc<RwLock<Index>>) -> Result<SqliteStore> {
+        let db = Store::open(path)?;
+        *index.write() = db.load(versions)?;
+        Ok(SqliteStore { db: Mutex::new(db), index })
+    }
+}
+
+impl super::Store for SqliteStore {
+    fn write(&self, _reads: &Reads, prepare: Prepare) -> Result<Option<Position>> {
+        let mut db = self.db.lock();
+        let ops = prepare(&*self.index.read())?;
+        db.write(|tx| ops.iter().try_for_each(|op| write_op(tx, op)))?;
+        let mut index = self.index.write();
+        for op in ops {
+            index.apply(op);
+        }
+        Ok(None)
+    }
+
+    fn list(&self, list_id: Uuid) -> BoxFuture<'_, Result<Option<ListRecord>>> {
+        Box::pin(std::future::ready(Ok(self.index.read_recursive().lists.get(&list_id).cloned())))
+    }
+
+    fn face(&self, face_id: Uuid) -> BoxFuture<'_, Result<Option<StoredFace>>> {
+        Box::pin(std::future::ready(Ok(self.index.read_recursive().face(&face_id).map(|at| stored(&at)))))
+    }
+
+    fn check(&self) -> Result<()> {
+        self.db.lock().ping()
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.db.lock().checkpoint()
+    }
+}
+
+fn write_op(tx: &Transaction, op: &Op) -> Result<()> {
+    match op {
+        Op::CreateList(list) => insert_list(tx, list),
+        Op::DeleteList(list_id) => delete_list(tx, list_id),
+        Op::CreateFace { descriptor, face, .. } => insert_face(tx, face, descriptor),
+        Op::DeleteFace(face_id) => delete_face(tx, face_id),
+        Op::SetMembership { list_id, face_id, member } => set_membership(tx, list_id, face_id, *member),
+    }
 }
