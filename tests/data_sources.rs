@@ -407,7 +407,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2:]))
 "#;
 
 fn amqp(args: &[&str], stdin: &str) -> String {
-    let mut child = std::process::Command::new("python3")
+    let mut child = std::process::Command::new(plugins_python())
         .args(["-c", AMQP])
         .args(args)
         .stdin(std::process::Stdio::piped())
@@ -444,7 +444,11 @@ impl Queue {
 
 impl Drop for Queue {
     fn drop(&mut self) {
-        amqp(&["delete", &self.0, &self.dead()], "");
+        // A failed test is already unwinding: a second panic here would abort
+        // the binary and hide every other test's result.
+        if !std::thread::panicking() {
+            amqp(&["delete", &self.0, &self.dead()], "");
+        }
     }
 }
 

@@ -110,6 +110,13 @@ pub struct Subscribe {
 #[rtype(result = "()")]
 pub struct Publish(pub Arc<Event>);
 
+/// Answered once every event published before it has been queued: at
+/// shutdown, the events of requests already answered are in the queues before
+/// they are drained.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Barrier;
+
 #[derive(Default)]
 pub struct EventBroker {
     subscribers: Vec<Subscribe>,
@@ -128,6 +135,12 @@ impl Handler<Subscribe> for EventBroker {
         self.subscribers.retain(|s| s.plugin != msg.plugin);
         self.subscribers.push(msg);
     }
+}
+
+impl Handler<Barrier> for EventBroker {
+    type Result = ();
+
+    fn handle(&mut self, _: Barrier, _: &mut Self::Context) {}
 }
 
 impl Handler<Publish> for EventBroker {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::events::{Event, EventBroker, EventQueue, Publish};
+use crate::events::{Barrier, Event, EventBroker, EventQueue, Publish};
 use crate::host::GRACE;
 use crate::plugin::{
     CallRoute, Close, Costs, CountError, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
@@ -213,6 +213,9 @@ impl PluginHost {
     }
 
     pub async fn shutdown(&self, flush: Duration) {
+        // The broker's mailbox is FIFO: past the barrier, every answered
+        // request's event is in a plugin queue, where the flush sees it.
+        let _ = self.broker.send(Barrier).await;
         let _ = self.supervisor.send(Shutdown { flush }).await;
         crate::python::stop();
     }

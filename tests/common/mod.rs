@@ -459,6 +459,12 @@ pub fn shipped_plugin(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins").join(name)).unwrap()
 }
 
+/// The Python with the example plugins' packages: the virtual environment
+/// `scripts/test` exports as VIRTUAL_ENV, else `python3`.
+pub fn plugins_python() -> String {
+    std::env::var("VIRTUAL_ENV").map_or_else(|_| "python3".into(), |venv| format!("{venv}/bin/python"))
+}
+
 /// A minimal HTTP server (InfluxDB's write API as far as the monitoring
 /// plugins need it): answers 204 and keeps every request body it receives.
 pub fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
