@@ -11,26 +11,36 @@ use parking_lot::Mutex;
 /// The event type every HTTP request publishes.
 pub const MONITORING_EVENT: &str = "monitoring_event";
 
+/// A field value of a monitoring point, as InfluxDB types them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue {
+    /// Text.
     Str(String),
+    /// A float.
     Float(f64),
+    /// An integer.
     Int(i64),
 }
 
 /// A monitoring point: series, event time (epoch seconds), tags, fields.
 #[derive(Debug, Clone)]
 pub struct Point {
+    /// The series (`request`, `error`, `matching`).
     pub series: &'static str,
+    /// When it happened, seconds since the epoch.
     pub event_time: f64,
+    /// Tags, in the order plugins see them.
     pub tags: Vec<(&'static str, String)>,
+    /// Fields, in the order plugins see them.
     pub fields: Vec<(&'static str, FieldValue)>,
 }
 
 /// One event: its type and its points.
 #[derive(Debug)]
 pub struct Event {
+    /// The event type, what event plugins subscribe to by `eventName`.
     pub name: &'static str,
+    /// Its points.
     pub points: Vec<Point>,
 }
 
@@ -45,6 +55,7 @@ pub struct EventQueue {
 }
 
 impl EventQueue {
+    /// An empty queue of `capacity` events (at least one), counting drops in `dropped`.
     pub fn new(capacity: usize, dropped: Arc<AtomicU64>) -> Self {
         EventQueue { items: Mutex::new(VecDeque::new()), capacity: capacity.max(1), dropped, delivering: AtomicBool::new(false) }
     }
@@ -60,14 +71,17 @@ impl EventQueue {
         items.len() == 1
     }
 
+    /// The oldest event, if any.
     pub fn pop(&self) -> Option<Arc<Event>> {
         self.items.lock().pop_front()
     }
 
+    /// Events waiting.
     pub fn len(&self) -> usize {
         self.items.lock().len()
     }
 
+    /// No event waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -100,16 +114,22 @@ pub struct Wake;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
+    /// The subscribing plugin; a later subscription of it replaces this one.
     pub plugin: String,
+    /// The event types it takes.
     pub event_names: Vec<String>,
+    /// Where its events go.
     pub queue: Arc<EventQueue>,
+    /// Its actor, woken when the queue stops being empty.
     pub wake: Recipient<Wake>,
 }
 
+/// Fan an event out to the queues of its subscribers.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Publish(pub Arc<Event>);
 
+/// Fans events out to the plugins subscribed to their type, on its own arbiter.
 #[derive(Default)]
 pub struct EventBroker {
     subscribers: Vec<Subscribe>,

@@ -165,8 +165,11 @@ impl Supervised for PluginActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Fault {
+    /// The generation that broke; a fault of an older one is ignored.
     pub generation: u64,
+    /// What went wrong.
     pub error: String,
+    /// The Python traceback, if there is one.
     pub traceback: Option<String>,
 }
 

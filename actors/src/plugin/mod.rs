@@ -36,6 +36,7 @@ use crate::status::{PluginKind, PluginState, PluginStatus};
 /// What every plugin of the service knows about it.
 #[derive(Clone)]
 pub struct ServiceInfo {
+    /// The service's name, as plugins see it (`app.ctx.serviceName`).
     pub name: &'static str,
     /// Where plugins reach the service's own API (`app.ctx.serviceUrl`).
     pub url: String,
@@ -43,12 +44,19 @@ pub struct ServiceInfo {
 
 /// What the supervisor gives a plugin's actor.
 pub struct PluginSetup {
+    /// The plugin's name: its module in the plugins directory.
     pub name: String,
+    /// Its timeouts, restart policy and own configuration.
     pub settings: PluginSettings,
+    /// What it knows of the service.
     pub service: ServiceInfo,
+    /// Where it reports its state and counts.
     pub status: Arc<PluginStatus>,
+    /// Where it subscribes to events.
     pub broker: Addr<EventBroker>,
+    /// Where it registers its routes.
     pub routes: Arc<RouteTable>,
+    /// Its event queue.
     pub queue: Arc<EventQueue>,
 }
 
@@ -59,6 +67,7 @@ struct Instance {
     event_name: Option<String>,
 }
 
+/// The actor of one plugin: the only owner of its lifecycle and its Python instances.
 pub struct PluginActor {
     setup: PluginSetup,
     /// The one lifecycle state; [`PluginActor::set_state`] publishes it.
@@ -74,6 +83,7 @@ pub struct PluginActor {
 }
 
 impl PluginActor {
+    /// An actor that boots the plugin when it starts.
     pub fn new(setup: PluginSetup) -> Self {
         let s = &setup.settings;
         let restarts = RestartPolicy::new(s.max_restarts, s.restart_window, s.backoff_initial, s.backoff_max);
