@@ -8,6 +8,8 @@
 //! - [`events`]: monitoring points, bounded queues and the `EventBroker`.
 //! - [`watchdog`]: names plugin code that holds the shared event loop.
 
+#![warn(missing_docs)]
+
 mod error_log;
 pub mod events;
 pub mod failure;
