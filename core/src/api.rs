@@ -1,4 +1,4 @@
-//! The request and response bodies of api.md, as serde types. The same types
+//! The request and response bodies of docs/api.md, as serde types. The same types
 //! read JSON and msgpack; unknown fields are refused so that a misspelt filter
 //! never silently widens a match.
 

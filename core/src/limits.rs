@@ -1,4 +1,4 @@
-//! The `[limits]` of api.md, and the checks that keep the memory of a request
+//! The `[limits]` of docs/api.md, and the checks that keep the memory of a request
 //! bounded: field lengths on the way in, and the size of a matching response
 //! estimated before it is built. Exceeding a limit is an error, never a
 //! truncation.
