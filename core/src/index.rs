@@ -68,10 +68,22 @@ impl Rows {
 
 /// A query prepared once for the kernels of its version.
 pub enum Query {
-    /// u8 elements shifted to i8 (`q - 128`), their sum and the squared norm, for `dot_u8_i8`.
-    U8 { shifted: Vec<i8>, sum: i32, norm2: f64 },
-    /// f32 elements and their squared norm.
-    F32 { values: Vec<f32>, norm2: f64 },
+    /// A u8 query, prepared for `dot_u8_i8`.
+    U8 {
+        /// The elements shifted to i8 (`q - 128`), padded with zeros.
+        shifted: Vec<i8>,
+        /// The sum of `shifted`, to undo the kernel's unshifted candidates.
+        sum: i32,
+        /// The squared norm in the `q - 128` domain.
+        norm2: f64,
+    },
+    /// An f32 query.
+    F32 {
+        /// The elements, padded with zeros.
+        values: Vec<f32>,
+        /// The squared norm.
+        norm2: f64,
+    },
 }
 
 impl Query {
