@@ -4,10 +4,10 @@
 //! (events from its queue, route calls, matching), and on failure stop, so
 //! the supervisor restarts it as a fresh instance after a backoff.
 //!
-//! - [`lifecycle`]: boot, failure, restart, faults found outside a call, close.
-//! - [`events`]: handing queued events to the plugin, one at a time.
-//! - [`routes`]: calls to the plugin's HTTP routes.
-//! - [`matching`]: costs and answers of matching plugins.
+//! - `lifecycle`: boot, failure, restart, faults found outside a call, close.
+//! - `events`: handing queued events to the plugin, one at a time.
+//! - `routes`: calls to the plugin's HTTP routes.
+//! - `matching`: costs and answers of matching plugins.
 
 mod events;
 mod lifecycle;
@@ -43,7 +43,7 @@ pub struct ServiceInfo {
 }
 
 /// What the supervisor gives a plugin's actor.
-pub struct PluginSetup {
+pub(crate) struct PluginSetup {
     /// The plugin's name: its module in the plugins directory.
     pub name: String,
     /// Its timeouts, restart policy and own configuration.
@@ -68,7 +68,7 @@ struct Instance {
 }
 
 /// The actor of one plugin: the only owner of its lifecycle and its Python instances.
-pub struct PluginActor {
+pub(crate) struct PluginActor {
     setup: PluginSetup,
     /// The one lifecycle state; [`PluginActor::set_state`] publishes it.
     state: PluginState,
