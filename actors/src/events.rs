@@ -46,7 +46,7 @@ pub struct Event {
 
 /// A plugin's bounded queue. Publishing never waits: when the plugin falls
 /// behind, the oldest events make room and are counted as dropped.
-pub struct EventQueue {
+pub(crate) struct EventQueue {
     items: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
     dropped: Arc<AtomicU64>,
@@ -107,13 +107,13 @@ impl EventQueue {
 /// Tells a plugin actor its queue has something.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Wake;
+pub(crate) struct Wake;
 
 /// Deliver events of `event_names` to `queue`, waking `wake`. Replaces an
 /// earlier subscription of the same plugin.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Subscribe {
+pub(crate) struct Subscribe {
     /// The subscribing plugin; a later subscription of it replaces this one.
     pub plugin: String,
     /// The event types it takes.
@@ -127,11 +127,11 @@ pub struct Subscribe {
 /// Fan an event out to the queues of its subscribers.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Publish(pub Arc<Event>);
+pub(crate) struct Publish(pub Arc<Event>);
 
 /// Fans events out to the plugins subscribed to their type, on its own arbiter.
 #[derive(Default)]
-pub struct EventBroker {
+pub(crate) struct EventBroker {
     subscribers: Vec<Subscribe>,
 }
 

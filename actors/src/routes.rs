@@ -22,7 +22,7 @@ pub struct Resolved {
 
 /// Every plugin route, shared by the plugins' actors (which write it) and the HTTP layer (which reads it).
 #[derive(Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: RwLock<Vec<Route>>,
 }
 

@@ -111,7 +111,7 @@ struct Inner {
 
 /// One plugin's status.
 #[derive(Debug)]
-pub struct PluginStatus {
+pub(crate) struct PluginStatus {
     /// The plugin's name.
     pub name: String,
     inner: Mutex<Inner>,

@@ -27,7 +27,7 @@ struct Plugin {
 }
 
 /// Owns the plugins' actors and the broker's arbiter; stops them at shutdown.
-pub struct PluginSupervisor {
+pub(crate) struct PluginSupervisor {
     plugins: Vec<Plugin>,
     /// Keeps the broker's thread alive.
     _broker_arbiter: Arbiter,
@@ -40,7 +40,7 @@ impl Actor for PluginSupervisor {
 /// Stop every plugin: flush event queues for at most `flush`, then `close()` each.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     /// Longest wait for event queues to empty.
     pub flush: Duration,
 }

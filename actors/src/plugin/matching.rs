@@ -61,7 +61,7 @@ impl MatchCall {
 /// None where no matching class of it takes the sub-request.
 #[derive(Message)]
 #[rtype(result = "Vec<Option<(f64, usize)>>")]
-pub struct Costs(pub Arc<Vec<MatchCall>>);
+pub(crate) struct Costs(pub Arc<Vec<MatchCall>>);
 
 impl Handler<Costs> for PluginActor {
     type Result = ResponseActFuture<Self, Vec<Option<(f64, usize)>>>;
@@ -97,7 +97,7 @@ impl Handler<Costs> for PluginActor {
 /// Answer sub-request `index` of `calls` with instance `instance`.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(String, f64)>, MatchFailure>")]
-pub struct Match {
+pub(crate) struct Match {
     /// Every sub-request of the request.
     pub calls: Arc<Vec<MatchCall>>,
     /// Which one to answer.

@@ -21,8 +21,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use pyo3::prelude::*;
 
-pub use lifecycle::{Close, CountError, Fault};
-pub use matching::{Costs, Match, MatchCall, MatchFailure};
+pub(crate) use lifecycle::{Close, CountError, Fault};
+pub(crate) use matching::{Costs, Match};
+pub use matching::{MatchCall, MatchFailure};
 pub use routes::{CallRoute, RouteError, RouteReply};
 
 use crate::events::{EventBroker, EventQueue};
