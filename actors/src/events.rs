@@ -29,9 +29,9 @@ pub struct Point {
     pub series: &'static str,
     /// When it happened, seconds since the epoch.
     pub event_time: f64,
-    /// Tags, in the order plugins see them.
+    /// Tags: name and value.
     pub tags: Vec<(&'static str, String)>,
-    /// Fields, in the order plugins see them.
+    /// Fields: name and value.
     pub fields: Vec<(&'static str, FieldValue)>,
 }
 

@@ -123,7 +123,7 @@ impl PluginsConfig {
 /// What one plugin's actor runs with.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
-    /// Longest an event handler, a route or a matching call may take, and plugin code may hold the event loop.
+    /// Longest an event handler, a route, `getMatchingCost` or `match` may take (the plugin's own time).
     pub timeout: Duration,
     /// Longest `initialize()` may take.
     pub init_timeout: Duration,
@@ -133,7 +133,7 @@ pub struct PluginSettings {
     pub max_restarts: u32,
     /// The window `max_restarts` counts restarts in.
     pub restart_window: Duration,
-    /// First restart delay; it doubles with each restart.
+    /// First restart delay; it doubles with each restart within the window.
     pub backoff_initial: Duration,
     /// Longest restart delay.
     pub backoff_max: Duration,
