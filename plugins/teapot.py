@@ -1,4 +1,4 @@
-"""The teapot of plugins.md: two routes and a periodic job.
+"""The teapot of docs/plugins.md: two routes and a periodic job.
 
 GET /teapot          418 "I am teapot"
 GET /teapot/version  200 "T800"

@@ -1,5 +1,5 @@
-//! Configuration, layered as running.md says: built-in defaults < config file <
-//! environment < command line. The layers are merged as TOML trees and then
+//! Configuration, layered as the README's Configuration section says:
+//! built-in defaults < config file < environment < command line. The layers are merged as TOML trees and then
 //! read once into [`Config`], which refuses unknown keys and bad values with
 //! the key's path.
 

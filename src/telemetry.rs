@@ -125,7 +125,7 @@ impl Telemetry {
         }
     }
 
-    /// The points of one request, as plugins.md defines them: `request`, and
+    /// The points of one request, as docs/plugins.md defines them: `request`, and
     /// `error` for a response with an error status.
     fn request_points(&self, r: &RequestRecord) -> Vec<Point> {
         let tags = vec![("service", self.service.to_owned()), ("route", format!("{}:{}", r.method, r.route)), ("status_code", r.status.to_string())];

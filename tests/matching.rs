@@ -20,7 +20,7 @@ fn populate(s: &TestServer, list: &str, n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// What api.md says the answer is: sorted by similarity desc, face_id asc; threshold; limit.
+/// What docs/api.md says the answer is: sorted by similarity desc, face_id asc; threshold; limit.
 fn expected(faces: &[(String, Vec<u8>)], reference: &[u8], limit: usize, threshold: f64) -> (Vec<(String, f64)>, usize) {
     let mut all: Vec<(String, f64)> = faces.iter().map(|(id, d)| (id.clone(), u8_similarity(reference, d))).filter(|(_, s)| *s >= threshold).collect();
     all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

@@ -122,6 +122,61 @@ fn nothing_refers_outside_the_repository() {
     }
 }
 
+/// docs/architecture.md's file tables match the tree: every source file of the
+/// crates and of `luna_plugins` has its line, and every file the page names
+/// exists. A table's files are relative to the directory line above it
+/// (`` `src/http/`: ... ``); any other path it names is relative to the root.
+#[test]
+fn architecture_names_every_source_file() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let page = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let mut named = std::collections::BTreeSet::new();
+    let mut dir: Option<&str> = None;
+    for line in page.lines() {
+        if let Some((d, _)) = line.strip_prefix('`').and_then(|l| l.split_once("`:")).filter(|(d, _)| d.ends_with('/')) {
+            dir = Some(d);
+            continue;
+        }
+        if line.starts_with('#') {
+            dir = None;
+        }
+        let in_table = dir.filter(|_| line.starts_with("| `"));
+        for (i, span) in line.split('`').skip(1).step_by(2).enumerate() {
+            match in_table {
+                Some(d) if i == 0 => {
+                    named.insert(format!("{d}{span}"));
+                }
+                _ if span.contains('/') && [".rs", ".py", ".md", ".toml"].iter().any(|e| span.ends_with(e)) => {
+                    named.insert(span.to_owned());
+                }
+                _ => {}
+            }
+        }
+    }
+    for file in &named {
+        assert!(root.join(file).is_file(), "docs/architecture.md names {file}, which does not exist");
+    }
+    fn walk(root: &std::path::Path, dir: &str, ext: &str, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let path = format!("{dir}/{name}");
+            if root.join(&path).is_dir() {
+                walk(root, &path, ext, out);
+            } else if name.ends_with(ext) {
+                out.push(path);
+            }
+        }
+    }
+    let mut tree = Vec::new();
+    for (dir, ext) in [("src", ".rs"), ("actors/src", ".rs"), ("core/src", ".rs"), ("actors/python/luna_plugins", ".py")] {
+        walk(root, dir, ext, &mut tree);
+    }
+    assert!(tree.len() > 60, "the walk found the tree: {tree:?}");
+    for file in tree {
+        assert!(named.contains(&file), "docs/architecture.md has no line for {file}");
+    }
+}
+
 #[test]
 fn json_access_lines_carry_the_request_as_fields() {
     let mut s = Service::spawn(&[], "[server]\nlog_format = \"json\"\n");

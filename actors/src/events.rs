@@ -11,32 +11,42 @@ use parking_lot::Mutex;
 /// The event type every HTTP request publishes.
 pub const MONITORING_EVENT: &str = "monitoring_event";
 
+/// A field value of a monitoring point, as InfluxDB types them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue {
+    /// Text.
     Str(String),
+    /// A float.
     Float(f64),
+    /// An integer.
     Int(i64),
 }
 
 /// A monitoring point: series, event time (epoch seconds), tags, fields.
 #[derive(Debug, Clone)]
 pub struct Point {
+    /// The series (`request`, `error`, `matching`).
     pub series: &'static str,
+    /// When it happened, seconds since the epoch.
     pub event_time: f64,
+    /// Tags: name and value.
     pub tags: Vec<(&'static str, String)>,
+    /// Fields: name and value.
     pub fields: Vec<(&'static str, FieldValue)>,
 }
 
 /// One event: its type and its points.
 #[derive(Debug)]
 pub struct Event {
+    /// The event type, what event plugins subscribe to by `eventName`.
     pub name: &'static str,
+    /// Its points.
     pub points: Vec<Point>,
 }
 
 /// A plugin's bounded queue. Publishing never waits: when the plugin falls
 /// behind, the oldest events make room and are counted as dropped.
-pub struct EventQueue {
+pub(crate) struct EventQueue {
     items: Mutex<VecDeque<Arc<Event>>>,
     capacity: usize,
     dropped: Arc<AtomicU64>,
@@ -45,6 +55,7 @@ pub struct EventQueue {
 }
 
 impl EventQueue {
+    /// An empty queue of `capacity` events (at least one), counting drops in `dropped`.
     pub fn new(capacity: usize, dropped: Arc<AtomicU64>) -> Self {
         EventQueue { items: Mutex::new(VecDeque::new()), capacity: capacity.max(1), dropped, delivering: AtomicBool::new(false) }
     }
@@ -60,14 +71,17 @@ impl EventQueue {
         items.len() == 1
     }
 
+    /// The oldest event, if any.
     pub fn pop(&self) -> Option<Arc<Event>> {
         self.items.lock().pop_front()
     }
 
+    /// Events waiting.
     pub fn len(&self) -> usize {
         self.items.lock().len()
     }
 
+    /// No event waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -93,32 +107,38 @@ impl EventQueue {
 /// Tells a plugin actor its queue has something.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Wake;
+pub(crate) struct Wake;
 
 /// Deliver events of `event_names` to `queue`, waking `wake`. Replaces an
 /// earlier subscription of the same plugin.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Subscribe {
+pub(crate) struct Subscribe {
+    /// The subscribing plugin; a later subscription of it replaces this one.
     pub plugin: String,
+    /// The event types it takes.
     pub event_names: Vec<String>,
+    /// Where its events go.
     pub queue: Arc<EventQueue>,
+    /// Its actor, woken when the queue stops being empty.
     pub wake: Recipient<Wake>,
 }
 
+/// Fan an event out to the queues of its subscribers.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Publish(pub Arc<Event>);
+pub(crate) struct Publish(pub Arc<Event>);
 
 /// Answered once every event published before it has been queued: at
 /// shutdown, the events of requests already answered are in the queues before
 /// they are drained.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Barrier;
+pub(crate) struct Barrier;
 
+/// Fans events out to the plugins subscribed to their type, on its own arbiter.
 #[derive(Default)]
-pub struct EventBroker {
+pub(crate) struct EventBroker {
     subscribers: Vec<Subscribe>,
 }
 

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 
 use crate::python::host;
 
+/// What went wrong in a call into plugin code; built only by [`classify`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {
     /// The plugin's own time ran past the host's deadline (`HostTimeout`).
@@ -19,7 +20,12 @@ pub enum Failure {
     /// The plugin answered something the host cannot use (`MalformedResult`).
     Malformed(String),
     /// The plugin raised: `Type: message`, and the Python traceback.
-    Raised { error: String, traceback: Option<String> },
+    Raised {
+        /// `Type: message`.
+        error: String,
+        /// The Python traceback, when there is one.
+        traceback: Option<String>,
+    },
     /// A Rust panic: in the bridge, or out of a native extension (`PanicException`).
     Panic(String),
 }
@@ -34,6 +40,7 @@ impl Failure {
         }
     }
 
+    /// The Python traceback of a plugin's exception, if it raised one.
     pub fn traceback(&self) -> Option<&str> {
         match self {
             Failure::Raised { traceback, .. } => traceback.as_deref(),

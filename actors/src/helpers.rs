@@ -1,4 +1,4 @@
-//! The native helpers of plugins.md, in the built-in `luna_matcher` module:
+//! The native helpers of docs/plugins.md, in the built-in `luna_matcher` module:
 //! `DescriptorSet`, which matches with the service's own kernels and the GIL
 //! released, and the store reads behind `luna_matcher.store` (its async
 //! wrappers are in `luna_plugins._host`).

@@ -23,17 +23,23 @@ pub const GRACE: Duration = Duration::from_secs(1);
 
 /// The exceptions by which the host tells its verdicts from plugins' own errors.
 pub struct HostErrors {
+    /// `HostTimeout`: the plugin's own time passed the host's deadline.
     pub host_timeout: Py<PyType>,
+    /// `MalformedResult`: the plugin answered something the host cannot use.
     pub malformed: Py<PyType>,
+    /// `Rematch`: the plugin hands a sub-request back.
     pub rematch: Py<PyType>,
 }
 
 /// A class found in a plugin's module.
 pub struct Discovered {
+    /// The class object.
     pub class: Py<PyAny>,
+    /// Which base class it derives from.
     pub kind: PluginKind,
     /// `module.Class`
     pub name: String,
+    /// The event type an event plugin subscribes to.
     pub event_name: Option<String>,
 }
 
@@ -41,6 +47,7 @@ pub struct Discovered {
 pub struct PluginContext(Py<PyAny>);
 
 impl PluginContext {
+    /// Another reference to the same Context.
     pub fn clone_ref(&self, py: Python<'_>) -> PluginContext {
         PluginContext(self.0.clone_ref(py))
     }
@@ -51,12 +58,19 @@ pub type HandlerError = (String, String);
 
 /// One route call, as the HTTP layer hands it over.
 pub struct RouteCall<'a> {
+    /// The route's template, as the plugin registered it.
     pub template: &'a str,
+    /// Values of its `{name}` segments.
     pub params: &'a [(String, String)],
+    /// The HTTP method.
     pub method: &'a str,
+    /// The request's path.
     pub path: &'a str,
+    /// The query string, without `?`.
     pub query: &'a str,
+    /// The request's headers.
     pub headers: &'a [(String, String)],
+    /// The request's body.
     pub body: &'a [u8],
 }
 
@@ -109,6 +123,7 @@ where
 pub struct Host {
     event_loop: Py<PyAny>,
     locals: TaskLocals,
+    /// The host's exception types, for [`crate::failure::classify`].
     pub errors: HostErrors,
     install: Py<PyAny>,
     unload: Py<PyAny>,
@@ -162,6 +177,7 @@ impl Host {
         })
     }
 
+    /// The asyncio loop every plugin coroutine runs on.
     pub fn event_loop(&self) -> &Py<PyAny> {
         &self.event_loop
     }
@@ -184,11 +200,13 @@ impl Host {
         self.format_traceback.bind(py).call1((e.value(py),)).ok()?.extract().ok()
     }
 
+    /// Set the host up: its event loop, the plugins directory, the service's import paths, the log level and the active plugins.
     pub fn install(&self, py: Python<'_>, plugins_dir: &str, service_paths: &[&str], log_level: u32, active: &[String]) -> PyResult<()> {
         self.install.bind(py).call1((self.event_loop.bind(py), plugins_dir, service_paths.to_vec(), log_level, active.to_vec()))?;
         Ok(())
     }
 
+    /// Forget `plugins.<name>` and its submodules, so the next import is fresh.
     pub fn unload(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         self.unload.bind(py).call1((name,))?;
         Ok(())
@@ -214,6 +232,7 @@ impl Host {
         self.construct.bind(py).call1((name, classes, config_json, service_name, service_url))?.extract()
     }
 
+    /// A fresh contextvars Context for generation `generation` of plugin `name`.
     pub fn context(&self, py: Python<'_>, name: &str, generation: u64) -> PyResult<PluginContext> {
         Ok(PluginContext(self.context.bind(py).call1((name, generation))?.unbind()))
     }
@@ -246,6 +265,7 @@ impl Host {
         self.spawn(py, coroutine, limit, Some(context))
     }
 
+    /// The route templates plugin `name` registered.
     pub fn route_paths(&self, py: Python<'_>, name: &str) -> PyResult<Vec<String>> {
         self.route_paths.bind(py).call1((name,))?.extract()
     }

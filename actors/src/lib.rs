@@ -1,22 +1,24 @@
 //! luna-matcher's actor system and Python bridge.
 //!
-//! - [`python`]: the embedded interpreter, the `luna_plugins` package and the asyncio loop thread.
-//! - [`host`]: the typed interface to the host's Python side, and how a hosted call is awaited.
-//! - [`failure`]: what went wrong in a call into plugin code, by exception type.
+//! - `python`: the embedded interpreter, the `luna_plugins` package and the asyncio loop thread.
+//! - `host`: the typed interface to the host's Python side, and how a hosted call is awaited.
+//! - `failure`: what went wrong in a call into plugin code, by exception type.
 //! - [`supervisor`]: [`PluginHost`], the handle the HTTP layer uses, and the `PluginSupervisor`.
-//! - [`plugin`]: one supervised actor per plugin; [`restart`]: when it is restarted.
+//! - [`plugin`]: one supervised actor per plugin; `restart`: when it is restarted.
 //! - [`events`]: monitoring points, bounded queues and the `EventBroker`.
-//! - [`watchdog`]: names plugin code that holds the shared event loop.
+//! - `watchdog`: names plugin code that holds the shared event loop.
+
+#![warn(missing_docs)]
 
 mod error_log;
 pub mod events;
-pub mod failure;
+pub(crate) mod failure;
 mod helpers;
-pub mod host;
+pub(crate) mod host;
 mod module;
 pub mod plugin;
-pub mod python;
-pub mod restart;
+pub(crate) mod python;
+pub(crate) mod restart;
 pub mod routes;
 pub mod settings;
 pub mod status;

@@ -4,14 +4,21 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// What to do about a plugin's failure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// Start a fresh instance after this delay.
     RetryAfter(Duration),
     /// Too many restarts in the window: the plugin is failed.
-    GiveUp { restarts: usize, window: Duration },
+    GiveUp {
+        /// Restarts counted in the window, this one included.
+        restarts: usize,
+        /// The window they fell in.
+        window: Duration,
+    },
 }
 
+/// The restart policy of one plugin: backoff, window and limit, with the restarts it has seen.
 #[derive(Debug, Clone)]
 pub struct RestartPolicy {
     max_restarts: u32,
@@ -23,6 +30,7 @@ pub struct RestartPolicy {
 }
 
 impl RestartPolicy {
+    /// No restarts seen yet.
     pub fn new(max_restarts: u32, window: Duration, backoff_initial: Duration, backoff_max: Duration) -> Self {
         RestartPolicy { max_restarts, window, backoff_initial, backoff_max, recent: VecDeque::new() }
     }

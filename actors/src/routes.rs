@@ -12,14 +12,17 @@ struct Route {
 /// A path matched to a plugin route.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
+    /// The plugin that serves the route.
     pub plugin: String,
+    /// The route's template, as the plugin registered it.
     pub template: String,
     /// Values of `{name}` segments.
     pub params: Vec<(String, String)>,
 }
 
+/// Every plugin route, shared by the plugins' actors (which write it) and the HTTP layer (which reads it).
 #[derive(Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: RwLock<Vec<Route>>,
 }
 
@@ -37,6 +40,7 @@ impl RouteTable {
         routes.sort_by_key(|r| r.segments.iter().filter(|s| s.starts_with('{')).count());
     }
 
+    /// The route `path` falls on; a literal segment wins over a `{name}` one.
     pub fn resolve(&self, path: &str) -> Option<Resolved> {
         let wanted = segments(path);
         let routes = self.routes.read();

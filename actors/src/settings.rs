@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The `[plugins]` section of the configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
@@ -37,11 +38,13 @@ pub struct PluginsConfig {
     pub close_timeout: Duration,
     /// Restarts within `restart_window` after which a plugin is `failed`.
     pub max_restarts: u32,
+    /// The window `max_restarts` counts restarts in.
     #[serde(with = "duration")]
     pub restart_window: Duration,
     /// First restart delay; it doubles with each restart up to `backoff_max`.
     #[serde(with = "duration")]
     pub backoff_initial: Duration,
+    /// Longest restart delay.
     #[serde(with = "duration")]
     pub backoff_max: Duration,
     /// The default matcher's cost: a matching plugin takes a sub-request only
@@ -120,12 +123,19 @@ impl PluginsConfig {
 /// What one plugin's actor runs with.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
+    /// Longest an event handler, a route, `getMatchingCost` or `match` may take (the plugin's own time).
     pub timeout: Duration,
+    /// Longest `initialize()` may take.
     pub init_timeout: Duration,
+    /// Longest `close()` may take at shutdown.
     pub close_timeout: Duration,
+    /// Restarts within `restart_window` after which the plugin is `failed`.
     pub max_restarts: u32,
+    /// The window `max_restarts` counts restarts in.
     pub restart_window: Duration,
+    /// First restart delay; it doubles with each restart within the window.
     pub backoff_initial: Duration,
+    /// Longest restart delay.
     pub backoff_max: Duration,
     /// The plugin's own table as JSON, for `app.ctx.config`.
     pub config_json: String,
@@ -143,6 +153,7 @@ pub mod duration {
 
     use serde::{Deserializer, Serializer};
 
+    /// Read `500ms`, `5s` or `2m`; a number without a unit is refused.
     pub fn parse(text: &str) -> Result<Duration, String> {
         let text = text.trim();
         let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
@@ -158,10 +169,12 @@ pub mod duration {
         Ok(Duration::from_secs_f64(seconds))
     }
 
+    /// Write a duration as whole milliseconds, `"500ms"`.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", d.as_millis()))
     }
 
+    /// Read a duration from text with a unit; a bare number is an error that says how to write it.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         d.deserialize_any(Text)
     }

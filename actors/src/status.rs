@@ -19,6 +19,7 @@ use crate::error_log::{ErrorLog, Verdict, INTERVAL};
 pub enum PluginState {
     /// The first generation is importing, constructing or initializing.
     Loading,
+    /// Every class is initialized and serving.
     Running,
     /// A generation failed; the next one waits out its backoff or is starting.
     Restarting,
@@ -26,13 +27,16 @@ pub enum PluginState {
     Failed,
     /// Shutting down: no new work, the delivery in flight finishing, `close()` running.
     Stopping,
+    /// `close()` has run; the service is stopping.
     Stopped,
 }
 
 impl PluginState {
+    /// Every state, for `/metrics` (one gauge per state).
     pub const ALL: [PluginState; 6] =
         [PluginState::Loading, PluginState::Running, PluginState::Restarting, PluginState::Failed, PluginState::Stopping, PluginState::Stopped];
 
+    /// The name `/1/plugins` and `/metrics` show.
     pub fn as_str(self) -> &'static str {
         match self {
             PluginState::Loading => "loading",
@@ -49,8 +53,11 @@ impl PluginState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
+    /// Derives from `BaseEventPlugin`: handles events.
     Event,
+    /// Derives from `BaseBackgroundPlugin`: serves routes and runs its own tasks.
     Background,
+    /// Derives from `BaseMatcherPlugin`: answers sub-requests of the matching pipeline.
     Matching,
 }
 
@@ -64,6 +71,7 @@ impl PluginKind {
         }
     }
 
+    /// The name `/1/plugins` shows.
     pub fn as_str(self) -> &'static str {
         match self {
             PluginKind::Event => "event",
@@ -76,9 +84,12 @@ impl PluginKind {
 /// Latencies kept for the p99.
 const SAMPLES: usize = 1024;
 
+/// One class of a plugin's module.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginClass {
+    /// `module.Class`.
     pub class: String,
+    /// What it is.
     pub kind: PluginKind,
 }
 
@@ -100,7 +111,8 @@ struct Inner {
 
 /// One plugin's status.
 #[derive(Debug)]
-pub struct PluginStatus {
+pub(crate) struct PluginStatus {
+    /// The plugin's name.
     pub name: String,
     inner: Mutex<Inner>,
     /// Events dropped because the plugin fell behind or the service stopped.
@@ -110,24 +122,36 @@ pub struct PluginStatus {
 /// A copy of a status, as `/1/plugins` shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PluginReport {
+    /// The plugin's name.
     pub name: String,
     /// The kinds of its classes, joined with `+` (`event`, `background`, `event+background`).
     pub kind: Option<String>,
     /// Its classes, joined with `, `.
     pub class: Option<String>,
+    /// Its classes.
     pub classes: Vec<PluginClass>,
+    /// The route templates it serves.
     pub routes: Vec<String>,
+    /// Where it is in its lifecycle.
     pub state: PluginState,
+    /// Restarts since the service started.
     pub restarts: u64,
+    /// The last error counted.
     pub last_error: Option<String>,
+    /// Calls into it: events handled, routes served, matching calls.
     pub calls: u64,
+    /// Errors counted: exceptions, timeouts, malformed answers.
     pub errors: u64,
+    /// Events dropped because it fell behind or the service stopped.
     pub dropped_events: u64,
+    /// Mean seconds per call.
     pub mean_latency: Option<f64>,
+    /// 99th percentile of the last 1024 calls' seconds.
     pub p99_latency: Option<f64>,
 }
 
 impl PluginStatus {
+    /// A plugin not yet loaded.
     pub fn new(name: &str) -> Self {
         PluginStatus {
             name: name.to_owned(),
@@ -148,6 +172,7 @@ impl PluginStatus {
         }
     }
 
+    /// Where the plugin is in its lifecycle now.
     pub fn state(&self) -> PluginState {
         self.inner.lock().state
     }
@@ -168,6 +193,7 @@ impl PluginStatus {
         i.state == PluginState::Running && i.classes.iter().any(|c| c.kind == kind)
     }
 
+    /// Whether its first start attempt has finished, however it went.
     pub fn attempted(&self) -> bool {
         self.inner.lock().attempted
     }
@@ -220,6 +246,7 @@ impl PluginStatus {
         i.recent.push_back(s);
     }
 
+    /// A copy of the status, for `/1/plugins` and `/metrics`.
     pub fn report(&self) -> PluginReport {
         let i = self.inner.lock();
         let p99 = (!i.recent.is_empty()).then(|| {

@@ -26,7 +26,8 @@ struct Plugin {
     _arbiter: Arbiter,
 }
 
-pub struct PluginSupervisor {
+/// Owns the plugins' actors and the broker's arbiter; stops them at shutdown.
+pub(crate) struct PluginSupervisor {
     plugins: Vec<Plugin>,
     /// Keeps the broker's thread alive.
     _broker_arbiter: Arbiter,
@@ -39,7 +40,8 @@ impl Actor for PluginSupervisor {
 /// Stop every plugin: flush event queues for at most `flush`, then `close()` each.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
+    /// Longest wait for event queues to empty.
     pub flush: Duration,
 }
 
@@ -142,10 +144,12 @@ impl PluginHost {
         self.broker.do_send(Publish(Arc::new(event)));
     }
 
+    /// The plugin route `path` falls on, if any.
     pub fn resolve(&self, path: &str) -> Option<Resolved> {
         self.routes.resolve(path)
     }
 
+    /// Call a route of `plugin` and await its answer.
     pub async fn call_route(&self, plugin: &str, call: CallRoute) -> Result<RouteReply, RouteError> {
         let addr = self.actors.get(plugin).ok_or_else(|| RouteError::Failed(format!("no plugin {plugin}")))?;
         addr.send(call).await.map_err(|e| RouteError::Failed(format!("plugin {plugin} did not answer: {e}")))?
@@ -208,10 +212,12 @@ impl PluginHost {
             .collect()
     }
 
+    /// Every plugin's report, in configuration order.
     pub fn reports(&self) -> Vec<PluginReport> {
         self.statuses.iter().map(|s| s.report()).collect()
     }
 
+    /// Flush the event queues for at most `flush`, `close()` every plugin, then stop the interpreter.
     pub async fn shutdown(&self, flush: Duration) {
         // The broker's mailbox is FIFO: past the barrier, every answered
         // request's event is in a plugin queue, where the flush sees it.

@@ -17,11 +17,14 @@ use crate::time::{format_time, now};
 /// log (None for the embedded store).
 #[derive(Debug)]
 pub struct Written<T> {
+    /// The write's own answer.
     pub value: T,
+    /// Its place in the change log, for `Luna-Store-Position`.
     pub position: Option<Position>,
 }
 
 impl Core {
+    /// Create a list for `new.account_id` (which must be `account`, when given).
     pub fn create_list(&self, account: Option<Uuid>, new: NewList) -> Result<Written<CreatedList>> {
         same_account(account, new.account_id)?;
         self.limits.check_list(&new)?;
@@ -31,11 +34,13 @@ impl Core {
         Ok(Written { value: CreatedList { list_id, url: format!("/1/lists/{list_id}") }, position })
     }
 
+    /// A list as the store holds it, if `account` (when given) owns it.
     pub async fn get_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<ListView> {
         let l = self.store.list(list_id).await?.filter(|l| account.is_none_or(|a| a == l.account_id)).ok_or_else(|| list_not_found(list_id))?;
         Ok(ListView { list_id, account_id: l.account_id, user_data: l.user_data, create_time: format_time(l.create_time), face_count: l.face_count })
     }
 
+    /// Delete a list; its faces stay.
     pub fn delete_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<Written<()>> {
         let reads = Reads { lists: vec![list_id], delete: true, ..Default::default() };
         let position = self.store.write(
@@ -48,6 +53,7 @@ impl Core {
         Ok(Written { value: (), position })
     }
 
+    /// Attach faces to a list or detach them, all or none.
     pub fn patch_list_faces(&self, account: Option<Uuid>, list_id: Uuid, patch: ListFacesPatch) -> Result<Written<()>> {
         let reads = Reads { lists: vec![list_id], faces: patch.face_ids.clone(), delete: false };
         let position = self.store.write(
@@ -66,6 +72,7 @@ impl Core {
 
     // ---- faces ----
 
+    /// Create a face, attached to the lists it names, all in one write.
     pub fn create_face(&self, account: Option<Uuid>, new: NewFace) -> Result<Written<CreatedFace>> {
         let reads = Reads { lists: new.lists.clone(), ..Default::default() };
         let mut face_id = Uuid::nil();
@@ -129,6 +136,7 @@ impl Core {
         Ok(Op::CreateFace { spec, descriptor, face })
     }
 
+    /// A face as the store holds it, if `account` (when given) owns it.
     pub async fn get_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<FaceView> {
         let StoredFace { face: f, descriptor } = self.visible_stored_face(account, face_id).await?;
         Ok(FaceView {
@@ -168,6 +176,7 @@ impl Core {
             .collect())
     }
 
+    /// Delete a face and its memberships.
     pub fn delete_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<Written<()>> {
         let reads = Reads { faces: vec![face_id], delete: true, ..Default::default() };
         let position = self.store.write(
@@ -184,7 +193,9 @@ impl Core {
 /// A face and its descriptor, as plugins read them.
 #[derive(Debug, Clone)]
 pub struct StoredFace {
+    /// Everything but the descriptor.
     pub face: FaceRecord,
+    /// The descriptor, as stored.
     pub descriptor: Descriptor,
 }
 

@@ -12,14 +12,18 @@ use crate::errors::{Error, ErrorCode, Result};
 pub const SDK_MAGIC: &[u8; 4] = b"dp\0\0";
 const SDK_HEADER_LEN: usize = 8;
 
+/// The element type of a descriptor version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
+    /// One byte per element, decoded as `(q - 128) / 128`.
     U8,
+    /// Little-endian IEEE 754 single precision.
     F32,
 }
 
 impl Dtype {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             Dtype::U8 => 1,
@@ -34,15 +38,18 @@ impl Dtype {
 pub struct VersionSpec {
     /// Number of elements.
     pub length: usize,
+    /// The element type.
     pub dtype: Dtype,
     /// Platt calibration: similarity = sigmoid(a * cos + b). Both or neither.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub a: Option<f64>,
+    /// The offset `b` of the calibration; given with `a`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b: Option<f64>,
 }
 
 impl VersionSpec {
+    /// Bytes of a raw payload of this version.
     pub fn payload_len(&self) -> usize {
         self.length * self.dtype.size()
     }
@@ -67,6 +74,7 @@ pub struct Versions {
 }
 
 impl Versions {
+    /// Check the table (positive lengths, Platt parameters in pairs) and that it holds the default version.
     pub fn new(table: BTreeMap<u32, VersionSpec>, default_version: u32) -> std::result::Result<Self, String> {
         for (v, spec) in &table {
             if spec.length == 0 {
@@ -92,10 +100,12 @@ impl Versions {
         table
     }
 
+    /// The version of a raw payload sent without one.
     pub fn default_version(&self) -> u32 {
         self.default_version
     }
 
+    /// A version's row; unknown is error 11012 naming the known ones.
     pub fn get(&self, version: u32) -> Result<&VersionSpec> {
         self.table.get(&version).ok_or_else(|| {
             let known: Vec<String> = self.table.keys().map(u32::to_string).collect();
@@ -143,18 +153,23 @@ impl Versions {
 /// A validated descriptor: its version and payload (u8 elements, or f32 little-endian).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Descriptor {
+    /// Its row in the version table.
     pub version: u32,
+    /// The elements without the SDK header.
     pub payload: Vec<u8>,
 }
 
 /// A binary field: base64 text in JSON, raw bytes in msgpack.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Binary {
+    /// Text as JSON carries it, decoded on use.
     Base64(String),
+    /// Bytes as msgpack carries them.
     Bytes(Vec<u8>),
 }
 
 impl Binary {
+    /// The bytes; bad base64 is error 11010.
     pub fn decode(&self) -> Result<Vec<u8>> {
         match self {
             Binary::Bytes(b) => Ok(b.clone()),

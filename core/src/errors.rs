@@ -8,15 +8,18 @@ macro_rules! error_table {
     ($( $variant:ident = $code:literal, $desc:literal; )+) => {
         /// A stable error code with its fixed description.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum ErrorCode { $( $variant, )+ }
+        pub enum ErrorCode { $( #[doc = $desc] $variant, )+ }
 
         impl ErrorCode {
+            /// Every code, in table order.
             pub const ALL: &'static [ErrorCode] = &[$( ErrorCode::$variant, )+];
 
+            /// The number clients see as `error_code`.
             pub fn code(self) -> u32 {
                 match self { $( ErrorCode::$variant => $code, )+ }
             }
 
+            /// The fixed description clients see as `desc`.
             pub fn desc(self) -> &'static str {
                 match self { $( ErrorCode::$variant => $desc, )+ }
             }
@@ -62,11 +65,14 @@ error_table! {
 /// An error of the core: a code from the table and a detail for this occurrence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Error {
+    /// Which row of the table.
     pub code: ErrorCode,
+    /// What went wrong this time, for the `detail` of the answer.
     pub detail: String,
 }
 
 impl Error {
+    /// An error of `code` with a detail.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Error { code, detail: detail.into() }
     }
@@ -77,6 +83,7 @@ impl Error {
         self
     }
 
+    /// A failure of the store itself (10002), with its message as the detail.
     pub fn storage(err: impl fmt::Display) -> Self {
         Error::new(ErrorCode::StorageFailure, err.to_string())
     }
@@ -96,6 +103,7 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+/// What the core's fallible calls return.
 pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::index::{Query, Vectors};
 use crate::kernels::kernels;
 use crate::matching::{scan, TopK};
 
+/// Keyed descriptors of one version, searched exhaustively; `K` is the caller's key.
 pub struct FlatIndex<K> {
     vectors: Vectors,
     /// Row i holds the descriptor of `keys[i]`.
@@ -18,22 +19,27 @@ pub struct FlatIndex<K> {
 }
 
 impl<K: Clone + Eq + Hash + Ord> FlatIndex<K> {
+    /// An empty index of descriptors of `spec`.
     pub fn new(spec: VersionSpec) -> Self {
         FlatIndex { vectors: Vectors::new(spec), keys: Vec::new(), rows: HashMap::new() }
     }
 
+    /// The version its descriptors are of.
     pub fn spec(&self) -> &VersionSpec {
         &self.vectors.spec
     }
 
+    /// Descriptors held.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// No descriptors held.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
+    /// Whether `key` has a descriptor here.
     pub fn contains(&self, key: &K) -> bool {
         self.rows.contains_key(key)
     }

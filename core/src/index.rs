@@ -26,6 +26,7 @@ impl Rows {
         Rows { blocks: Vec::new(), row_blocks: row_bytes.div_ceil(64) }
     }
 
+    /// Bytes a row takes, padding included.
     pub fn row_bytes(&self) -> usize {
         self.row_blocks * 64
     }
@@ -51,11 +52,13 @@ impl Rows {
         unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut u8, blocks.len() * 64) }
     }
 
+    /// A row's bytes, padding included.
     pub fn u8_row(&self, row: usize) -> &[u8] {
         let blocks = &self.blocks[row * self.row_blocks..(row + 1) * self.row_blocks];
         unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * 64) }
     }
 
+    /// A row as f32 elements, padding included.
     pub fn f32_row(&self, row: usize) -> &[f32] {
         let bytes = self.u8_row(row);
         // 64-byte aligned and a multiple of 4 long; every bit pattern is an f32.
@@ -65,11 +68,26 @@ impl Rows {
 
 /// A query prepared once for the kernels of its version.
 pub enum Query {
-    U8 { shifted: Vec<i8>, sum: i32, norm2: f64 },
-    F32 { values: Vec<f32>, norm2: f64 },
+    /// A u8 query, prepared for `dot_u8_i8`.
+    U8 {
+        /// The elements shifted to i8 (`q - 128`), padded with zeros.
+        shifted: Vec<i8>,
+        /// The sum of `shifted`, to undo the kernel's unshifted candidates.
+        sum: i32,
+        /// The squared norm in the `q - 128` domain.
+        norm2: f64,
+    },
+    /// An f32 query.
+    F32 {
+        /// The elements, padded with zeros.
+        values: Vec<f32>,
+        /// The squared norm.
+        norm2: f64,
+    },
 }
 
 impl Query {
+    /// Prepare a payload already validated against `spec`, padded as rows are.
     pub fn new(spec: &VersionSpec, payload: &[u8]) -> Query {
         let row_bytes = padded_len(spec);
         match spec.dtype {
@@ -120,6 +138,7 @@ pub fn u8_norm2(payload: &[u8]) -> f64 {
     payload.iter().map(|&q| (q as i64 - 128).pow(2)).sum::<i64>() as f64
 }
 
+/// Squared norm of f32 elements, summed in f64.
 pub fn f32_norm2(values: &[f32]) -> f64 {
     values.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
 }
@@ -127,9 +146,13 @@ pub fn f32_norm2(values: &[f32]) -> f64 {
 /// Everything about a face but its descriptor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaceRecord {
+    /// The face's id.
     pub face_id: Uuid,
+    /// The account that owns it.
     pub account_id: Uuid,
+    /// The caller's own id, if given.
     pub external_id: Option<String>,
+    /// Free text given at creation.
     pub user_data: String,
     /// Microseconds since the epoch, UTC.
     pub create_time: i64,
@@ -137,32 +160,43 @@ pub struct FaceRecord {
     pub lists: SmallVec<[Uuid; 2]>,
 }
 
+/// Everything about a list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListRecord {
+    /// The list's id.
     pub list_id: Uuid,
+    /// The account that owns it.
     pub account_id: Uuid,
+    /// Free text given at creation.
     pub user_data: String,
+    /// Microseconds since the epoch, UTC.
     pub create_time: i64,
+    /// Faces attached to it.
     pub face_count: usize,
 }
 
 /// Descriptors of one version with their norms, row by row.
 pub struct Vectors {
+    /// The version the rows are of.
     pub spec: VersionSpec,
+    /// The descriptors, padded.
     pub rows: Rows,
     /// Squared norms, row by row.
     pub norms2: Vec<f64>,
 }
 
 impl Vectors {
+    /// No rows yet, of `spec`.
     pub fn new(spec: VersionSpec) -> Self {
         Vectors { spec, rows: Rows::new(padded_len(&spec)), norms2: Vec::new() }
     }
 
+    /// Rows held.
     pub fn len(&self) -> usize {
         self.norms2.len()
     }
 
+    /// No rows held.
     pub fn is_empty(&self) -> bool {
         self.norms2.is_empty()
     }
@@ -200,22 +234,29 @@ impl Vectors {
 
 /// All faces of one descriptor version: slot `i` of `faces` is row `i` of `vectors`.
 pub struct VersionIndex {
+    /// The descriptors.
     pub vectors: Vectors,
+    /// The faces, slot by slot.
     pub faces: Vec<FaceRecord>,
 }
 
 /// Where a face is: its descriptor version, that version's index, its slot.
 pub struct FaceAt<'a> {
+    /// The descriptor version.
     pub version: u32,
+    /// That version's index.
     pub vi: &'a VersionIndex,
+    /// The face's slot in it.
     pub slot: usize,
 }
 
 impl FaceAt<'_> {
+    /// The face, without its descriptor.
     pub fn record(&self) -> &FaceRecord {
         &self.vi.faces[self.slot]
     }
 
+    /// The face's stored descriptor payload.
     pub fn payload(&self) -> &[u8] {
         self.vi.vectors.payload(self.slot)
     }
@@ -224,13 +265,16 @@ impl FaceAt<'_> {
 /// The whole in-memory index.
 #[derive(Default)]
 pub struct Index {
+    /// Per descriptor version, its faces.
     pub versions: HashMap<u32, VersionIndex>,
     /// Where each face lives: its version and slot.
     pub slots: HashMap<Uuid, (u32, usize)>,
+    /// Every list kept in memory.
     pub lists: HashMap<Uuid, ListRecord>,
 }
 
 impl Index {
+    /// Add a face with its descriptor, counting it in its lists.
     pub fn insert_face(&mut self, spec: VersionSpec, descriptor: &Descriptor, face: FaceRecord) {
         for list in &face.lists {
             if let Some(l) = self.lists.get_mut(list) {
@@ -243,16 +287,19 @@ impl Index {
         vi.faces.push(face);
     }
 
+    /// Where a face is, if it is held.
     pub fn face(&self, face_id: &Uuid) -> Option<FaceAt<'_>> {
         let &(version, slot) = self.slots.get(face_id)?;
         Some(FaceAt { version, vi: &self.versions[&version], slot })
     }
 
+    /// A face's record, to change its attributes.
     pub fn face_mut(&mut self, face_id: &Uuid) -> Option<&mut FaceRecord> {
         let (version, slot) = self.slots.get(face_id)?;
         self.versions.get_mut(version).map(|vi| &mut vi.faces[*slot])
     }
 
+    /// Remove a face; the last face of its version takes its slot.
     pub fn remove_face(&mut self, face_id: &Uuid) -> Option<FaceRecord> {
         let (version, slot) = self.slots.remove(face_id)?;
         let vi = self.versions.get_mut(&version)?;
@@ -294,6 +341,7 @@ impl Index {
         changed
     }
 
+    /// Remove a list and every face's membership of it; the faces stay.
     pub fn remove_list(&mut self, list_id: &Uuid) -> Option<ListRecord> {
         let list = self.lists.remove(list_id)?;
         for vi in self.versions.values_mut() {

@@ -10,14 +10,19 @@
 
 use std::sync::OnceLock;
 
+/// A u8 x i8 dot product of equal-length, 64-byte-padded slices.
 pub type DotU8 = fn(&[u8], &[i8]) -> i32;
+/// An f32 dot product of equal-length slices padded to 16 elements.
 pub type DotF32 = fn(&[f32], &[f32]) -> f32;
 
 /// One implementation of both kernels.
 #[derive(Clone, Copy)]
 pub struct Kernels {
+    /// Which implementation, for the log and the benches.
     pub name: &'static str,
+    /// Candidate rows (u8) against a shifted query (i8).
     pub dot_u8_i8: DotU8,
+    /// f32 rows against an f32 query.
     pub dot_f32: DotF32,
 }
 

@@ -2,6 +2,8 @@
 //! layer: the binary's handlers call [`service::Core`] and map its
 //! [`errors::Error`] to a status.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod catalog;
 pub mod descriptor;

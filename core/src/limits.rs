@@ -1,4 +1,4 @@
-//! The `[limits]` of api.md, and the checks that keep the memory of a request
+//! The `[limits]` of docs/api.md, and the checks that keep the memory of a request
 //! bounded: field lengths on the way in, and the size of a matching response
 //! estimated before it is built. Exceeding a limit is an error, never a
 //! truncation.
@@ -9,14 +9,21 @@ use crate::api::{NewFace, NewList, RawItem, Target};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::FaceRecord;
 
+/// The `[limits]`: counts, lengths and sizes a request may not pass.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// References per matching request (error 31007).
     pub references: usize,
+    /// Candidate sets per `/1/matcher/faces` request (error 11020).
     pub candidate_sets: usize,
+    /// `limit` of a candidate set that gives none.
     pub default_limit: usize,
+    /// Largest `limit` a request may ask for (error 11021).
     pub max_limit: usize,
+    /// Candidates per `/1/matcher/raw` request (error 11022).
     pub raw_candidates: usize,
+    /// Largest request body in bytes (error 11023).
     pub body_bytes: usize,
     /// Characters of a face's or a list's `user_data`, as LUNA has it.
     pub user_data_chars: usize,
@@ -46,11 +53,13 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// A new face's field lengths (error 11002 naming the field).
     pub fn check_face(&self, face: &NewFace) -> Result<()> {
         check_chars("user_data", &face.user_data, self.user_data_chars)?;
         face.external_id.as_deref().map_or(Ok(()), |e| check_chars("external_id", e, self.external_id_chars))
     }
 
+    /// A new list's field lengths (error 11002 naming the field).
     pub fn check_list(&self, list: &NewList) -> Result<()> {
         check_chars("user_data", &list.user_data, self.user_data_chars)
     }

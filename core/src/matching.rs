@@ -29,8 +29,11 @@ const MAX_BATCH: usize = 256;
 /// A candidate that made it into a top-k.
 #[derive(Debug, Clone, Copy)]
 pub struct Hit<K> {
+    /// The similarity to the query, as its version reports it.
     pub similarity: f64,
+    /// What the caller ranks ties by and reads the result with (a face id, a raw index).
     pub key: K,
+    /// The candidate's row in the scanned vectors.
     pub slot: usize,
 }
 
@@ -59,16 +62,19 @@ pub struct TopK<K> {
     limit: usize,
     threshold: f64,
     heap: BinaryHeap<Hit<K>>,
+    /// Candidates at or above the threshold, kept or not.
     pub total: u64,
     /// Candidates scored, above the threshold or not.
     pub scanned: u64,
 }
 
 impl<K: Ord + Copy> TopK<K> {
+    /// Empty, keeping at most `limit` hits at or above `threshold`.
     pub fn new(limit: usize, threshold: f64) -> Self {
         TopK { limit, threshold, heap: BinaryHeap::with_capacity(limit + 1), total: 0, scanned: 0 }
     }
 
+    /// Count a scored candidate, and keep it if it is among the best so far.
     #[inline]
     pub fn push(&mut self, hit: Hit<K>) {
         self.scanned += 1;
@@ -88,6 +94,7 @@ impl<K: Ord + Copy> TopK<K> {
         }
     }
 
+    /// Take in the hits and counts of a top-k of another chunk of the same query.
     pub fn merge(&mut self, other: TopK<K>) {
         self.total += other.total;
         self.scanned += other.scanned;
@@ -123,20 +130,29 @@ pub fn scan<K: Ord + Copy>(
 /// The filters of a candidate set, compiled for a per-face check.
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
+    /// Faces of this account.
     pub account_id: Option<Uuid>,
+    /// Faces attached to this list.
     pub list_id: Option<Uuid>,
     /// When set, only these faces are candidates: they are looked up, not
     /// scanned for. Sorted and without repeats.
     pub face_ids: Option<Vec<Uuid>>,
+    /// Faces with one of these external ids.
     pub external_ids: Option<HashSet<String>>,
+    /// Faces whose `user_data` is exactly this.
     pub user_data: Option<String>,
+    /// Created at or after (microseconds since the epoch).
     pub create_time_gte: Option<i64>,
+    /// Created before (microseconds since the epoch).
     pub create_time_lt: Option<i64>,
+    /// Face ids from this one on.
     pub face_id_gte: Option<Uuid>,
+    /// Face ids below this one.
     pub face_id_lt: Option<Uuid>,
 }
 
 impl Filter {
+    /// Whether a face is a candidate.
     #[inline]
     pub fn pass(&self, f: &FaceRecord) -> bool {
         self.account_id.is_none_or(|a| f.account_id == a)
@@ -153,18 +169,26 @@ impl Filter {
 
 /// One (reference, candidate set) pair.
 pub struct SubQuery {
+    /// The descriptor version scanned.
     pub version: u32,
+    /// The reference, prepared for the kernels.
     pub query: Arc<Query>,
+    /// Which faces are candidates.
     pub filter: Filter,
+    /// Most hits to keep.
     pub limit: usize,
+    /// Least similarity a hit needs.
     pub threshold: f64,
 }
 
 /// A sub-query's answer: the hits, best first, with their faces, and the count before the limit.
 #[derive(Debug)]
 pub struct SubResult {
+    /// Similarity and face, best first.
     pub hits: Vec<(f64, FaceRecord)>,
+    /// Candidates that passed the filters and the threshold.
     pub total_found: u64,
+    /// Candidates scored.
     pub candidates_scanned: u64,
 }
 
@@ -183,6 +207,7 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Start the batcher thread and a pool of `threads` scanning threads over `index`.
     pub fn start(index: Arc<RwLock<Index>>, threads: usize) -> Engine {
         let (tx, rx) = crossbeam_channel::unbounded();
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("matcher-{i}")).build().expect("matching thread pool");
@@ -190,6 +215,7 @@ impl Engine {
         Engine { tx }
     }
 
+    /// Scan for every sub-query, batched with whatever else is queued; one result per sub-query, in order.
     pub async fn match_faces(&self, subs: Vec<SubQuery>) -> Result<Vec<SubResult>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.tx.send(Job::Faces(subs, reply)).map_err(|_| engine_gone())?;

@@ -52,16 +52,22 @@ pub struct SubRequest<'a> {
 pub struct SubRequestSpec {
     /// `descriptor` or `face`.
     pub reference_type: &'static str,
+    /// The reference's id, if the request gave one.
     pub reference_id: Option<String>,
+    /// The reference's descriptor.
     pub descriptor: Descriptor,
     /// The candidate set's filters as the request gave them.
     pub filters: FaceFilters,
+    /// The fields the answer's faces carry.
     pub targets: Vec<Target>,
+    /// Most faces to answer.
     pub limit: usize,
+    /// Least similarity a face needs.
     pub threshold: f64,
 }
 
 impl SubRequest<'_> {
+    /// The sub-request as data a plugin can be handed.
     pub fn spec(&self) -> SubRequestSpec {
         SubRequestSpec {
             reference_type: self.echo.kind,

@@ -9,6 +9,7 @@ use crate::planning::check_threshold;
 use crate::service::Core;
 
 impl Core {
+    /// Match every reference of the request against its candidates, on the matching threads.
     pub async fn match_raw(&self, req: MatchRawRequest) -> Result<Vec<RawReferenceMatches>> {
         self.check_counts(req.references.len(), None)?;
         if req.candidates.len() > self.limits.raw_candidates {

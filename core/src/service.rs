@@ -25,9 +25,13 @@ pub enum StoreConfig {
     Postgres(PostgresConfig),
 }
 
+/// What [`Core::open`] needs.
 pub struct CoreConfig {
+    /// Where the candidates live.
     pub store: StoreConfig,
+    /// The descriptor version table.
     pub versions: Versions,
+    /// The `[limits]`.
     pub limits: Limits,
     /// Threads that scan candidates.
     pub threads: usize,
@@ -35,11 +39,15 @@ pub struct CoreConfig {
 
 /// Sizes of the in-memory index, for `/metrics`, and how far it follows a shared store.
 pub struct StoreStats {
+    /// Lists in memory.
     pub lists: usize,
+    /// Faces in memory, per descriptor version, in version order.
     pub faces_by_version: Vec<(u32, usize)>,
+    /// How far a shared store is followed; None for SQLite.
     pub sync: Option<SyncStatus>,
 }
 
+/// The store, the in-memory index, the matching engine and the limits: what every role serves.
 pub struct Core {
     pub(crate) versions: Versions,
     pub(crate) limits: Limits,
@@ -100,10 +108,12 @@ impl Core {
         self.index.read_recursive()
     }
 
+    /// The `[limits]` it checks requests against.
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
+    /// The descriptor version table.
     pub fn versions(&self) -> &Versions {
         &self.versions
     }
@@ -113,6 +123,7 @@ impl Core {
         self.store.check()
     }
 
+    /// Sizes of the in-memory index, for `/metrics`.
     pub fn stats(&self) -> StoreStats {
         let sync = self.store.sync();
         let index = self.read_index();

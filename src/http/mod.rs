@@ -70,7 +70,7 @@ fn resource(path: &str, routes: Vec<(Method, Route)>) -> impl HttpServiceFactory
         .wrap(from_fn(move |req, next| middleware::reject_bad_request_id(allowed.clone(), req, next)))
 }
 
-/// Every route of api.md.
+/// Every route of docs/api.md.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use Method as M;
     cfg.service(resource("/healthcheck", vec![on(M::GET, h::healthcheck)]))

@@ -11,7 +11,7 @@ use luna_core::matching::{scan, TopK};
 pub const TOLERANCE: f64 = 1e-6;
 
 /// The best `limit` candidates (ties: the smaller key first), and how many
-/// reach `threshold`, as api.md orders them.
+/// reach `threshold`, as docs/api.md orders them.
 pub struct Expected<K> {
     pub hits: Vec<(K, f64)>,
     pub total: u64,

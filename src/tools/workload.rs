@@ -151,7 +151,7 @@ pub fn raw_workload(dtype: Dtype, args: &BenchArgs, rng: &mut Rng) -> Workload {
     }
 }
 
-/// Raw candidate ids sort as their numbers do: api.md breaks ties by id.
+/// Raw candidate ids sort as their numbers do: docs/api.md breaks ties by id.
 fn raw_id(i: usize) -> String {
     format!("c{i:06}")
 }

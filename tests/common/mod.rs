@@ -291,7 +291,7 @@ pub fn sdk(version: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The similarity api.md defines for two u8 descriptors without calibration.
+/// The similarity docs/api.md defines for two u8 descriptors without calibration.
 pub fn u8_similarity(a: &[u8], b: &[u8]) -> f64 {
     let c = |v: &[u8]| v.iter().map(|&q| q as i64 - 128).collect::<Vec<_>>();
     let (a, b) = (c(a), c(b));

@@ -164,9 +164,12 @@ impl Supervised for PluginActor {
 /// failed: a background task died, or its code held the event loop too long.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Fault {
+pub(crate) struct Fault {
+    /// The generation that broke; a fault of an older one is ignored.
     pub generation: u64,
+    /// What went wrong.
     pub error: String,
+    /// The Python traceback, if there is one.
     pub traceback: Option<String>,
 }
 
@@ -185,7 +188,7 @@ impl Handler<Fault> for PluginActor {
 /// An error of the plugin found outside it (a malformed answer the pipeline rejected), to count.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CountError(pub String);
+pub(crate) struct CountError(pub String);
 
 impl Handler<CountError> for PluginActor {
     type Result = ();
@@ -198,7 +201,7 @@ impl Handler<CountError> for PluginActor {
 /// Shut down: finish the event in flight, then `close()` every instance within the deadline.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Close;
+pub(crate) struct Close;
 
 impl Handler<Close> for PluginActor {
     type Result = ResponseActFuture<Self, ()>;

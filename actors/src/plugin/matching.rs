@@ -16,16 +16,25 @@ use crate::status::{PluginKind, PluginState};
 /// One sub-request of the proxy pipeline, as matching plugins get it.
 #[derive(Debug, Clone)]
 pub struct MatchCall {
+    /// `descriptor` or `face`.
     pub reference_type: &'static str,
+    /// The reference's id, if the request gave one.
     pub reference_id: Option<String>,
+    /// The reference's descriptor payload.
     pub descriptor: Vec<u8>,
+    /// Its version.
     pub descriptor_version: u32,
     /// The candidate set's filters as JSON, as the request gave them.
     pub filters: String,
+    /// The fields the answer's faces carry.
     pub targets: Vec<String>,
+    /// Most faces to answer.
     pub limit: usize,
+    /// Least similarity a face needs.
     pub threshold: f64,
+    /// The request's `Luna-Account-Id`, if it has one.
     pub account_id: Option<String>,
+    /// The request's `Luna-Request-Id`.
     pub request_id: String,
 }
 
@@ -52,7 +61,7 @@ impl MatchCall {
 /// None where no matching class of it takes the sub-request.
 #[derive(Message)]
 #[rtype(result = "Vec<Option<(f64, usize)>>")]
-pub struct Costs(pub Arc<Vec<MatchCall>>);
+pub(crate) struct Costs(pub Arc<Vec<MatchCall>>);
 
 impl Handler<Costs> for PluginActor {
     type Result = ResponseActFuture<Self, Vec<Option<(f64, usize)>>>;
@@ -88,18 +97,23 @@ impl Handler<Costs> for PluginActor {
 /// Answer sub-request `index` of `calls` with instance `instance`.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(String, f64)>, MatchFailure>")]
-pub struct Match {
+pub(crate) struct Match {
+    /// Every sub-request of the request.
     pub calls: Arc<Vec<MatchCall>>,
+    /// Which one to answer.
     pub index: usize,
+    /// The plugin's matching instance that offered the lowest cost.
     pub instance: usize,
 }
 
+/// Why a matching plugin did not answer a sub-request; the default matcher takes it.
 #[derive(Debug)]
 pub enum MatchFailure {
     /// The plugin handed the sub-request back.
     Rematch,
     /// Not running, or the instance is gone after a restart.
     Unavailable,
+    /// The plugin's own time ran past its timeout.
     TimedOut(String),
     /// An unexpected exception, or a result that is not a list of FaceMatchResult.
     Failed(String),

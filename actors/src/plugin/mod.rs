@@ -4,10 +4,10 @@
 //! (events from its queue, route calls, matching), and on failure stop, so
 //! the supervisor restarts it as a fresh instance after a backoff.
 //!
-//! - [`lifecycle`]: boot, failure, restart, faults found outside a call, close.
-//! - [`events`]: handing queued events to the plugin, one at a time.
-//! - [`routes`]: calls to the plugin's HTTP routes.
-//! - [`matching`]: costs and answers of matching plugins.
+//! - `lifecycle`: boot, failure, restart, faults found outside a call, close.
+//! - `events`: handing queued events to the plugin, one at a time.
+//! - `routes`: calls to the plugin's HTTP routes.
+//! - `matching`: costs and answers of matching plugins.
 
 mod events;
 mod lifecycle;
@@ -21,8 +21,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use pyo3::prelude::*;
 
-pub use lifecycle::{Close, CountError, Fault};
-pub use matching::{Costs, Match, MatchCall, MatchFailure};
+pub(crate) use lifecycle::{Close, CountError, Fault};
+pub(crate) use matching::{Costs, Match};
+pub use matching::{MatchCall, MatchFailure};
 pub use routes::{CallRoute, RouteError, RouteReply};
 
 use crate::events::{EventBroker, EventQueue};
@@ -36,19 +37,27 @@ use crate::status::{PluginKind, PluginState, PluginStatus};
 /// What every plugin of the service knows about it.
 #[derive(Clone)]
 pub struct ServiceInfo {
+    /// The service's name, as plugins see it (`app.ctx.serviceName`).
     pub name: &'static str,
     /// Where plugins reach the service's own API (`app.ctx.serviceUrl`).
     pub url: String,
 }
 
 /// What the supervisor gives a plugin's actor.
-pub struct PluginSetup {
+pub(crate) struct PluginSetup {
+    /// The plugin's name: its module in the plugins directory.
     pub name: String,
+    /// Its timeouts, restart policy and own configuration.
     pub settings: PluginSettings,
+    /// What it knows of the service.
     pub service: ServiceInfo,
+    /// Where it reports its state and counts.
     pub status: Arc<PluginStatus>,
+    /// Where it subscribes to events.
     pub broker: Addr<EventBroker>,
+    /// Where it registers its routes.
     pub routes: Arc<RouteTable>,
+    /// Its event queue.
     pub queue: Arc<EventQueue>,
 }
 
@@ -59,7 +68,8 @@ struct Instance {
     event_name: Option<String>,
 }
 
-pub struct PluginActor {
+/// The actor of one plugin: the only owner of its lifecycle and its Python instances.
+pub(crate) struct PluginActor {
     setup: PluginSetup,
     /// The one lifecycle state; [`PluginActor::set_state`] publishes it.
     state: PluginState,
@@ -74,6 +84,7 @@ pub struct PluginActor {
 }
 
 impl PluginActor {
+    /// An actor that boots the plugin when it starts.
     pub fn new(setup: PluginSetup) -> Self {
         let s = &setup.settings;
         let restarts = RestartPolicy::new(s.max_restarts, s.restart_window, s.backoff_initial, s.backoff_max);

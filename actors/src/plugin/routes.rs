@@ -14,22 +14,34 @@ use crate::status::PluginState;
 #[derive(Message)]
 #[rtype(result = "Result<RouteReply, RouteError>")]
 pub struct CallRoute {
+    /// The route's template, as the plugin registered it.
     pub template: String,
+    /// Values of its `{name}` segments.
     pub params: Vec<(String, String)>,
+    /// The HTTP method.
     pub method: String,
+    /// The request's path.
     pub path: String,
+    /// The query string, without `?`.
     pub query: String,
+    /// The request's headers.
     pub headers: Vec<(String, String)>,
+    /// The request's body.
     pub body: Vec<u8>,
 }
 
+/// A plugin route's answer.
 #[derive(Debug)]
 pub struct RouteReply {
+    /// The HTTP status.
     pub status: u16,
+    /// Its headers.
     pub headers: Vec<(String, String)>,
+    /// Its body.
     pub body: Vec<u8>,
 }
 
+/// Why a plugin route gave no answer; the HTTP layer maps each to an error code.
 #[derive(Debug)]
 pub enum RouteError {
     /// The plugin is not running (restarting or failed).

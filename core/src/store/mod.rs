@@ -27,11 +27,30 @@ use crate::index::{FaceRecord, Index, ListRecord};
 /// One change a write makes. A write is a batch of them, committed in one transaction.
 #[derive(Debug, Clone)]
 pub enum Op {
+    /// Create a list.
     CreateList(ListRecord),
+    /// Delete a list; its faces stay.
     DeleteList(Uuid),
-    CreateFace { spec: VersionSpec, descriptor: Descriptor, face: FaceRecord },
+    /// Create a face with its descriptor and memberships.
+    CreateFace {
+        /// The row of the descriptor's version.
+        spec: VersionSpec,
+        /// The descriptor.
+        descriptor: Descriptor,
+        /// The face, its lists included.
+        face: FaceRecord,
+    },
+    /// Delete a face and its memberships.
     DeleteFace(Uuid),
-    SetMembership { list_id: Uuid, face_id: Uuid, member: bool },
+    /// Attach a face to a list or detach it.
+    SetMembership {
+        /// The list.
+        list_id: Uuid,
+        /// The face.
+        face_id: Uuid,
+        /// Attach (true) or detach (false).
+        member: bool,
+    },
 }
 
 /// The rows a write's checks read: the lists and faces its request names.
@@ -39,7 +58,9 @@ pub enum Op {
 /// until COMMIT.
 #[derive(Debug, Default)]
 pub struct Reads {
+    /// The lists the request names.
     pub lists: Vec<Uuid>,
+    /// Faces the request names.
     pub faces: Vec<Uuid>,
     /// The write deletes what it reads: lock for update, not only against deletion.
     pub delete: bool,
@@ -47,7 +68,9 @@ pub struct Reads {
 
 /// The accounts that own the lists and faces a write reads, as the store holds them.
 pub trait Owners {
+    /// The account that owns a list, if the list exists.
     fn list_owner(&self, list_id: &Uuid) -> Option<Uuid>;
+    /// The account that owns a face, if the face exists.
     fn face_owner(&self, face_id: &Uuid) -> Option<Uuid>;
 }
 
@@ -64,13 +87,16 @@ impl Owners for Index {
 /// Builds a write's operations from what the store holds, or refuses the write.
 pub type Prepare<'a> = Box<dyn FnOnce(&dyn Owners) -> Result<Vec<Op>> + 'a>;
 
+/// A boxed future, for the store's async methods behind `dyn Store`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A place in the shared store's change log: a transaction id and a sequence
 /// number, ordered as the log is applied. Written `<xid>:<seq>`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
+    /// The PostgreSQL transaction id (`xid8`) that wrote the change.
     pub xid: u64,
+    /// The change's number within the log.
     pub seq: i64,
 }
 
@@ -110,11 +136,13 @@ pub struct SyncStatus {
     pub position: Position,
     /// Age of the oldest committed change not applied yet; 0 when none is waiting.
     pub lag_seconds: f64,
-    /// Faces read by the last full load, and full loads so far.
+    /// Faces read by the last full load.
     pub loaded_faces: u64,
+    /// Full loads so far.
     pub loads: u64,
     /// Stored faces the version table cannot read: left out of memory, logged.
     pub unreadable_faces: u64,
+    /// The lists this instance keeps in memory.
     pub scope: CacheScope,
 }
 

@@ -35,14 +35,17 @@ pub(super) const FACE_COLUMNS: &str = "f.face_id, f.account_id, f.descriptor_ver
      ARRAY(SELECT lf.list_id FROM list_faces lf WHERE lf.face_id = f.face_id ORDER BY lf.attached)";
 pub(super) const LIST_COLUMNS: &str = "l.list_id, l.account_id, l.user_data, l.create_time";
 
+/// How to reach and follow the shared PostgreSQL store.
 pub struct PostgresConfig {
     /// libpq connection string (URL or key=value), several hosts allowed.
     pub dsn: String,
+    /// Connections for writes and reads of single records.
     pub pool_size: usize,
     /// Longest time between two reads of the change log (NOTIFY wakes it sooner).
     pub poll_interval: Duration,
     /// Age past which change log rows are trimmed.
     pub changes_retention: Duration,
+    /// The lists this instance keeps in memory.
     pub scope: CacheScope,
     /// Longest wait for a store position a request names.
     pub position_wait: Duration,
@@ -125,6 +128,7 @@ impl Drop for OwnRuntime {
     }
 }
 
+/// The shared store: writes and single reads on a connection pool, and a follower that keeps the in-memory index current from the change log.
 pub struct PostgresStore {
     /// Owned so it outlives every task on it.
     _runtime: OwnRuntime,
