@@ -28,6 +28,8 @@ ACCOUNT = "6d3f2a5e-1111-4222-8333-444455556666"
 DATA = "/srv/luna_python_matcher/data"
 PLUGINS = "/srv/luna_python_matcher/plugins"
 RUN_ID = uuid.uuid4().hex[:8]
+# The PostgreSQL server of the shared store in the proxy check: the one the tests use.
+POSTGRES = os.environ.get("LUNA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 made = {"container": [], "volume": [], "image": []}
 results = []
@@ -161,7 +163,7 @@ def check(name):
         start = time.monotonic()
         try:
             fn()
-        except Exception as e:  # noqa: BLE001 - a failed check is reported, the others still run
+        except Exception as e:  # a failed check is reported, the others still run
             results.append(False)
             print(f"FAIL - {name}: {type(e).__name__}: {e}", flush=True)
         else:
@@ -376,24 +378,42 @@ def run_checks(fixtures):
     proxy_role()
 
 
-def proxy_role():
-    """SERVICE_TYPE=proxy from the same image, once the proxy role exists."""
-    probe = Container(IMAGE, {"SERVICE_TYPE": "proxy"})
-    until = time.monotonic() + 30
-    while time.monotonic() < until and podman("inspect", "--format", "{{.State.Running}}", probe.id).stdout.strip() == "true":
-        if "listening on" in probe.logs():
-            break
-        time.sleep(0.2)
-    if "role proxy is not available yet" in probe.logs():
-        print("skip - the proxy role (SERVICE_TYPE=proxy): not available in this build", flush=True)
-        return
+def psql(sql):
+    """One statement on the machine's PostgreSQL server (the tests' server)."""
+    r = subprocess.run(["psql", f"{POSTGRES}/postgres", "-v", "ON_ERROR_STOP=1", "-c", sql], capture_output=True, text=True, check=False)
+    expect(r.returncode == 0, f"psql {sql}: {r.stderr.strip()}")
 
-    @check("SERVICE_TYPE=proxy selects the proxy role")
-    def _():
-        probe.ready()
-        expect("as Proxy" in probe.logs(), probe.logs())
-        _, code = probe.stop()
-        expect(code == 0, f"exit code {code}")
+
+def proxy_role():
+    """SERVICE_TYPE=proxy from the same image, in front of a matcher container
+    of the same image, both on a PostgreSQL database of their own."""
+    db = f"luna_e2e_{RUN_ID}"
+    psql(f"CREATE DATABASE {db}")
+    try:
+        store = {"LUNA_MATCHER__STORAGE__BACKEND": "postgres", "LUNA_MATCHER__STORAGE__DSN": f"{POSTGRES}/{db}"}
+        matcher = Container(IMAGE, {**store, "LUNA_MATCHER__SERVER__ROLE": "matcher"})
+        proxy = Container(IMAGE, {**store, "SERVICE_TYPE": "proxy", "LUNA_MATCHER__PROXY__MATCHERS": json.dumps([f"http://127.0.0.1:{matcher.port}"])})
+
+        @check("SERVICE_TYPE=proxy: a proxy container matches through a matcher container")
+        def _():
+            matcher.ready()
+            proxy.ready()
+            expect("as Proxy" in proxy.logs(), proxy.logs())
+            status, body = proxy.http("GET", "/healthcheck?include_luna_services=1")
+            expect(status == 200, f"proxy /healthcheck?include_luna_services=1: {status} {body}")
+            list_face_match(proxy)
+            status, metrics = proxy.http("GET", "/metrics")
+            expect(status == 200 and f"127.0.0.1:{matcher.port}" in metrics, f"the proxy's /metrics name the matcher:\n{metrics}")
+
+        @check("the proxy and the matcher stop on SIGTERM with exit code 0")
+        def _():
+            for c in (proxy, matcher):
+                _, code = c.stop()
+                expect(code == 0, f"exit code {code}\n{c.logs()}")
+    finally:
+        for c in made["container"]:
+            podman("rm", "-f", "-t", "0", c, check=False)
+        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 if __name__ == "__main__":
