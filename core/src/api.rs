@@ -213,11 +213,15 @@ pub struct FaceMatch {
     pub similarity: Option<f64>,
 }
 
+/// The answer for one candidate set. A set that could not be answered (a
+/// matching plugin's `ErrorMatchResult`) has an empty `result` and its `error`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CandidateMatches {
     pub filters: FaceFilters,
     pub result: Vec<FaceMatch>,
     pub total_found: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
