@@ -119,8 +119,13 @@ class ListCacheMatcher(BaseMatcherPlugin):
         descriptors = held.sets.get(request.reference.descriptor_version)
         if descriptors is None:
             return MatchResult([])  # no face of the reference's version: nothing matches
-        hits = descriptors.match(request.reference.descriptor, request.limit, request.threshold)
-        return MatchResult([FaceMatchResult(Face(face_id), similarity) for face_id, similarity in hits])
+        if request.threshold > 0:
+            passing = descriptors.match(request.reference.descriptor, len(descriptors), request.threshold)
+            hits, total = passing[: request.limit], len(passing)
+        else:
+            # Similarities are never negative: every face of the version passes.
+            hits, total = descriptors.match(request.reference.descriptor, request.limit, request.threshold), len(descriptors)
+        return MatchResult([FaceMatchResult(Face(face_id), similarity) for face_id, similarity in hits], totalFound=total)
 
 
 class ListCacheWrites(BaseEventPlugin):

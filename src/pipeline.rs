@@ -57,9 +57,9 @@ pub async fn match_faces(
             let Ok(answer) = outcome else { continue };
             let result = match answer {
                 MatchAnswer::Error { code, detail } => Err(Error::from_plugin(&plugin, code, &detail)),
-                MatchAnswer::Hits(hits) => {
+                MatchAnswer::Hits { hits, total_found } => {
                     let hits: Option<Vec<(Uuid, f64)>> = hits.iter().map(|(id, s)| id.parse().ok().map(|id| (id, *s))).collect();
-                    match hits.and_then(|h| core.check_answer(&subs[i], &h)) {
+                    match hits.and_then(|h| core.check_answer(&subs[i], &h, total_found)) {
                         Some(result) => Ok(result),
                         None => {
                             plugins.count_error(

@@ -108,6 +108,7 @@ fn an_imatcher_plugin_answers_and_an_error_match_result_fails_its_candidate_set_
     assert_eq!(default["result"].as_array().unwrap().len(), 5, "{default}");
     assert_eq!(ok["result"], default["result"], "the plugin's MatchResult, targets filled from the store, is the default matcher's answer");
     assert!(ok.get("error").is_none() && default.get("error").is_none(), "{ok}");
+    assert_eq!((ok["total_found"].as_u64(), default["total_found"].as_u64()), (Some(5), Some(20)), "without totalFound, the faces answered count");
 
     // The error is the candidate set's alone: the other set of the same
     // reference, and the other references, are answered.
@@ -255,7 +256,7 @@ fn list_cache_answers_as_the_built_in_matcher_and_declines_lists_it_does_not_hol
         ask(threshold)
             .into_iter()
             .map(|sets| {
-                assert_eq!(sets[0]["result"], sets[1]["result"], "threshold {threshold}: {sets}");
+                assert_eq!((&sets[0]["result"], &sets[0]["total_found"]), (&sets[1]["result"], &sets[1]["total_found"]), "threshold {threshold}: {sets}");
                 assert!(!sets[2]["result"].as_array().unwrap().is_empty() || threshold > 0.0, "the oversized list is answered: {sets}");
                 sets[0]["result"].as_array().unwrap().len()
             })
@@ -270,7 +271,8 @@ fn list_cache_answers_as_the_built_in_matcher_and_declines_lists_it_does_not_hol
     let newcomer = face(&s, &[&cached, &copy], 500, 480);
     s.wait_for(|| held(&s, &cached)["state"] == "held" && held(&s, &cached)["faces"] == 9, "the list is reloaded after the write");
     let sets = &ask(0.0)[0];
-    assert_eq!(sets[0]["result"], sets[1]["result"], "{sets}");
+    assert_eq!((&sets[0]["result"], &sets[0]["total_found"]), (&sets[1]["result"], &sets[1]["total_found"]), "{sets}");
+    assert_eq!(sets[0]["total_found"], 9);
     assert_eq!(sets[0]["result"][0]["face"]["face_id"], newcomer.as_str(), "the newcomer is the best: {sets}");
     assert_eq!(s.plugin("list_cache")["errors"], 0, "{}", s.plugin("list_cache"));
 }

@@ -64,24 +64,25 @@ pub struct RouteCall<'a> {
 pub type RouteAnswer = (u16, HashMap<String, String>, Vec<u8>);
 
 /// What a matching plugin's `match()` answered, as `_matching.plain` hands
-/// it over: `(hits, None)` or `([], (code, detail))`.
+/// it over: `(hits, total found or None, None)` or `([], None, (code, detail))`.
 #[derive(Debug, FromPyObject)]
-pub struct PlainAnswer(Vec<(String, f64)>, Option<(u32, String)>);
+pub struct PlainAnswer(Vec<(String, f64)>, Option<u64>, Option<(u32, String)>);
 
 /// What a matching plugin answered a sub-request with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MatchAnswer {
-    /// Its candidates as `(face_id, similarity)`, in any order (`MatchResult` or a list).
-    Hits(Vec<(String, f64)>),
+    /// Its candidates as `(face_id, similarity)`, in any order (`MatchResult`
+    /// or a list), and the total found it stated (`MatchResult.totalFound`).
+    Hits { hits: Vec<(String, f64)>, total_found: Option<u64> },
     /// An `ErrorMatchResult`: the sub-request fails with this code and detail.
     Error { code: u32, detail: String },
 }
 
 impl From<PlainAnswer> for MatchAnswer {
-    fn from(PlainAnswer(hits, error): PlainAnswer) -> Self {
+    fn from(PlainAnswer(hits, total_found, error): PlainAnswer) -> Self {
         match error {
             Some((code, detail)) => MatchAnswer::Error { code, detail },
-            None => MatchAnswer::Hits(hits),
+            None => MatchAnswer::Hits { hits, total_found },
         }
     }
 }

@@ -220,6 +220,7 @@ pub struct CandidateMatches {
     pub filters: FaceFilters,
     pub result: Vec<FaceMatch>,
     pub total_found: u64,
+    /// Why this candidate set has no answer, when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
 }

@@ -195,8 +195,9 @@ impl Core {
     /// the sub-request's filters (its account and `face_ids` included), and be
     /// named once. None when one does not: the answer is malformed. Ordered,
     /// cut by threshold and limit as the API says; the targets come from the
-    /// store.
-    pub fn check_answer(&self, sub: &SubRequest, hits: &[(Uuid, f64)]) -> Option<SubResult> {
+    /// store. `total_found` is what the answerer stated, if anything: never
+    /// less than the faces it answered above the threshold.
+    pub fn check_answer(&self, sub: &SubRequest, hits: &[(Uuid, f64)], total_found: Option<u64>) -> Option<SubResult> {
         let index = self.read_index();
         let mut checked = Vec::with_capacity(hits.len());
         for (face_id, similarity) in hits {
@@ -213,7 +214,7 @@ impl Core {
         }
         checked.retain(|(similarity, _)| *similarity >= sub.set.threshold);
         checked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.face_id.cmp(&b.1.face_id)));
-        let total_found = checked.len() as u64;
+        let total_found = total_found.unwrap_or(0).max(checked.len() as u64);
         checked.truncate(sub.set.limit);
         Some(SubResult { hits: checked, total_found, candidates_scanned: hits.len() as u64 })
     }

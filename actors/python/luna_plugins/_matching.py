@@ -51,17 +51,20 @@ def _number(value):
 
 
 def plain(answer):
-    """What `match()` returned, as the service takes it: `(hits, None)` with
-    hits `[(face_id, similarity)]`, or `([], (code, detail))` for an
-    `ErrorMatchResult`. MalformedResult when it is neither."""
+    """What `match()` returned, as the service takes it: `(hits, total, None)`
+    with hits `[(face_id, similarity)]` and the stated total found (or
+    None), or `([], None, (code, detail))` for an `ErrorMatchResult`.
+    MalformedResult when it is neither."""
     if isinstance(answer, ErrorMatchResult):
         code, detail = answer.errorCode, answer.detail
         if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= _CODE_MAX:
             raise MalformedResult(f"ErrorMatchResult.errorCode is {code!r}, not an error code")
         if not isinstance(detail, str):
             raise MalformedResult(f"ErrorMatchResult.detail is {type(detail).__name__}, not str")
-        return [], (code, detail)
-    results = answer.result if isinstance(answer, MatchResult) else answer
+        return [], None, (code, detail)
+    results, total = (answer.result, answer.totalFound) if isinstance(answer, MatchResult) else (answer, None)
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 0):
+        raise MalformedResult(f"MatchResult.totalFound is {total!r}, not a count")
     if not isinstance(results, (list, tuple)):
         raise MalformedResult(f"match() returned {type(results).__name__}, not a MatchResult, a list of FaceMatchResult or an ErrorMatchResult")
     hits = []
@@ -69,4 +72,4 @@ def plain(answer):
         if not isinstance(r, FaceMatchResult) or not isinstance(r.face, Face) or not _number(r.similarity):
             raise MalformedResult(f"match() returned {r!r}, not a FaceMatchResult")
         hits.append((r.face.face_id, float(r.similarity)))
-    return hits, None
+    return hits, total, None

@@ -120,13 +120,14 @@ class MatcherInterface(unittest.TestCase):
 class MatchAnswers(unittest.TestCase):
     def test_a_match_result_and_a_bare_list_mean_the_same(self):
         hits = [FaceMatchResult(Face("a"), 0.5), FaceMatchResult(Face("b"), 1)]
-        self.assertEqual(_matching.plain(MatchResult(hits)), ([("a", 0.5), ("b", 1.0)], None))
+        self.assertEqual(_matching.plain(MatchResult(hits)), ([("a", 0.5), ("b", 1.0)], None, None))
         self.assertEqual(_matching.plain(hits), _matching.plain(MatchResult(hits)))
-        self.assertEqual(_matching.plain(MatchResult(())), ([], None))
+        self.assertEqual(_matching.plain(MatchResult(())), ([], None, None))
+        self.assertEqual(_matching.plain(MatchResult(hits, totalFound=40)), ([("a", 0.5), ("b", 1.0)], 40, None))
 
     def test_an_error_match_result_is_its_code_and_detail(self):
-        self.assertEqual(_matching.plain(ErrorMatchResult(22001, "list gone")), ([], (22001, "list gone")))
-        self.assertEqual(_matching.plain(ErrorMatchResult(7)), ([], (7, "")))
+        self.assertEqual(_matching.plain(ErrorMatchResult(22001, "list gone")), ([], None, (22001, "list gone")))
+        self.assertEqual(_matching.plain(ErrorMatchResult(7)), ([], None, (7, "")))
         self.assertIn("22001", repr(ErrorMatchResult(22001, "x")))
 
     def test_anything_else_is_malformed(self):
@@ -138,6 +139,9 @@ class MatchAnswers(unittest.TestCase):
             [FaceMatchResult("a", 0.5)],
             [FaceMatchResult(Face("a"), True)],
             [FaceMatchResult(Face("a"), "0.5")],
+            MatchResult([], totalFound=-1),
+            MatchResult([], totalFound=2.0),
+            MatchResult([], totalFound=True),
             ErrorMatchResult("22001"),
             ErrorMatchResult(True),
             ErrorMatchResult(-1),

@@ -77,13 +77,18 @@ class FaceMatchResult:
 
 class MatchResult:
     """A plugin's answer to a sub-request: its matched candidates
-    (`FaceMatchResult`), in any order. A bare list of them means the same."""
+    (`FaceMatchResult`), in any order. A bare list of them means the same.
 
-    def __init__(self, result):
+    `totalFound`, when the plugin knows it, is how many candidates pass the
+    filters and the threshold before `limit` cuts them (the response's
+    `total_found`); without it, the candidates answered are counted."""
+
+    def __init__(self, result, totalFound=None):
         self.result = result
+        self.totalFound = totalFound
 
     def __repr__(self):
-        return f"MatchResult({self.result!r})"
+        return f"MatchResult({self.result!r}, totalFound={self.totalFound!r})"
 
 
 class ErrorMatchResult:
