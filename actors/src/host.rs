@@ -71,11 +71,20 @@ pub struct PlainAnswer(Vec<(String, f64)>, Option<u64>, Option<(u32, String)>);
 /// What a matching plugin answered a sub-request with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MatchAnswer {
-    /// Its candidates as `(face_id, similarity)`, in any order (`MatchResult`
-    /// or a list), and the total found it stated (`MatchResult.totalFound`).
-    Hits { hits: Vec<(String, f64)>, total_found: Option<u64> },
-    /// An `ErrorMatchResult`: the sub-request fails with this code and detail.
-    Error { code: u32, detail: String },
+    /// Its candidates (`MatchResult` or a list).
+    Hits {
+        /// `(face_id, similarity)`, in any order.
+        hits: Vec<(String, f64)>,
+        /// What it stated as found before `limit` (`MatchResult.totalFound`).
+        total_found: Option<u64>,
+    },
+    /// An `ErrorMatchResult`: the sub-request fails.
+    Error {
+        /// The plugin's error code (`errorCode`), mapped to the error table by `luna_core::Error::from_plugin`.
+        code: u32,
+        /// The plugin's `detail`.
+        detail: String,
+    },
 }
 
 impl From<PlainAnswer> for MatchAnswer {
