@@ -3,18 +3,20 @@
 //! matcher that states the lowest cost, a matching plugin or the default
 //! matcher (ties to the default). A plugin that raises `Rematch`, fails, times
 //! out or answers something malformed hands its sub-request back, and the
-//! default matcher answers it in the same request.
+//! default matcher answers it in the same request; one that answers an
+//! `ErrorMatchResult` fails that sub-request alone with its error.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use luna_actors::MatchAnswer;
 use luna_actors::plugin::MatchCall;
 use luna_actors::PluginHost;
 use luna_core::api::{MatchFacesRequest, ReferenceMatches};
 use luna_core::matching::SubResult;
 use luna_core::planning::SubRequest;
-use luna_core::{Core, Result};
+use luna_core::{Core, Error, Result};
 use uuid::Uuid;
 
 /// Who answered a sub-request, for its `matching` monitoring point.
@@ -35,7 +37,7 @@ pub async fn match_faces(
 ) -> Result<(Vec<ReferenceMatches>, Vec<SubReport>)> {
     let plan = core.plan_faces(account, req).await?;
     let count = plan.subs().count();
-    let mut answered: Vec<Option<SubResult>> = (0..count).map(|_| None).collect();
+    let mut answered: Vec<Option<Result<SubResult>>> = (0..count).map(|_| None).collect();
     let mut reports: Vec<Option<SubReport>> = vec![None; count];
     if let Some(plugins) = plugins {
         let calls: Arc<Vec<MatchCall>> = Arc::new(plan.subs().map(|sub| match_call(&sub, account, request_id)).collect());
@@ -52,17 +54,26 @@ pub async fn match_faces(
         let subs: Vec<SubRequest> = plan.subs().collect();
         for (i, plugin, outcome, took) in join_all(runs).await {
             // Rematch, an exception, a timeout: the default matcher answers.
-            let Ok(hits) = outcome else { continue };
-            let hits: Option<Vec<(Uuid, f64)>> = hits.iter().map(|(id, s)| id.parse().ok().map(|id| (id, *s))).collect();
-            match hits.and_then(|h| core.check_answer(&subs[i], &h)) {
-                Some(result) => {
-                    reports[i] = Some(SubReport { matcher: plugin, candidates_scanned: result.candidates_scanned, seconds: took.as_secs_f64() });
-                    answered[i] = Some(result);
+            let Ok(answer) = outcome else { continue };
+            let result = match answer {
+                MatchAnswer::Error { code, detail } => Err(Error::from_plugin(&plugin, code, &detail)),
+                MatchAnswer::Hits { hits, total_found } => {
+                    let hits: Option<Vec<(Uuid, f64)>> = hits.iter().map(|(id, s)| id.parse().ok().map(|id| (id, *s))).collect();
+                    match hits.and_then(|h| core.check_answer(&subs[i], &h, total_found)) {
+                        Some(result) => Ok(result),
+                        None => {
+                            plugins.count_error(
+                                &plugin,
+                                "malformed match result: a face that is not a uuid, unknown, of another version or outside the filters".into(),
+                            );
+                            continue;
+                        }
+                    }
                 }
-                None => {
-                    plugins.count_error(&plugin, "malformed match result: a face that is not a uuid, unknown, of another version or outside the filters".into())
-                }
-            }
+            };
+            let candidates_scanned = result.as_ref().map_or(0, |r| r.candidates_scanned);
+            reports[i] = Some(SubReport { matcher: plugin, candidates_scanned, seconds: took.as_secs_f64() });
+            answered[i] = Some(result);
         }
     }
     let start = Instant::now();

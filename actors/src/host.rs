@@ -77,6 +77,39 @@ pub struct RouteCall<'a> {
 /// A route's answer: status, headers, body.
 pub type RouteAnswer = (u16, HashMap<String, String>, Vec<u8>);
 
+/// What a matching plugin's `match()` answered, as `_matching.plain` hands
+/// it over: `(hits, total found or None, None)` or `([], None, (code, detail))`.
+#[derive(Debug, FromPyObject)]
+pub struct PlainAnswer(Vec<(String, f64)>, Option<u64>, Option<(u32, String)>);
+
+/// What a matching plugin answered a sub-request with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatchAnswer {
+    /// Its candidates (`MatchResult` or a list).
+    Hits {
+        /// `(face_id, similarity)`, in any order.
+        hits: Vec<(String, f64)>,
+        /// What it stated as found before `limit` (`MatchResult.totalFound`).
+        total_found: Option<u64>,
+    },
+    /// An `ErrorMatchResult`: the sub-request fails.
+    Error {
+        /// The plugin's error code (`errorCode`), mapped to the error table by `luna_core::Error::from_plugin`.
+        code: u32,
+        /// The plugin's `detail`.
+        detail: String,
+    },
+}
+
+impl From<PlainAnswer> for MatchAnswer {
+    fn from(PlainAnswer(hits, total_found, error): PlainAnswer) -> Self {
+        match error {
+            Some((code, detail)) => MatchAnswer::Error { code, detail },
+            None => MatchAnswer::Hits { hits, total_found },
+        }
+    }
+}
+
 /// How long the Rust side waits for a hosted coroutine.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Wait {
@@ -305,8 +338,8 @@ impl Host {
         self.spawn(py, coroutine, limit, Some(context))
     }
 
-    /// `match()` of one instance within `limit`: `[(face_id, similarity)]`.
-    pub fn match_(&self, py: Python<'_>, instance: &Py<PyAny>, request: &Py<PyDict>, limit: Duration, context: &PluginContext) -> Hosted<Vec<(String, f64)>> {
+    /// `match()` of one instance within `limit`: its answer, hits or an error.
+    pub fn match_(&self, py: Python<'_>, instance: &Py<PyAny>, request: &Py<PyDict>, limit: Duration, context: &PluginContext) -> Hosted<PlainAnswer> {
         let coroutine = self.match_.bind(py).call1((instance, request, limit.as_secs_f64()));
         self.spawn(py, coroutine, limit, Some(context))
     }

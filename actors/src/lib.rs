@@ -26,4 +26,5 @@ pub mod supervisor;
 mod venv;
 mod watchdog;
 
+pub use host::MatchAnswer;
 pub use supervisor::PluginHost;

@@ -21,6 +21,7 @@ const SOURCES: &[(&str, bool, &str)] = &[
     ("luna_plugins._routes", false, include_str!("../python/luna_plugins/_routes.py")),
     ("luna_plugins._tasks", false, include_str!("../python/luna_plugins/_tasks.py")),
     ("luna_plugins._workers", false, include_str!("../python/luna_plugins/_workers.py")),
+    ("luna_plugins._matching", false, include_str!("../python/luna_plugins/_matching.py")),
     ("luna_plugins._host", false, include_str!("../python/luna_plugins/_host.py")),
     ("luna_plugins.errors", false, include_str!("../python/luna_plugins/errors.py")),
     ("luna_plugins.base", true, include_str!("../python/luna_plugins/base/__init__.py")),

@@ -25,11 +25,16 @@ pub struct PluginsConfig {
     pub required: Vec<String>,
     /// Events waiting per plugin; beyond it the oldest are dropped and counted.
     pub queue_size: usize,
-    /// Longest an event handler, a plugin route, `getMatchingCost` or `match`
-    /// may take (the plugin's own time: time other plugins hold the event
-    /// loop is not counted), and longest plugin code may hold the event loop.
+    /// Longest an event handler or a plugin route may take (the plugin's own
+    /// time: time other plugins hold the event loop is not counted), and
+    /// longest plugin code may hold the event loop.
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// Longest a matching plugin's `getMatchingCost` (all the sub-requests of
+    /// a request) or `match` may take: a request waits for a plugin that hangs
+    /// only this long before the default matcher answers.
+    #[serde(with = "duration")]
+    pub matching_timeout: Duration,
     /// Longest `initialize()` may take.
     #[serde(with = "duration")]
     pub init_timeout: Duration,
@@ -50,8 +55,9 @@ pub struct PluginsConfig {
     /// The default matcher's cost: a matching plugin takes a sub-request only
     /// when it states a lower one.
     pub default_matcher_cost: f64,
-    /// Each plugin's own table, handed to it as `app.ctx.config`. `timeout` and
-    /// `max_restarts` in it override the values above for that plugin.
+    /// Each plugin's own table, handed to it as `app.ctx.config`. `timeout`,
+    /// `matching_timeout` and `max_restarts` in it override the values above
+    /// for that plugin.
     pub config: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -65,6 +71,7 @@ impl Default for PluginsConfig {
             required: Vec::new(),
             queue_size: 1000,
             timeout: Duration::from_secs(5),
+            matching_timeout: Duration::from_secs(1),
             init_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             max_restarts: 5,
@@ -91,11 +98,13 @@ impl PluginsConfig {
             }
         }
         for (name, table) in &self.config {
-            if let Some(t) = table.get("timeout") {
-                t.as_str()
-                    .ok_or("a duration such as \"500ms\"".to_string())
-                    .and_then(duration::parse)
-                    .map_err(|e| format!("config key plugins.config.{name}.timeout: {e}"))?;
+            for key in ["timeout", "matching_timeout"] {
+                if let Some(t) = table.get(key) {
+                    t.as_str()
+                        .ok_or("a duration such as \"500ms\"".to_string())
+                        .and_then(duration::parse)
+                        .map_err(|e| format!("config key plugins.config.{name}.{key}: {e}"))?;
+                }
             }
             if let Some(m) = table.get("max_restarts") {
                 m.as_u64().ok_or_else(|| format!("config key plugins.config.{name}.max_restarts: a whole number"))?;
@@ -107,8 +116,10 @@ impl PluginsConfig {
     /// The settings one plugin runs with.
     pub fn settings(&self, name: &str) -> PluginSettings {
         let own = self.config.get(name).cloned().unwrap_or_default();
+        let own_duration = |key: &str| own.get(key).and_then(|t| t.as_str()).and_then(|t| duration::parse(t).ok());
         PluginSettings {
-            timeout: own.get("timeout").and_then(|t| t.as_str()).and_then(|t| duration::parse(t).ok()).unwrap_or(self.timeout),
+            timeout: own_duration("timeout").unwrap_or(self.timeout),
+            matching_timeout: own_duration("matching_timeout").unwrap_or(self.matching_timeout),
             max_restarts: own.get("max_restarts").and_then(|m| m.as_u64()).map_or(self.max_restarts, |m| m as u32),
             init_timeout: self.init_timeout,
             close_timeout: self.close_timeout,
@@ -123,8 +134,10 @@ impl PluginsConfig {
 /// What one plugin's actor runs with.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
-    /// Longest an event handler, a route, `getMatchingCost` or `match` may take (the plugin's own time).
+    /// Longest an event handler or a route may take (the plugin's own time).
     pub timeout: Duration,
+    /// Deadline of `getMatchingCost` and `match`.
+    pub matching_timeout: Duration,
     /// Longest `initialize()` may take.
     pub init_timeout: Duration,
     /// Longest `close()` may take at shutdown.
@@ -221,6 +234,18 @@ mod tests {
         assert!(c.validate().is_ok());
         let c = PluginsConfig { matcher_active: vec!["a".into(), "a".into()], ..Default::default() };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn matching_timeout_is_one_second_unless_a_plugin_says_otherwise() {
+        let table = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let mut c = PluginsConfig::default();
+        assert_eq!((c.settings("p").matching_timeout, c.settings("p").timeout), (Duration::from_secs(1), Duration::from_secs(5)));
+        c.config.insert("p".into(), table(serde_json::json!({"matching_timeout": "250ms"})));
+        assert!(c.validate().is_ok());
+        assert_eq!((c.settings("p").matching_timeout, c.settings("q").matching_timeout), (Duration::from_millis(250), Duration::from_secs(1)));
+        c.config.insert("p".into(), table(serde_json::json!({"matching_timeout": 3})));
+        assert!(c.validate().unwrap_err().contains("plugins.config.p.matching_timeout"));
     }
 
     #[test]

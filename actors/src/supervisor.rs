@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::events::{Barrier, Event, EventBroker, EventQueue, Publish};
-use crate::host::GRACE;
+use crate::host::{MatchAnswer, GRACE};
 use crate::plugin::{
     CallRoute, Close, Costs, CountError, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
 };
@@ -80,8 +80,9 @@ pub struct PluginHost {
     statuses: Vec<Arc<PluginStatus>>,
     actors: HashMap<String, Addr<PluginActor>>,
     required: Vec<String>,
-    /// How long a plugin may take to state its matching costs.
-    timeout: Duration,
+    /// Each plugin's matching timeout: how long it may take to state its
+    /// costs, or to answer a sub-request.
+    matching_timeouts: HashMap<String, Duration>,
     /// The default matcher's cost: a plugin wins a sub-request only below it.
     default_cost: f64,
 }
@@ -126,6 +127,7 @@ impl PluginHost {
             }
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();
+        let matching_timeouts = active.iter().map(|name| (name.clone(), config.settings(name).matching_timeout)).collect();
         let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
         Ok(PluginHost {
             supervisor,
@@ -134,7 +136,7 @@ impl PluginHost {
             statuses,
             actors,
             required: config.required.clone(),
-            timeout: config.timeout,
+            matching_timeouts,
             default_cost: config.default_matcher_cost,
         })
     }
@@ -167,11 +169,11 @@ impl PluginHost {
 
     /// For each sub-request, the cheapest matching plugin below the default
     /// matcher's cost: (plugin, instance); None goes to the default matcher.
-    /// A plugin that does not state its costs in time is left out.
+    /// A plugin that does not state its costs within its matching timeout is left out.
     pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<(String, usize)>> {
         let asks = self.matchers().into_iter().map(|name| {
             let ask = self.actors[name].send(Costs(calls.clone()));
-            async move { (name, tokio::time::timeout(self.timeout + GRACE, ask).await) }
+            async move { (name, tokio::time::timeout(self.matching_timeout(name) + GRACE, ask).await) }
         });
         let mut best: Vec<Option<(f64, String, usize)>> = vec![None; calls.len()];
         for (name, offers) in futures_util::future::join_all(asks).await {
@@ -185,10 +187,18 @@ impl PluginHost {
         best.into_iter().map(|b| b.map(|(_, name, instance)| (name, instance))).collect()
     }
 
-    /// Have `plugin` answer sub-request `index`.
-    pub async fn run_match(&self, plugin: &str, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<Vec<(String, f64)>, MatchFailure> {
+    fn matching_timeout(&self, plugin: &str) -> Duration {
+        self.matching_timeouts.get(plugin).copied().unwrap_or_default()
+    }
+
+    /// Have `plugin` answer sub-request `index`, within its matching timeout.
+    pub async fn run_match(&self, plugin: &str, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<MatchAnswer, MatchFailure> {
         let addr = self.actors.get(plugin).ok_or(MatchFailure::Unavailable)?;
-        addr.send(Match { calls, index, instance }).await.map_err(|_| MatchFailure::Unavailable)?
+        let limit = self.matching_timeout(plugin) + GRACE;
+        match tokio::time::timeout(limit, addr.send(Match { calls, index, instance })).await {
+            Ok(sent) => sent.map_err(|_| MatchFailure::Unavailable)?,
+            Err(_) => Err(MatchFailure::TimedOut(format!("no answer within {:.1}s", limit.as_secs_f64()))),
+        }
     }
 
     /// Count a failure of a plugin the pipeline found (a malformed answer).

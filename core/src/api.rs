@@ -302,7 +302,8 @@ pub struct FaceMatch {
     pub similarity: Option<f64>,
 }
 
-/// The answer for one candidate set of one reference.
+/// The answer for one candidate set. A set that could not be answered (a
+/// matching plugin's `ErrorMatchResult`) has an empty `result` and its `error`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CandidateMatches {
     /// The set's filters, as the request gave them.
@@ -311,6 +312,9 @@ pub struct CandidateMatches {
     pub result: Vec<FaceMatch>,
     /// Candidates that passed the filters and the threshold, before `limit` cut them.
     pub total_found: u64,
+    /// Why this candidate set has no answer, when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
 }
 
 /// The body of every error answer, as LUNA has it.

@@ -23,6 +23,11 @@ macro_rules! error_table {
             pub fn desc(self) -> &'static str {
                 match self { $( ErrorCode::$variant => $desc, )+ }
             }
+
+            /// The row of a numeric code, if the table has one.
+            pub fn from_code(code: u32) -> Option<ErrorCode> {
+                match code { $( $code => Some(ErrorCode::$variant), )+ _ => None }
+            }
         }
     };
 }
@@ -34,6 +39,7 @@ error_table! {
     PluginFailed = 10010, "Plugin error";
     PluginUnavailable = 10011, "Plugin is not running";
     PluginTimeout = 10012, "Plugin did not answer in time";
+    PluginMatchError = 10013, "Matching plugin answered with an error";
     BadJson = 11001, "Request body is not valid JSON or msgpack";
     SchemaViolation = 11002, "Failed to validate input";
     UnsupportedMediaType = 11003, "Unsupported content type";
@@ -87,6 +93,17 @@ impl Error {
     pub fn storage(err: impl fmt::Display) -> Self {
         Error::new(ErrorCode::StorageFailure, err.to_string())
     }
+
+    /// The error a matching plugin answered a sub-request with
+    /// (`ErrorMatchResult`): a code of this table keeps its row and the
+    /// plugin's detail; any other code is 10013, whose detail names the
+    /// plugin and its code.
+    pub fn from_plugin(plugin: &str, code: u32, detail: &str) -> Self {
+        match ErrorCode::from_code(code) {
+            Some(known) => Error::new(known, detail),
+            None => Error::new(ErrorCode::PluginMatchError, format!("plugin {plugin} answered error {code}: {detail}")),
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -115,5 +132,15 @@ mod tests {
     fn codes_are_unique() {
         let codes: HashSet<u32> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
         assert_eq!(codes.len(), ErrorCode::ALL.len());
+    }
+
+    #[test]
+    fn a_plugins_code_maps_to_its_row_or_to_10013() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_code(c.code()), Some(*c));
+        }
+        assert_eq!(Error::from_plugin("p", 22001, "gone"), Error::new(ErrorCode::ListNotFound, "gone"));
+        let other = Error::from_plugin("p", 7, "backend down");
+        assert_eq!((other.code.code(), other.detail.as_str()), (10013, "plugin p answered error 7: backend down"));
     }
 }

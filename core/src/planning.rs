@@ -95,7 +95,7 @@ impl FacesPlan {
 impl FacesPlan {
     /// An upper bound of the bytes the answer to this plan with `results`
     /// encodes to, computed before the response objects exist.
-    fn encoded_len_bound(&self, results: &[SubResult]) -> usize {
+    fn encoded_len_bound(&self, results: &[Result<SubResult>]) -> usize {
         let echoes: Vec<usize> = self.sets.iter().map(|s| serde_json::to_vec(&s.echo).map_or(0, |v| v.len())).collect();
         let mut results = results.iter();
         let mut total: usize = 2;
@@ -105,8 +105,11 @@ impl FacesPlan {
                 Err(e) => total = total.saturating_add(limits::ERROR + limits::json_len(&e.detail)),
                 Ok(_) => {
                     for (set, echo_bytes) in self.sets.iter().zip(&echoes) {
-                        let hits = results.next().map_or(&[][..], |r| &r.hits[..]);
-                        let hits_bytes: usize = hits.iter().map(|(_, face)| limits::hit_len(face, &set.targets)).sum();
+                        let hits_bytes: usize = match results.next() {
+                            Some(Ok(r)) => r.hits.iter().map(|(_, face)| limits::hit_len(face, &set.targets)).sum(),
+                            Some(Err(e)) => limits::ERROR + limits::json_len(&e.detail),
+                            None => 0,
+                        };
                         total = total.saturating_add(limits::CANDIDATE_SET + echo_bytes + hits_bytes);
                     }
                 }
@@ -156,10 +159,10 @@ impl Core {
     }
 
     /// Answer a plan. `answered[i]` holds the answer to the plan's i-th
-    /// sub-request when something else (a matching plugin) gave one; the
-    /// others are matched here. Also returns, per sub-request, the candidates
-    /// scanned for it.
-    pub async fn run_plan(&self, plan: FacesPlan, answered: Vec<Option<SubResult>>) -> Result<(Vec<ReferenceMatches>, Vec<u64>)> {
+    /// sub-request when something else (a matching plugin) gave one: its
+    /// result, or an error for that candidate set alone; the others are
+    /// matched here. Also returns, per sub-request, the candidates scanned for it.
+    pub async fn run_plan(&self, plan: FacesPlan, answered: Vec<Option<Result<SubResult>>>) -> Result<(Vec<ReferenceMatches>, Vec<u64>)> {
         let queries: Vec<SubQuery> = plan
             .subs()
             .zip(&answered)
@@ -173,9 +176,10 @@ impl Core {
             })
             .collect();
         let mut matched = self.engine.match_faces(queries).await?.into_iter();
-        let results: Vec<SubResult> = answered.into_iter().map(|a| a.or_else(|| matched.next()).expect("one result per sub-request")).collect();
+        let results: Vec<Result<SubResult>> =
+            answered.into_iter().map(|a| a.unwrap_or_else(|| Ok(matched.next().expect("one result per sub-request")))).collect();
         self.limits.check_faces_response(plan.encoded_len_bound(&results))?;
-        let scanned = results.iter().map(|r| r.candidates_scanned).collect();
+        let scanned = results.iter().map(|r| r.as_ref().map_or(0, |r| r.candidates_scanned)).collect();
         let mut results = results.into_iter();
 
         let references = plan
@@ -184,16 +188,7 @@ impl Core {
             .map(|(reference, loaded)| match loaded {
                 Err(e) => ReferenceMatches { reference, matches: None, error: Some(ErrorBody::from(&e)) },
                 Ok(_) => {
-                    let matches = plan
-                        .sets
-                        .iter()
-                        .zip(results.by_ref())
-                        .map(|(set, r)| CandidateMatches {
-                            filters: set.echo.clone(),
-                            result: r.hits.iter().map(|(sim, face)| face_match(*sim, face, &set.targets)).collect(),
-                            total_found: r.total_found,
-                        })
-                        .collect();
+                    let matches = plan.sets.iter().zip(results.by_ref()).map(|(set, r)| candidate_matches(set, r)).collect();
                     ReferenceMatches { reference, matches: Some(matches), error: None }
                 }
             })
@@ -206,8 +201,9 @@ impl Core {
     /// the sub-request's filters (its account and `face_ids` included), and be
     /// named once. None when one does not: the answer is malformed. Ordered,
     /// cut by threshold and limit as the API says; the targets come from the
-    /// store.
-    pub fn check_answer(&self, sub: &SubRequest, hits: &[(Uuid, f64)]) -> Option<SubResult> {
+    /// store. `total_found` is what the answerer stated, if anything: never
+    /// less than the faces it answered above the threshold.
+    pub fn check_answer(&self, sub: &SubRequest, hits: &[(Uuid, f64)], total_found: Option<u64>) -> Option<SubResult> {
         let index = self.read_index();
         let mut checked = Vec::with_capacity(hits.len());
         for (face_id, similarity) in hits {
@@ -224,7 +220,7 @@ impl Core {
         }
         checked.retain(|(similarity, _)| *similarity >= sub.set.threshold);
         checked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.face_id.cmp(&b.1.face_id)));
-        let total_found = checked.len() as u64;
+        let total_found = total_found.unwrap_or(0).max(checked.len() as u64);
         checked.truncate(sub.set.limit);
         Some(SubResult { hits: checked, total_found, candidates_scanned: hits.len() as u64 })
     }
@@ -267,6 +263,19 @@ pub(crate) fn check_threshold(threshold: Option<f64>) -> Result<f64> {
     match threshold {
         Some(t) if !t.is_finite() => Err(Error::new(ErrorCode::SchemaViolation, "threshold must be a finite number")),
         t => Ok(t.unwrap_or(0.0)),
+    }
+}
+
+/// A candidate set's entry: its result, or its error with an empty result.
+fn candidate_matches(set: &CompiledSet, result: Result<SubResult>) -> CandidateMatches {
+    match result {
+        Ok(r) => CandidateMatches {
+            filters: set.echo.clone(),
+            result: r.hits.iter().map(|(sim, face)| face_match(*sim, face, &set.targets)).collect(),
+            total_found: r.total_found,
+            error: None,
+        },
+        Err(e) => CandidateMatches { filters: set.echo.clone(), result: Vec::new(), total_found: 0, error: Some(ErrorBody::from(&e)) },
     }
 }
 

@@ -9,7 +9,7 @@ use luna_core::{Error, ErrorCode};
 pub fn status(code: ErrorCode) -> StatusCode {
     use ErrorCode::*;
     match code {
-        Internal | StorageFailure | PluginFailed => StatusCode::INTERNAL_SERVER_ERROR,
+        Internal | StorageFailure | PluginFailed | PluginMatchError => StatusCode::INTERNAL_SERVER_ERROR,
         PluginUnavailable | StoreUnavailable | NoMatcher => StatusCode::SERVICE_UNAVAILABLE,
         PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
         BadJson

@@ -15,13 +15,12 @@ import types
 import urllib.parse
 
 import luna_matcher
-from luna_plugins import _routes, _tasks, _workers
+from luna_plugins import _matching, _routes, _tasks, _workers
 from luna_plugins.base.monitoring import make_point
 from luna_plugins.base.plugins_meta._base import BaseEventPlugin, BasePlugin
 from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, BaseBackgroundPlugin, pluginHTTPResponse
 from luna_plugins.errors import HostTimeout, MalformedResult
 from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
-from luna_plugins.matcher_plugins.base_struct import Face, FaceMatchResult, MatchRequest, MatchUnitType, Reference
 
 # Classes activated so far, by any plugin: one class object is activated once.
 _activated = {}  # class -> plugin name
@@ -287,29 +286,6 @@ async def serve(template, match_info, method, path, query_string, headers, body,
         raise MalformedResult(f"the route's response cannot be sent: {type(error).__name__}: {error}") from error
 
 
-def _match_request(data):
-    r = data["reference"]
-    reference = Reference(r["type"], r["id"], r["descriptor"], r["descriptor_version"])
-    return MatchRequest(reference, json.loads(data["filters"]), data["targets"], data["limit"], data["threshold"], data["account_id"], data["request_id"])
-
-
-def _admits(available, value):
-    return value in {MatchUnitType(v) if v in MatchUnitType._value2member_map_ else v for v in available}
-
-
-def _cost(instance, request):
-    """The instance's cost for a sub-request; None where its capabilities do
-    not admit it or it declines (float("inf"))."""
-    if not (
-        _admits(instance.availableReferenceTypes, request.reference.type)
-        and _admits(instance.availableCandidateTypes, MatchUnitType.face)
-        and "similarity" in instance.availableSortOrder
-    ):
-        return None
-    cost = float(instance.getMatchingCost(request))
-    return None if cost != cost or cost == float("inf") else cost
-
-
 async def matching_costs(name, instances, requests, timeout):
     """For each sub-request, the cheapest (cost, index) among `instances`
     ([(index, instance)]), or None; on the plugin's worker thread, within `timeout`."""
@@ -317,10 +293,10 @@ async def matching_costs(name, instances, requests, timeout):
     def costs():
         offers = []
         for data in requests:
-            request = _match_request(data)
+            request = _matching.request(data)
             best = None
             for index, instance in instances:
-                cost = _cost(instance, request)
+                cost = _matching.cost(instance, request)
                 if cost is not None and (best is None or cost < best[0]):
                     best = (cost, index)
             offers.append(best)
@@ -330,18 +306,10 @@ async def matching_costs(name, instances, requests, timeout):
 
 
 async def _answer(instance, request):
-    results = await instance.match(request)
-    if not isinstance(results, (list, tuple)):
-        raise MalformedResult(f"match() returned {type(results).__name__}, not a list of FaceMatchResult")
-    out = []
-    for r in results:
-        if not isinstance(r, FaceMatchResult) or not isinstance(r.face, Face) or isinstance(r.similarity, bool) or not isinstance(r.similarity, (int, float)):
-            raise MalformedResult(f"match() returned {r!r}, not a FaceMatchResult")
-        out.append((r.face.face_id, float(r.similarity)))
-    return out
+    return _matching.plain(await instance.match(request))
 
 
 async def match(instance, data, timeout):
-    """[(face_id, similarity)] from the plugin's match() within `timeout`;
-    MalformedResult when what it returned is not a list of FaceMatchResult."""
-    return await _tasks.within(_answer(instance, _match_request(data)), timeout, f"{_describe(instance)}.match")
+    """What the plugin's match() answered within `timeout`, as
+    `_matching.plain` gives it; MalformedResult when it is not an answer."""
+    return await _tasks.within(_answer(instance, _matching.request(data)), timeout, f"{_describe(instance)}.match")

@@ -6,12 +6,22 @@ import inspect
 import json
 import unittest
 
-from luna_plugins import _routes
+from luna_plugins import _matching, _routes
 from luna_plugins.base.monitoring import BaseRequestMonitoringPlugin, MonitoringPoint, make_point
 from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, pluginHTTPResponse
 from luna_plugins.errors import HostTimeout, MalformedResult
 from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
-from luna_plugins.matcher_plugins.base_struct import Face, FaceMatchResult, MatchRequest, MatchUnitType, Reference
+from luna_plugins.matcher_plugins.base_struct import (
+    DescriptorType,
+    ErrorMatchResult,
+    Face,
+    FaceMatchResult,
+    IMatcher,
+    MatchRequest,
+    MatchResult,
+    MatchUnitType,
+    Reference,
+)
 from luna_plugins.matcher_plugins.exceptions import Rematch
 
 
@@ -55,6 +65,91 @@ class MatchingStructures(unittest.TestCase):
         self.assertTrue(inspect.isabstract(Partial))
         self.assertFalse(inspect.isabstract(Whole))
         self.assertEqual(Whole.availableSortOrder, frozenset(["similarity"]))
+
+
+def _matcher(cost=5.0, **capabilities):
+    """A matching plugin admitting descriptor references against faces, with `capabilities` overridden."""
+
+    class Matcher(BaseMatcherPlugin):
+        availableReferenceTypes = frozenset([MatchUnitType.descriptor])
+        availableCandidateTypes = frozenset([MatchUnitType.face])
+
+        def getAvailableTargets(self, origin):
+            return frozenset(["face_id"])
+
+        def getMatchingCost(self, request):
+            return cost
+
+        async def match(self, request):
+            return []
+
+    for name, value in capabilities.items():
+        setattr(Matcher, name, value)
+    return Matcher()
+
+
+def _request_data(reference_type="descriptor"):
+    reference = {"type": reference_type, "id": "r", "descriptor": b"\x01", "descriptor_version": 62}
+    filters = json.dumps({"origin": "faces", "list_id": "l"})
+    return {"reference": reference, "filters": filters, "targets": ["face_id"], "limit": 3, "threshold": 0.0, "account_id": None, "request_id": "1,r"}
+
+
+class MatcherInterface(unittest.TestCase):
+    def test_a_matching_plugin_is_an_imatcher_and_imatcher_is_abstract(self):
+        self.assertTrue(issubclass(BaseMatcherPlugin, IMatcher))
+        self.assertTrue(inspect.isabstract(IMatcher))
+        self.assertEqual(sorted(IMatcher.__abstractmethods__), ["getAvailableTargets", "getMatchingCost", "match"])
+
+    def test_face_descriptors_by_default(self):
+        self.assertEqual(IMatcher.availableDescriptorTypes, frozenset([DescriptorType.face]))
+        self.assertEqual(DescriptorType("body"), "body")
+        self.assertIs(MatchRequest(Reference("face", "f", b"", 62), {}, [], 1, 0.0, None, "r").descriptorType, DescriptorType.face)
+
+    def test_capabilities_decide_who_is_asked(self):
+        request = _matching.request(_request_data())
+        self.assertEqual((request.reference.type, request.filters["list_id"]), (MatchUnitType.descriptor, "l"))
+        self.assertEqual(_matching.cost(_matcher(), request), 5.0)
+        self.assertEqual(_matching.cost(_matcher(availableDescriptorTypes=frozenset(["face"])), request), 5.0, "plain values count as their members")
+        self.assertIsNone(_matching.cost(_matcher(availableDescriptorTypes=frozenset([DescriptorType.body])), request), "a body-only matcher is not asked")
+        self.assertIsNone(_matching.cost(_matcher(), _matching.request(_request_data("face"))), "face references are not admitted")
+        self.assertIsNone(_matching.cost(_matcher(availableSortOrder=frozenset()), request))
+        self.assertIsNone(_matching.cost(_matcher(cost=float("inf")), request), "inf declines")
+        self.assertIsNone(_matching.cost(_matcher(cost=float("nan")), request), "NaN declines")
+
+
+class MatchAnswers(unittest.TestCase):
+    def test_a_match_result_and_a_bare_list_mean_the_same(self):
+        hits = [FaceMatchResult(Face("a"), 0.5), FaceMatchResult(Face("b"), 1)]
+        self.assertEqual(_matching.plain(MatchResult(hits)), ([("a", 0.5), ("b", 1.0)], None, None))
+        self.assertEqual(_matching.plain(hits), _matching.plain(MatchResult(hits)))
+        self.assertEqual(_matching.plain(MatchResult(())), ([], None, None))
+        self.assertEqual(_matching.plain(MatchResult(hits, totalFound=40)), ([("a", 0.5), ("b", 1.0)], 40, None))
+
+    def test_an_error_match_result_is_its_code_and_detail(self):
+        self.assertEqual(_matching.plain(ErrorMatchResult(22001, "list gone")), ([], None, (22001, "list gone")))
+        self.assertEqual(_matching.plain(ErrorMatchResult(7)), ([], None, (7, "")))
+        self.assertIn("22001", repr(ErrorMatchResult(22001, "x")))
+
+    def test_anything_else_is_malformed(self):
+        for answer in [
+            None,
+            "not a list",
+            MatchResult("x"),
+            [("a", 0.5)],
+            [FaceMatchResult("a", 0.5)],
+            [FaceMatchResult(Face("a"), True)],
+            [FaceMatchResult(Face("a"), "0.5")],
+            MatchResult([], totalFound=-1),
+            MatchResult([], totalFound=2.0),
+            MatchResult([], totalFound=True),
+            ErrorMatchResult("22001"),
+            ErrorMatchResult(True),
+            ErrorMatchResult(-1),
+            ErrorMatchResult(2**32),
+            ErrorMatchResult(22001, detail=None),
+        ]:
+            with self.assertRaises(MalformedResult, msg=repr(answer)):
+                _matching.plain(answer)
 
 
 class Responses(unittest.TestCase):

@@ -9,7 +9,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use super::{answer, bridge, PluginActor};
 use crate::failure::Failure;
-use crate::host::Wait;
+use crate::host::{MatchAnswer, Wait};
 use crate::python::host;
 use crate::status::{PluginKind, PluginState};
 
@@ -67,7 +67,7 @@ impl Handler<Costs> for PluginActor {
     type Result = ResponseActFuture<Self, Vec<Option<(f64, usize)>>>;
 
     /// `getMatchingCost` runs on the plugin's worker thread, under the
-    /// plugin's timeout: one that blocks holds neither this actor nor the
+    /// plugin's matching timeout: one that blocks holds neither this actor nor the
     /// event loop, and is restarted.
     fn handle(&mut self, Costs(calls): Costs, _: &mut Self::Context) -> Self::Result {
         let none = vec![None; calls.len()];
@@ -76,7 +76,7 @@ impl Handler<Costs> for PluginActor {
         let (PluginState::Running, Some(context), false) = (self.state, context, matchers.is_empty()) else {
             return Box::pin(fut::ready(none));
         };
-        let (name, limit) = (self.setup.name.clone(), self.setup.settings.timeout);
+        let (name, limit) = (self.setup.name.clone(), self.setup.settings.matching_timeout);
         let costs = bridge(|py| {
             let requests = calls.iter().map(|c| c.to_python(py)).collect::<PyResult<Vec<_>>>()?;
             Ok(host().matching_costs(py, &name, &matchers, &requests, limit, &context))
@@ -96,7 +96,7 @@ impl Handler<Costs> for PluginActor {
 
 /// Answer sub-request `index` of `calls` with instance `instance`.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(String, f64)>, MatchFailure>")]
+#[rtype(result = "Result<MatchAnswer, MatchFailure>")]
 pub(crate) struct Match {
     /// Every sub-request of the request.
     pub calls: Arc<Vec<MatchCall>>,
@@ -115,12 +115,12 @@ pub enum MatchFailure {
     Unavailable,
     /// The plugin's own time ran past its timeout.
     TimedOut(String),
-    /// An unexpected exception, or a result that is not a list of FaceMatchResult.
+    /// An unexpected exception, or a result that is not an answer.
     Failed(String),
 }
 
 impl Handler<Match> for PluginActor {
-    type Result = ResponseActFuture<Self, Result<Vec<(String, f64)>, MatchFailure>>;
+    type Result = ResponseActFuture<Self, Result<MatchAnswer, MatchFailure>>;
 
     fn handle(&mut self, msg: Match, _: &mut Self::Context) -> Self::Result {
         let object = self.objects(|i| i.kind == PluginKind::Matching).into_iter().find(|(n, _)| *n == msg.instance).map(|(_, o)| o);
@@ -128,7 +128,7 @@ impl Handler<Match> for PluginActor {
         let (PluginState::Running, Some(object), Some(context)) = (self.state, object, context) else {
             return Box::pin(fut::ready(Err(MatchFailure::Unavailable)));
         };
-        let limit = self.setup.settings.timeout;
+        let limit = self.setup.settings.matching_timeout;
         let answered = bridge(|py| {
             let request = msg.calls[msg.index].to_python(py)?;
             Ok(host().match_(py, &object, &request, limit, &context))
@@ -137,7 +137,7 @@ impl Handler<Match> for PluginActor {
         Box::pin(answer(answered, Wait::Caller).into_actor(self).map(move |outcome, act, ctx| {
             act.setup.status.call(start.elapsed());
             match outcome {
-                Ok(hits) => Ok(hits),
+                Ok(answer) => Ok(MatchAnswer::from(answer)),
                 Err(Failure::Rematch) => Err(MatchFailure::Rematch),
                 Err(Failure::TimedOut(e)) => {
                     act.setup.status.error(format!("match timed out: {e}"), None);

@@ -3,28 +3,13 @@
 import abc
 
 from luna_plugins.base.plugins_meta._base import BasePlugin
+from luna_plugins.matcher_plugins.base_struct import IMatcher
 
 
-class BaseMatcherPlugin(BasePlugin, abc.ABC):
+class BaseMatcherPlugin(BasePlugin, IMatcher, abc.ABC):
     """A plugin that answers matching sub-requests it can do cheaply.
 
-    For each sub-request whose reference type, candidate type and sort order
-    the capability sets admit, the service asks `getMatchingCost`; the lowest
-    cost wins, ties to the default matcher. `match` then answers it, or raises
-    `Rematch` to hand it back."""
-
-    availableReferenceTypes = frozenset()
-    availableCandidateTypes = frozenset()
-    availableSortOrder = frozenset(["similarity"])
-
-    @abc.abstractmethod
-    def getAvailableTargets(self, origin):
-        """The targets this plugin can fill for candidates of `origin`."""
-
-    @abc.abstractmethod
-    def getMatchingCost(self, request):
-        """The cost of answering `request`; float("inf") to decline."""
-
-    @abc.abstractmethod
-    async def match(self, request):
-        """A list of FaceMatchResult, best first."""
+    For each sub-request whose reference type, candidate type, sort order and
+    descriptor type the capability sets admit, the service asks
+    `getMatchingCost`; the lowest cost wins, ties to the default matcher.
+    `match` then answers it, or raises `Rematch` to hand it back."""

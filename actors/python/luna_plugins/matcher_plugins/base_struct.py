@@ -1,11 +1,19 @@
-"""What matching plugins receive and return."""
+"""What matching plugins receive and return, and the interface they implement."""
 
+import abc
 import enum
 
 
 class MatchUnitType(str, enum.Enum):
     descriptor = "descriptor"
     face = "face"
+
+
+class DescriptorType(str, enum.Enum):
+    """The kind of descriptor a sub-request matches: this service matches face descriptors."""
+
+    face = "face"
+    body = "body"
 
 
 class Reference:
@@ -37,6 +45,10 @@ class MatchRequest:
     def origin(self):
         return self.filters.get("origin")
 
+    @property
+    def descriptorType(self):
+        return DescriptorType.face
+
     def __repr__(self):
         return f"MatchRequest(reference={self.reference!r}, filters={self.filters!r}, limit={self.limit}, threshold={self.threshold})"
 
@@ -48,8 +60,73 @@ class Face:
         self.face_id = str(face_id)
         self.attributes = attributes
 
+    def __repr__(self):
+        return f"Face({self.face_id!r})"
+
 
 class FaceMatchResult:
+    """One matched candidate: the face and its similarity to the reference."""
+
     def __init__(self, face, similarity):
         self.face = face
         self.similarity = similarity
+
+    def __repr__(self):
+        return f"FaceMatchResult({self.face!r}, {self.similarity!r})"
+
+
+class MatchResult:
+    """A plugin's answer to a sub-request: its matched candidates
+    (`FaceMatchResult`), in any order. A bare list of them means the same.
+
+    `totalFound`, when the plugin knows it, is how many candidates pass the
+    filters and the threshold before `limit` cuts them (the response's
+    `total_found`); without it, the candidates answered are counted."""
+
+    def __init__(self, result, totalFound=None):
+        self.result = result
+        self.totalFound = totalFound
+
+    def __repr__(self):
+        return f"MatchResult({self.result!r}, totalFound={self.totalFound!r})"
+
+
+class ErrorMatchResult:
+    """A plugin's answer that the sub-request fails: the candidate set's entry
+    carries this error, and the default matcher does not answer it.
+
+    `errorCode` is a code of the service's error table (`/1/docs/errors`,
+    e.g. 22001): the entry carries that code with its description and
+    `detail`. Any other number becomes 10013 with the plugin's code and
+    `detail` in the entry's detail."""
+
+    def __init__(self, errorCode, detail=""):
+        self.errorCode = errorCode
+        self.detail = detail
+
+    def __repr__(self):
+        return f"ErrorMatchResult(errorCode={self.errorCode!r}, detail={self.detail!r})"
+
+
+class IMatcher(abc.ABC):
+    """What answers matching sub-requests: the capability sets say which
+    sub-requests it is asked about, `getMatchingCost` what one would cost,
+    and `match` answers it."""
+
+    availableReferenceTypes = frozenset()
+    availableCandidateTypes = frozenset()
+    availableSortOrder = frozenset(["similarity"])
+    availableDescriptorTypes = frozenset([DescriptorType.face])
+
+    @abc.abstractmethod
+    def getAvailableTargets(self, origin):
+        """The targets this matcher can fill for candidates of `origin`."""
+
+    @abc.abstractmethod
+    def getMatchingCost(self, request):
+        """The cost of answering `request`; float("inf") to decline."""
+
+    @abc.abstractmethod
+    async def match(self, request):
+        """A `MatchResult` (or a list of `FaceMatchResult`), or an
+        `ErrorMatchResult`; raise `Rematch` to hand the sub-request back."""

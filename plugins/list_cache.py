@@ -1,0 +1,223 @@
+"""Matching on chosen lists from copies kept in the plugin.
+
+The plugin holds each list named in its configuration in
+`luna_matcher.DescriptorSet`s (one per descriptor version) and answers the
+sub-requests of `/1/matcher/faces` on such a list, at `cost` (below the
+default matcher's 100). It declines, so that the default matcher answers:
+
+- a list it does not hold: not configured, unknown, still loading, or with
+  more than `max_list_size` faces (never loaded);
+- a list written to since it was loaded, until it is loaded again: any
+  successful face or list write through this service marks every list stale
+  and wakes the reloader;
+- any filter other than `origin`, `list_id` and `account_id` (empty values
+  do not count), or an account that is not the list's.
+
+Lists are loaded at start, after writes, and all of them every
+`refresh_interval` seconds (writes through other instances of a shared store
+are seen then). Face count and account come from the service's API
+(`GET /1/lists/{id}`), the faces and descriptors from `luna_matcher.store`.
+
+[plugins.config.list_cache]
+lists = ["<list id>", ...]
+max_list_size = 100000
+refresh_interval = 60.0
+cost = 10.0
+
+GET /list-cache  {"lists": {"<list id>": {"state", "faces", "loaded_at"}}, "writes": n}
+with state "held", "stale" (written to since loaded), "loading", "too_large",
+"missing" or "failed" (the service could not be asked; tried again later).
+"""
+
+import asyncio
+import time
+import uuid
+
+from aiohttp import ClientError, ClientSession, ClientTimeout
+
+import luna_matcher
+from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, BaseEventPlugin, pluginHTTPResponse
+from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
+from luna_plugins.matcher_plugins.base_struct import DescriptorType, Face, FaceMatchResult, MatchResult, MatchUnitType
+from luna_plugins.matcher_plugins.exceptions import Rematch
+
+# Routes whose success may change a list's members or their descriptors.
+WRITES = frozenset(
+    {
+        "POST:/1/faces",
+        "POST:/1/faces/bulk",
+        "DELETE:/1/faces/{face_id}",
+        "PATCH:/1/lists/{list_id}/faces",
+        "DELETE:/1/lists/{list_id}",
+    }
+)
+# Filters that do not narrow a held list.
+PLAIN_FILTERS = frozenset({"origin", "list_id", "account_id"})
+
+
+class Held:
+    """One loaded list: a DescriptorSet per version, and the write count its load started at."""
+
+    def __init__(self, account_id, sets, faces, writes):
+        self.account_id = account_id
+        self.sets = sets
+        self.faces = faces
+        self.writes = writes
+        self.loaded_at = time.time()
+
+
+class State:
+    """What the three plugin classes of this module share."""
+
+    def __init__(self):
+        self.held = {}  # list id -> Held
+        self.states = {}  # list id -> why it is not held: "too_large", "missing", "failed"
+        self.writes = 0  # successful writes seen so far
+        self.wake = asyncio.Event()
+
+    def answerable(self, request):
+        """The held list a sub-request can be answered from, or None."""
+        filters = request.filters
+        if any(filters.get(k) not in (None, "", []) for k in set(filters) - PLAIN_FILTERS):
+            return None
+        held = self.held.get(str(filters.get("list_id")))
+        if held is None or held.writes != self.writes:
+            return None
+        accounts = {str(a) for a in (request.account_id, filters.get("account_id")) if a is not None}
+        return held if accounts <= {held.account_id} else None
+
+
+state = State()
+
+
+def _settings(config):
+    lists = [str(uuid.UUID(str(list_id))) for list_id in config.get("lists", [])]
+    return lists, int(config.get("max_list_size", 100000)), float(config.get("refresh_interval", 60.0))
+
+
+class ListCacheMatcher(BaseMatcherPlugin):
+    """Answers sub-requests on held lists."""
+
+    availableReferenceTypes = frozenset([MatchUnitType.descriptor, MatchUnitType.face])
+    availableCandidateTypes = frozenset([MatchUnitType.face])
+    availableDescriptorTypes = frozenset([DescriptorType.face])
+
+    def __init__(self, app):
+        super().__init__(app)
+        self.cost = float(app.ctx.config.get("cost", 10.0))
+
+    def getAvailableTargets(self, origin):
+        return frozenset(["face_id", "similarity"])
+
+    def getMatchingCost(self, request):
+        return self.cost if state.answerable(request) is not None else float("inf")
+
+    async def match(self, request):
+        held = state.answerable(request)
+        if held is None:
+            raise Rematch()  # written to or dropped since its cost was asked
+        descriptors = held.sets.get(request.reference.descriptor_version)
+        if descriptors is None:
+            return MatchResult([])  # no face of the reference's version: nothing matches
+        if request.threshold > 0:
+            passing = descriptors.match(request.reference.descriptor, len(descriptors), request.threshold)
+            hits, total = passing[: request.limit], len(passing)
+        else:
+            # Similarities are never negative: every face of the version passes.
+            hits, total = descriptors.match(request.reference.descriptor, request.limit, request.threshold), len(descriptors)
+        return MatchResult([FaceMatchResult(Face(face_id), similarity) for face_id, similarity in hits], totalFound=total)
+
+
+class ListCacheWrites(BaseEventPlugin):
+    """Marks every held list stale on a successful write, and wakes the loader."""
+
+    eventName = "monitoring_event"
+
+    async def handleEvent(self, points, logger):
+        for point in points:
+            if point.series == "request" and point.tags.get("route") in WRITES and int(point.tags.get("status_code", 500)) < 400:
+                state.writes += 1
+                state.wake.set()
+
+
+class ListCacheLoader(BaseBackgroundPlugin):
+    """Loads the configured lists, reloads them after writes and periodically; reports them."""
+
+    def __init__(self, app):
+        super().__init__(app)
+        self.lists, self.max_size, self.refresh_interval = _settings(app.ctx.config)
+        self.service_url = app.ctx.serviceUrl.rstrip("/")
+        self.logger = app.ctx.logger
+        self.session = None
+        self.task = None
+
+    async def initialize(self):
+        self.addRoute("/list-cache", self.report, methods={"get"})
+        self.session = ClientSession(timeout=ClientTimeout(total=30))
+        self.task = asyncio.create_task(self.keep())
+
+    async def close(self):
+        if self.task is not None:
+            self.task.cancel()
+        if self.session is not None:
+            await self.session.close()
+
+    async def report(self, request):
+        lists = {}
+        for list_id in self.lists:
+            held = state.held.get(list_id)
+            if held is None:
+                lists[list_id] = {"state": state.states.get(list_id, "loading"), "faces": None, "loaded_at": None}
+            else:
+                fresh = held.writes == state.writes
+                lists[list_id] = {"state": "held" if fresh else "stale", "faces": held.faces, "loaded_at": held.loaded_at}
+        return pluginHTTPResponse(body={"lists": lists, "writes": state.writes})
+
+    async def keep(self):
+        """Load every list, then reload stale ones when woken and all of them every refresh_interval."""
+        next_full = 0.0
+        while True:
+            full = time.monotonic() >= next_full
+            if full:
+                next_full = time.monotonic() + self.refresh_interval
+            # Cleared before loading: a write during the loads wakes the next round.
+            state.wake.clear()
+            for list_id in self.lists:
+                held = state.held.get(list_id)
+                if full or held is None or held.writes != state.writes:
+                    await self.load(list_id)
+            try:
+                await asyncio.wait_for(state.wake.wait(), max(0.0, next_full - time.monotonic()))
+            except TimeoutError:
+                pass
+
+    async def load(self, list_id):
+        """Load one list, or drop it: unknown, too large, or unreadable (tried again later)."""
+        writes = state.writes
+        try:
+            async with self.session.get(f"{self.service_url}/1/lists/{list_id}") as response:
+                if response.status == 404:
+                    return self.drop(list_id, "missing")
+                response.raise_for_status()
+                info = await response.json()
+            if info["face_count"] > self.max_size:
+                return self.drop(list_id, "too_large")
+            faces = await luna_matcher.store.list_faces(list_id)
+        except (ClientError, TimeoutError) as error:
+            self.logger.warning("list %s: cannot load: %s", list_id, error)
+            return self.drop(list_id, "failed")
+        if faces is None:
+            return self.drop(list_id, "missing")
+        if len(faces) > self.max_size:
+            return self.drop(list_id, "too_large")
+        sets = {}
+        for face in faces:
+            version = face["descriptor_version"]
+            descriptors = sets.get(version) or sets.setdefault(version, luna_matcher.DescriptorSet(version))
+            descriptors.add(face["face_id"], face["descriptor"])
+        state.held[list_id] = Held(info["account_id"], sets, len(faces), writes)
+        state.states.pop(list_id, None)
+
+    def drop(self, list_id, why):
+        state.held.pop(list_id, None)
+        state.states[list_id] = why
