@@ -16,6 +16,7 @@ pub mod planning;
 pub mod raw;
 pub mod service;
 pub mod store;
+pub mod subrequests;
 pub mod time;
 
 pub use errors::{Error, ErrorCode, Result};

@@ -31,11 +31,11 @@ struct LoadedReference {
 }
 
 /// A candidate set of the request, its filters compiled.
-struct CompiledSet {
-    filter: Filter,
+pub(crate) struct CompiledSet {
+    pub(crate) filter: Filter,
     targets: Vec<Target>,
-    limit: usize,
-    threshold: f64,
+    pub(crate) limit: usize,
+    pub(crate) threshold: f64,
     /// The filters as the request gave them.
     echo: FaceFilters,
 }
@@ -44,7 +44,7 @@ struct CompiledSet {
 pub struct SubRequest<'a> {
     echo: &'a ReferenceEcho,
     reference: &'a LoadedReference,
-    set: &'a CompiledSet,
+    pub(crate) set: &'a CompiledSet,
 }
 
 /// A sub-request as plain data: what a matching plugin is asked.
@@ -62,6 +62,16 @@ pub struct SubRequestSpec {
 }
 
 impl SubRequest<'_> {
+    /// The list the candidate set is restricted to, if any.
+    pub fn list_id(&self) -> Option<Uuid> {
+        self.set.echo.list_id
+    }
+
+    /// How many hits the answer holds at most.
+    pub fn limit(&self) -> usize {
+        self.set.limit
+    }
+
     pub fn spec(&self) -> SubRequestSpec {
         SubRequestSpec {
             reference_type: self.echo.kind,
@@ -89,7 +99,7 @@ impl FacesPlan {
 impl FacesPlan {
     /// An upper bound of the bytes the answer to this plan with `results`
     /// encodes to, computed before the response objects exist.
-    fn encoded_len_bound(&self, results: &[SubResult]) -> usize {
+    fn encoded_len_bound(&self, results: &[Result<SubResult>]) -> usize {
         let echoes: Vec<usize> = self.sets.iter().map(|s| serde_json::to_vec(&s.echo).map_or(0, |v| v.len())).collect();
         let mut results = results.iter();
         let mut total: usize = 2;
@@ -99,9 +109,12 @@ impl FacesPlan {
                 Err(e) => total = total.saturating_add(limits::ERROR + limits::json_len(&e.detail)),
                 Ok(_) => {
                     for (set, echo_bytes) in self.sets.iter().zip(&echoes) {
-                        let hits = results.next().map_or(&[][..], |r| &r.hits[..]);
-                        let hits_bytes: usize = hits.iter().map(|(_, face)| limits::hit_len(face, &set.targets)).sum();
-                        total = total.saturating_add(limits::CANDIDATE_SET + echo_bytes + hits_bytes);
+                        let answer_bytes = match results.next() {
+                            Some(Ok(r)) => r.hits.iter().map(|(_, face)| limits::hit_len(face, &set.targets)).sum(),
+                            Some(Err(e)) => limits::ERROR + limits::json_len(&e.detail),
+                            None => 0,
+                        };
+                        total = total.saturating_add(limits::CANDIDATE_SET + echo_bytes + answer_bytes);
                     }
                 }
             }
@@ -150,10 +163,10 @@ impl Core {
     }
 
     /// Answer a plan. `answered[i]` holds the answer to the plan's i-th
-    /// sub-request when something else (a matching plugin) gave one; the
-    /// others are matched here. Also returns, per sub-request, the candidates
-    /// scanned for it.
-    pub async fn run_plan(&self, plan: FacesPlan, answered: Vec<Option<SubResult>>) -> Result<(Vec<ReferenceMatches>, Vec<u64>)> {
+    /// sub-request when something else (a matching plugin, a remote matcher)
+    /// gave one, or its error; the others are matched here. Also returns, per
+    /// sub-request, the candidates scanned for it.
+    pub async fn run_plan(&self, plan: FacesPlan, answered: Vec<Option<Result<SubResult>>>) -> Result<(Vec<ReferenceMatches>, Vec<u64>)> {
         let queries: Vec<SubQuery> = plan
             .subs()
             .zip(&answered)
@@ -166,10 +179,14 @@ impl Core {
                 threshold: sub.set.threshold,
             })
             .collect();
-        let mut matched = self.engine.match_faces(queries).await?.into_iter();
-        let results: Vec<SubResult> = answered.into_iter().map(|a| a.or_else(|| matched.next()).expect("one result per sub-request")).collect();
+        let mut matched = match queries.is_empty() {
+            true => Vec::new(),
+            false => self.engine.match_faces(queries).await?,
+        }
+        .into_iter();
+        let results: Vec<Result<SubResult>> = answered.into_iter().map(|a| a.or_else(|| matched.next().map(Ok)).expect("one result per sub-request")).collect();
         self.limits.check_faces_response(plan.encoded_len_bound(&results))?;
-        let scanned = results.iter().map(|r| r.candidates_scanned).collect();
+        let scanned = results.iter().map(|r| r.as_ref().map_or(0, |r| r.candidates_scanned)).collect();
         let mut results = results.into_iter();
 
         let references = plan
@@ -182,10 +199,14 @@ impl Core {
                         .sets
                         .iter()
                         .zip(results.by_ref())
-                        .map(|(set, r)| CandidateMatches {
-                            filters: set.echo.clone(),
-                            result: r.hits.iter().map(|(sim, face)| face_match(*sim, face, &set.targets)).collect(),
-                            total_found: r.total_found,
+                        .map(|(set, r)| match r {
+                            Ok(r) => CandidateMatches {
+                                filters: set.echo.clone(),
+                                result: r.hits.iter().map(|(sim, face)| face_match(*sim, face, &set.targets)).collect(),
+                                total_found: r.total_found,
+                                error: None,
+                            },
+                            Err(e) => CandidateMatches { filters: set.echo.clone(), result: Vec::new(), total_found: 0, error: Some(ErrorBody::from(&e)) },
                         })
                         .collect();
                     ReferenceMatches { reference, matches: Some(matches), error: None }
@@ -223,9 +244,11 @@ impl Core {
         Some(SubResult { hits: checked, total_found, candidates_scanned: hits.len() as u64 })
     }
 
-    fn compile_set(&self, account: Option<Uuid>, set: CandidateSet) -> Result<CompiledSet> {
+    pub(crate) fn compile_set(&self, account: Option<Uuid>, set: CandidateSet) -> Result<CompiledSet> {
         let f = &set.filters;
-        self.store.can_match(f.list_id)?;
+        if !self.remote_matching {
+            self.store.can_match(f.list_id)?;
+        }
         if let (Some(request), Some(filter)) = (account, f.account_id) {
             if request != filter {
                 return Err(Error::new(ErrorCode::AccountMismatch, format!("filters.account_id {filter} is not the request's account {request}")));
