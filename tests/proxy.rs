@@ -365,3 +365,30 @@ fn a_write_through_the_proxy_is_seen_by_the_next_match_through_it() {
     }
     assert!(start.elapsed() < Duration::from_secs(60));
 }
+
+#[test]
+fn monitoring_points_name_the_instance_and_the_matcher_of_each_sub_request() {
+    let db = TestDb::create();
+    let m = Instance::start(&db, &[]);
+    let (receiver_url, bodies) = receiver();
+    let proxy = start_proxy(
+        &db,
+        &[url(&m)],
+        &[
+            ("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", r#"["request_monitoring"]"#),
+            ("LUNA_MATCHER__PLUGINS__CONFIG__REQUEST_MONITORING__URL", &receiver_url),
+            ("LUNA_MATCHER__PLUGINS__CONFIG__REQUEST_MONITORING__FLUSH_INTERVAL", "0.1"),
+            ("LUNA_MATCHER__MONITORING__INSTANCE", "proxy-1"),
+        ],
+    );
+    wait_up(&proxy, m.addr);
+    let list = proxy.create_list();
+    proxy.create_face(1, &[&list]);
+    let body = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(1))}],
+                      "candidates": [{"filters": {"origin": "faces", "list_id": list}}, {"filters": {"origin": "faces", "list_id": list}}]});
+    assert_eq!(proxy.call("POST", "/1/matcher/faces", Some(&body)).status, 200);
+    let lines = || bodies.lock().unwrap().join("\n");
+    let matching = format!("matching,candidate_origin=faces,instance=proxy-1,matcher={},service=luna-matcher-proxy ", m.addr);
+    proxy.wait_for(|| lines().matches(&matching).count() == 2, "one matching point per sub-request, naming the matcher");
+    assert!(lines().contains("request,instance=proxy-1,route=POST:/1/matcher/faces,service=luna-matcher-proxy,status_code=200 "), "{}", lines());
+}

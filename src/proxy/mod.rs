@@ -181,6 +181,7 @@ impl Matchers {
     /// not answer healthy, and whether any did.
     pub async fn health(&self) -> (Vec<ComponentError>, bool) {
         let checks = self.remotes.iter().map(|r| async move {
+            // A health check waits less than a match may: a matcher's own check is a ping of the store.
             let answer = self.client().get(format!("{}/healthcheck", r.url)).timeout(self.config.connect_timeout + Duration::from_secs(2)).send().await;
             match answer {
                 Ok(a) if a.status().is_success() => None,
