@@ -392,3 +392,62 @@ fn monitoring_points_name_the_instance_and_the_matcher_of_each_sub_request() {
     proxy.wait_for(|| lines().matches(&matching).count() == 2, "one matching point per sub-request, naming the matcher");
     assert!(lines().contains("request,instance=proxy-1,route=POST:/1/matcher/faces,service=luna-matcher-proxy,status_code=200 "), "{}", lines());
 }
+
+/// A matching plugin: cheap on a list, from its own copy of the list; hands
+/// back a candidate set filtered by user_data.
+const CHEAP_PLUGIN: &str = r#"
+import luna_matcher
+from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
+from luna_plugins.matcher_plugins.base_struct import Face, FaceMatchResult, MatchUnitType
+from luna_plugins.matcher_plugins.exceptions import Rematch
+
+
+class Cheap(BaseMatcherPlugin):
+    availableReferenceTypes = frozenset([MatchUnitType.descriptor, MatchUnitType.face])
+    availableCandidateTypes = frozenset([MatchUnitType.face])
+
+    def getAvailableTargets(self, origin):
+        return frozenset(["face_id", "similarity"])
+
+    def getMatchingCost(self, request):
+        return 10.0 if "list_id" in request.filters else float("inf")
+
+    async def match(self, request):
+        if "user_data" in request.filters:
+            raise Rematch()
+        copy = luna_matcher.DescriptorSet(request.reference.descriptor_version)
+        for f in await luna_matcher.store.list_faces(request.filters["list_id"]) or []:
+            copy.add(f["face_id"], f["descriptor"])
+        hits = copy.match(request.reference.descriptor, request.limit, request.threshold)
+        return [FaceMatchResult(Face(face_id), similarity) for face_id, similarity in hits]
+"#;
+
+#[test]
+fn matching_plugins_in_the_proxy_answer_by_cost_and_hand_back_to_the_matchers_in_one_call() {
+    let db = TestDb::create();
+    let m = Instance::start(&db, &[]);
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(plugins.path().join("cheap.py"), CHEAP_PLUGIN).unwrap();
+    let dir = plugins.path().display().to_string();
+    let proxy = start_proxy(&db, &[url(&m)], &[("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", r#"["cheap"]"#), ("LUNA_MATCHER__PLUGINS__DIRECTORY", &dir)]);
+    wait_up(&proxy, m.addr);
+    let list = proxy.create_list();
+    let mut position = String::new();
+    for i in 0..20u64 {
+        position = face(&proxy, i, &[&list], &format!("u{}", i % 2), &format!("e{i}")).1;
+    }
+    let sets = [json!({"origin": "faces", "list_id": list}), json!({"origin": "faces", "list_id": list, "user_data": "u1"}), json!({"origin": "faces"})];
+    let refs = json!([{"type": "descriptor", "data": b64(&descriptor(4))}]);
+    let calls = format!("luna_matcher_proxy_matcher_requests_total{{matcher=\"{}\"}}", m.addr);
+    let before = proxy.metric(&calls);
+    let through = matched(&proxy, "/1/matcher/faces", &position, &refs, &sets, 5);
+    assert_eq!(proxy.metric(&calls) - before, 1.0, "the two sub-requests left to the matchers went in one call");
+    let mut direct = matched(&m, "/1/matcher/faces", &position, &refs, &sets, 5);
+    // A plugin's total_found counts what it answered.
+    assert_eq!(through[0]["matches"][0]["total_found"], 5);
+    direct[0]["matches"][0]["total_found"] = json!(5);
+    assert_eq!(through, direct, "the plugin's answer, targets filled from the store, and the matchers' are the matcher's own");
+    let cheap = proxy.call("GET", "/1/plugins", None).json();
+    let cheap = cheap.as_array().unwrap().iter().find(|p| p["name"] == "cheap").unwrap().clone();
+    assert!(cheap["calls"].as_u64().unwrap() >= 1 && cheap["errors"] == 0, "{cheap}");
+}
