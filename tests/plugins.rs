@@ -538,7 +538,9 @@ fn matching_plugins_answer_or_hand_back_their_sub_requests() {
     let lines = || bodies.lock().unwrap().join("\n");
     s.wait_for(|| lines().contains("matcher=list_cache") && lines().contains("matcher=default"), "matching points name the matcher");
     assert!(
-        lines().lines().any(|l| l.starts_with("matching,candidate_origin=faces,matcher=list_cache,") && l.contains("candidates_scanned=4i")),
+        lines()
+            .lines()
+            .any(|l| l.starts_with(&format!("matching,candidate_origin=faces,instance={},matcher=list_cache,", s.addr)) && l.contains("candidates_scanned=4i")),
         "{}",
         lines()
     );

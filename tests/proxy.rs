@@ -349,8 +349,9 @@ fn a_matcher_answering_garbage_is_an_error_of_its_sub_requests_and_the_proxy_sur
 #[test]
 fn a_write_through_the_proxy_is_seen_by_the_next_match_through_it() {
     let db = TestDb::create();
-    // The matcher reads the change log rarely: only the position the proxy sends makes it wait for the write.
-    let m = Instance::start(&db, &[("LUNA_MATCHER__STORAGE__POLL_INTERVAL", "5s")]);
+    // The matcher reads the change log only every second (and when notified):
+    // the position the proxy sends makes it wait for the write (up to 2 s).
+    let m = Instance::start(&db, &[("LUNA_MATCHER__STORAGE__POLL_INTERVAL", "1s")]);
     let proxy = start_proxy(&db, &[url(&m)], &[]);
     wait_up(&proxy, m.addr);
     let list = proxy.create_list();
