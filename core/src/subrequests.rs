@@ -27,6 +27,7 @@ pub struct SubRequestsBody {
     /// The account of the client's request, if it named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<Uuid>,
+    /// The sub-requests, answered in this order.
     pub subrequests: Vec<RemoteSubRequest>,
 }
 
@@ -36,9 +37,13 @@ pub struct SubRequestsBody {
 pub struct RemoteSubRequest {
     /// The reference's raw descriptor payload.
     pub descriptor: Binary,
+    /// The reference's descriptor version.
     pub descriptor_version: u32,
+    /// The candidate set's filters, as the client gave them.
     pub filters: FaceFilters,
+    /// Most hits to answer.
     pub limit: usize,
+    /// Least similarity of a hit.
     pub threshold: f64,
 }
 
@@ -46,7 +51,9 @@ pub struct RemoteSubRequest {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum RemoteAnswer {
+    /// Answered.
     Result(RemoteResult),
+    /// Not answered, and why.
     Error(RemoteError),
 }
 
@@ -54,8 +61,11 @@ pub enum RemoteAnswer {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteResult {
+    /// At most `limit`, best first.
     pub hits: Vec<RemoteHit>,
+    /// Candidates that passed the filters and the threshold.
     pub total_found: u64,
+    /// Candidates compared with the reference.
     pub candidates_scanned: u64,
 }
 
@@ -63,13 +73,19 @@ pub struct RemoteResult {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteHit {
+    /// Similarity to the reference.
     pub similarity: f64,
+    /// The face's id.
     pub face_id: Uuid,
+    /// The account that owns the face.
     pub account_id: Uuid,
+    /// The face's external id, if it has one.
     pub external_id: Option<String>,
+    /// The face's user data.
     pub user_data: String,
     /// Microseconds since the epoch, UTC.
     pub create_time: i64,
+    /// The lists the face is in.
     pub lists: Vec<Uuid>,
 }
 
@@ -77,7 +93,9 @@ pub struct RemoteHit {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteError {
+    /// The code, from the error table.
     pub error_code: u32,
+    /// What went wrong with this sub-request.
     pub detail: String,
 }
 
