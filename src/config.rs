@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use luna_actors::settings::{duration, PluginsConfig};
-use luna_core::api::CacheScope;
+use luna_core::api::{CacheScope, Shard};
 use luna_core::descriptor::{VersionSpec, Versions};
 use luna_core::store::PostgresConfig;
 use luna_core::{Limits, StoreConfig};
@@ -123,12 +123,59 @@ pub struct Cache {
     /// Longest wait for a store position a matching request names.
     #[serde(with = "duration")]
     pub position_wait: Duration,
+    /// Only this shard of the faces in scope, when a list is split over matchers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { include: None, exclude: Vec::new(), position_wait: Duration::from_secs(2) }
+        Cache { include: None, exclude: Vec::new(), position_wait: Duration::from_secs(2), shard: None }
     }
+}
+
+/// Role proxy: the matchers it sends default sub-requests to, and how it
+/// tells whether they are up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy {
+    /// Base URLs of the matchers, e.g. "http://127.0.0.1:5100".
+    pub matchers: Vec<String>,
+    /// Longest wait for a TCP connection to a matcher.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for a matcher's whole answer to one call.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Time between two reads of each matcher's `GET /1/matcher/cache`.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// Consecutive failed calls after which a matcher leaves rotation.
+    pub failure_threshold: u32,
+    /// Time between two probes of a matcher out of rotation.
+    #[serde(with = "duration")]
+    pub probe_interval: Duration,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            matchers: Vec::new(),
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+            failure_threshold: 3,
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the service's monitoring points carry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitoring {
+    /// The `instance` tag of every point; empty: host:port.
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -174,6 +221,8 @@ pub struct Config {
     pub server: Server,
     pub storage: Storage,
     pub cache: Cache,
+    pub proxy: Proxy,
+    pub monitoring: Monitoring,
     pub matching: Matching,
     pub descriptors: Descriptors,
     pub limits: Limits,
@@ -204,7 +253,7 @@ impl Config {
                     pool_size: self.storage.pool_size,
                     poll_interval: self.storage.poll_interval,
                     changes_retention: self.storage.changes_retention,
-                    scope: CacheScope { include: self.cache.include.clone(), exclude: self.cache.exclude.clone() },
+                    scope: CacheScope { include: self.cache.include.clone(), exclude: self.cache.exclude.clone(), shard: self.cache.shard },
                     position_wait: self.cache.position_wait,
                 };
                 (StoreConfig::Postgres(pg), "storage.dsn".into())
@@ -217,8 +266,8 @@ impl Config {
         match s.backend {
             Backend::Postgres if s.dsn.is_empty() => return Err("config key storage.dsn: required with storage.backend = \"postgres\"".into()),
             Backend::Postgres => luna_core::store::check_dsn(&s.dsn).map_err(|e| format!("config key storage.dsn: {e}"))?,
-            Backend::Sqlite if self.cache.include.is_some() || !self.cache.exclude.is_empty() => {
-                return Err("config key cache: caching only some lists needs storage.backend = \"postgres\"".into())
+            Backend::Sqlite if self.cache.include.is_some() || !self.cache.exclude.is_empty() || self.cache.shard.is_some() => {
+                return Err("config key cache: caching only some lists or a shard needs storage.backend = \"postgres\"".into())
             }
             Backend::Sqlite => {}
         }
@@ -231,7 +280,52 @@ impl Config {
         if s.changes_retention < Duration::from_secs(1) {
             return Err("config key storage.changes_retention: at least 1s".into());
         }
+        if let Some(shard) = self.cache.shard.filter(|s| s.index >= s.count) {
+            return Err(format!("config key cache.shard: index {} of {} shards: index must be below count", shard.index, shard.count));
+        }
         Ok(())
+    }
+
+    /// Role proxy matches on other instances of the shared store.
+    fn check_proxy(&self) -> Result<(), String> {
+        let p = &self.proxy;
+        if self.server.role != Role::Proxy {
+            return Ok(());
+        }
+        if self.storage.backend != Backend::Postgres {
+            return Err("config key server.role: role proxy needs storage.backend = \"postgres\", the store its matchers share".into());
+        }
+        if p.matchers.is_empty() {
+            return Err("config key proxy.matchers: role proxy needs at least one matcher, e.g. [\"http://127.0.0.1:5100\"]".into());
+        }
+        for (i, url) in p.matchers.iter().enumerate() {
+            let parsed = url.parse::<reqwest::Url>().map_err(|e| format!("config key proxy.matchers: [{i}] '{url}': {e}"))?;
+            if parsed.scheme() != "http" {
+                return Err(format!("config key proxy.matchers: [{i}] '{url}': only http:// is built"));
+            }
+        }
+        for (key, value) in [
+            ("connect_timeout", p.connect_timeout),
+            ("request_timeout", p.request_timeout),
+            ("poll_interval", p.poll_interval),
+            ("probe_interval", p.probe_interval),
+        ] {
+            if value.is_zero() {
+                return Err(format!("config key proxy.{key}: must be above 0ms"));
+            }
+        }
+        if p.failure_threshold == 0 {
+            return Err("config key proxy.failure_threshold: at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// This instance's name in monitoring points and among a proxy's matchers.
+    pub fn instance(&self) -> String {
+        match self.monitoring.instance.as_str() {
+            "" => format!("{}:{}", self.server.host, self.port()),
+            name => name.to_owned(),
+        }
     }
 
     pub fn versions(&self) -> Result<Versions, String> {
@@ -367,6 +461,7 @@ pub fn load(file: &Path, must_exist: bool, env: &HashMap<String, String>, cli: &
 fn check(config: &Config) -> Result<(), String> {
     config.versions()?;
     config.check_storage()?;
+    config.check_proxy()?;
     config.plugins.validate()?;
     if config.server.body_timeout.is_zero() {
         return Err("config key server.body_timeout: must be above 0ms, or every body would be refused".into());
@@ -461,7 +556,13 @@ mod tests {
         let e = env(&[("LUNA_MATCHER__SERVER__BODY_TIMEOUT", "2s"), ("LUNA_MATCHER__LIMITS__USER_DATA_CHARS", "64")]);
         let c = load(&file, true, &e, &Overrides::default()).unwrap();
         assert_eq!((c.server.body_timeout, c.limits.user_data_chars), (Duration::from_secs(2), 64));
-        let c = load(&file, true, &env(&[("SERVICE_TYPE", "proxy")]), &Overrides::default()).unwrap();
+        let proxy = [
+            ("SERVICE_TYPE", "proxy"),
+            ("LUNA_MATCHER__STORAGE__BACKEND", "postgres"),
+            ("LUNA_MATCHER__STORAGE__DSN", "postgresql://luna@h1/faces"),
+            ("LUNA_MATCHER__PROXY__MATCHERS", r#"["http://127.0.0.1:5100"]"#),
+        ];
+        let c = load(&file, true, &env(&proxy), &Overrides::default()).unwrap();
         assert_eq!(c.server.role, Role::Proxy);
         let e = env(&[("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", r#"["teapot", "x"]"#), ("LUNA_MATCHER__PLUGINS__QUEUE_SIZE", "7")]);
         let c = load(&file, true, &e, &Overrides::default()).unwrap();
@@ -547,6 +648,28 @@ mod tests {
         refused(&[("LUNA_MATCHER__STORAGE__BACKEND", "mysql")], "storage.backend");
         refused(&[("LUNA_MATCHER__CACHE__EXCLUDE", &format!(r#"["{list}"]"#))], "cache");
         refused(&[("LUNA_MATCHER__CACHE__INCLUDE", r#"["not-a-uuid"]"#)], "cache.include");
+    }
+
+    #[test]
+    fn role_proxy_needs_the_shared_store_and_matchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = [("LUNA_MATCHER__STORAGE__BACKEND", "postgres"), ("LUNA_MATCHER__STORAGE__DSN", "postgresql://luna@h1/faces")];
+        let err = load(&file_ok(&dir), true, &env(&[("SERVICE_TYPE", "proxy")]), &Overrides::default()).unwrap_err();
+        assert!(err.contains("server.role") && err.contains("postgres") && err.contains("environment variable SERVICE_TYPE"), "{err}");
+        let err = load(&file_ok(&dir), true, &env(&pg), &Overrides { role: Some(Role::Proxy), ..Default::default() }).unwrap_err();
+        assert!(err.contains("proxy.matchers"), "{err}");
+        let mut e = pg.to_vec();
+        e.push(("LUNA_MATCHER__PROXY__MATCHERS", r#"["http://127.0.0.1:5100", "http://10.0.0.2:5100/"]"#));
+        e.push(("LUNA_MATCHER__MONITORING__INSTANCE", "proxy-1"));
+        let c = load(&file_ok(&dir), true, &env(&e), &Overrides { role: Some(Role::Proxy), ..Default::default() }).unwrap();
+        assert_eq!((c.proxy.matchers.len(), c.proxy.failure_threshold, c.instance().as_str(), c.port()), (2, 3, "proxy-1", 5110));
+        e.push(("LUNA_MATCHER__PROXY__MATCHERS", r#"["https://m1"]"#));
+        let err = load(&file_ok(&dir), true, &env(&e), &Overrides { role: Some(Role::Proxy), ..Default::default() }).unwrap_err();
+        assert!(err.contains("proxy.matchers") && err.contains("http://"), "{err}");
+        let shard = [pg[0], pg[1], ("LUNA_MATCHER__CACHE__SHARD", "{ index = 2, count = 2 }")];
+        let err = load(&file_ok(&dir), true, &env(&shard), &Overrides::default()).unwrap_err();
+        assert!(err.contains("cache.shard") && err.contains("LUNA_MATCHER__CACHE__SHARD"), "{err}");
+        assert_eq!(Config::default().instance(), "127.0.0.1:5100");
     }
 
     fn file_ok(dir: &tempfile::TempDir) -> std::path::PathBuf {

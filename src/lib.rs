@@ -6,6 +6,7 @@ pub mod data_lock;
 pub mod http;
 pub mod logging;
 pub mod pipeline;
+pub mod proxy;
 pub mod server;
 pub mod telemetry;
 pub mod tools;

@@ -1,23 +1,27 @@
-//! The proxy pipeline of the standalone role: each sub-request of
+//! The proxy pipeline of roles standalone and proxy: each sub-request of
 //! `/1/matcher/faces` (one reference against one candidate set) goes to the
 //! matcher that states the lowest cost, a matching plugin or the default
 //! matcher (ties to the default). A plugin that raises `Rematch`, fails, times
 //! out or answers something malformed hands its sub-request back, and the
 //! default matcher answers it in the same request; one that answers an
-//! `ErrorMatchResult` fails that sub-request alone with its error.
+//! `ErrorMatchResult` fails that sub-request alone with its error. The
+//! default matcher is the in-process engine (standalone) or the remote
+//! matchers (proxy).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use luna_actors::MatchAnswer;
 use luna_actors::plugin::MatchCall;
+use luna_actors::MatchAnswer;
 use luna_actors::PluginHost;
 use luna_core::api::{MatchFacesRequest, ReferenceMatches};
 use luna_core::matching::SubResult;
 use luna_core::planning::SubRequest;
-use luna_core::{Core, Error, Result};
+use luna_core::{Core, Error, ErrorCode, Result};
 use uuid::Uuid;
+
+use crate::proxy::Matchers;
 
 /// Who answered a sub-request, for its `matching` monitoring point.
 #[derive(Debug, Clone)]
@@ -27,10 +31,12 @@ pub struct SubReport {
     pub seconds: f64,
 }
 
-/// Answer a matching request; with `plugins`, through the matching plugins.
+/// Answer a matching request; with `plugins`, through the matching plugins;
+/// with `remote`, the default matcher is the remote matchers.
 pub async fn match_faces(
     core: &Core,
     plugins: Option<&PluginHost>,
+    remote: Option<&Matchers>,
     account: Option<Uuid>,
     request_id: &str,
     req: MatchFacesRequest,
@@ -74,6 +80,18 @@ pub async fn match_faces(
             let candidates_scanned = result.as_ref().map_or(0, |r| r.candidates_scanned);
             reports[i] = Some(SubReport { matcher: plugin, candidates_scanned, seconds: took.as_secs_f64() });
             answered[i] = Some(result);
+        }
+    }
+    if let Some(remote) = remote {
+        let subs: Vec<SubRequest> = plan.subs().collect();
+        let todo: Vec<usize> = (0..count).filter(|&i| answered[i].is_none()).collect();
+        remote.answer(&subs, &todo, &mut answered, &mut reports, account, request_id, core.known_position()).await;
+        // Nothing could be answered anywhere: the request itself is 31011, as a matcher's own would be.
+        let mut errors = answered.iter().map(|a| a.as_ref().and_then(|r| r.as_ref().err()).filter(|e| e.code == ErrorCode::NoMatcher));
+        if let Some(Some(first)) = errors.next().filter(|_| count > 0) {
+            if errors.all(|e| e.is_some()) {
+                return Err(first.clone());
+            }
         }
     }
     let start = Instant::now();

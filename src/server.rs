@@ -14,21 +14,35 @@ use tokio::signal::unix;
 use crate::config::{Backend, Config, Role};
 use crate::data_lock::DataLock;
 use crate::http::{self, openapi, AppState};
+use crate::proxy::Matchers;
 use crate::telemetry::Telemetry;
 
 /// Open the store: the SQLite file, loaded into memory; or PostgreSQL,
 /// connected to and migrated, loading into memory in the background.
 pub fn core(config: &Config) -> Result<Arc<Core>, String> {
     let (store, setting) = config.store();
-    let core = Core::open(CoreConfig { store, versions: config.versions()?, limits: config.limits.clone(), threads: config.threads() })
-        .map_err(|e| format!("cannot open the store ({setting}): {}", e.detail))?;
+    let core = Core::open(CoreConfig {
+        store,
+        versions: config.versions()?,
+        limits: config.limits.clone(),
+        threads: config.threads(),
+        remote_matching: config.server.role == Role::Proxy,
+    })
+    .map_err(|e| format!("cannot open the store ({setting}): {}", e.detail))?;
     Ok(Arc::new(core))
 }
 
 /// The shared state of the app.
+/// The shared state of the app; role proxy's matchers are polled from the
+/// current actix System.
 pub fn state(config: &Config, core: Arc<Core>, plugins: Option<Arc<PluginHost>>) -> web::Data<AppState> {
-    let telemetry = Telemetry::new(config.service_name(), plugins.clone());
-    web::Data::new(AppState { core, telemetry: Arc::new(telemetry), plugins, role: config.server.role, body_timeout: config.server.body_timeout })
+    let telemetry = Telemetry::new(config.service_name(), config.instance(), plugins.clone());
+    let matchers = (config.server.role == Role::Proxy).then(|| {
+        let matchers = Arc::new(Matchers::new(&config.proxy));
+        actix_rt::spawn(matchers.clone().poll());
+        matchers
+    });
+    web::Data::new(AppState { core, telemetry: Arc::new(telemetry), plugins, role: config.server.role, body_timeout: config.server.body_timeout, matchers })
 }
 
 /// Start the active plugins, if any. Must run inside the actix System.
@@ -91,9 +105,6 @@ pub async fn run(config: Config) -> Result<(), Failure> {
     // finds SIGINT at its default installs its own handler, which would
     // swallow the signal.
     let mut signals = Signals::install().map_err(|e| Failure::Failed(format!("cannot handle signals: {e}")))?;
-    if config.server.role == Role::Proxy {
-        return Err(Failure::Failed("role proxy is not available yet: it needs the matching-plugin pipeline; run matcher or standalone".into()));
-    }
     // The embedded store has one owner; instances of a shared store share nothing on disk.
     let _lock = match config.storage.backend {
         Backend::Sqlite => Some(DataLock::acquire(&config.storage.data_dir).map_err(Failure::Refused)?),

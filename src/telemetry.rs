@@ -12,6 +12,7 @@ use luna_actors::PluginHost;
 use luna_core::StoreStats;
 
 use crate::pipeline::SubReport;
+use crate::proxy::RemoteStatus;
 use parking_lot::Mutex;
 
 /// A Prometheus label value, escaped: a plugin's route template may hold `"`, `\` or a newline.
@@ -65,6 +66,8 @@ pub struct Telemetry {
     requests: Mutex<Requests>,
     /// The service name in monitoring points: `luna-python-matcher` or `luna-matcher-proxy`.
     service: &'static str,
+    /// This instance's name, the `instance` tag of every point.
+    instance: String,
     /// Where monitoring points go, when plugins run.
     plugins: Option<Arc<PluginHost>>,
 }
@@ -110,8 +113,8 @@ impl log::kv::Source for RequestRecord<'_> {
 }
 
 impl Telemetry {
-    pub fn new(service: &'static str, plugins: Option<Arc<PluginHost>>) -> Self {
-        Telemetry { requests: Mutex::default(), service, plugins }
+    pub fn new(service: &'static str, instance: String, plugins: Option<Arc<PluginHost>>) -> Self {
+        Telemetry { requests: Mutex::default(), service, instance, plugins }
     }
 
     pub fn request_finished(&self, r: &RequestRecord) {
@@ -128,7 +131,12 @@ impl Telemetry {
     /// The points of one request, as docs/plugins.md defines them: `request`, and
     /// `error` for a response with an error status.
     fn request_points(&self, r: &RequestRecord) -> Vec<Point> {
-        let tags = vec![("service", self.service.to_owned()), ("route", format!("{}:{}", r.method, r.route)), ("status_code", r.status.to_string())];
+        let tags = vec![
+            ("service", self.service.to_owned()),
+            ("instance", self.instance.clone()),
+            ("route", format!("{}:{}", r.method, r.route)),
+            ("status_code", r.status.to_string()),
+        ];
         let fields = vec![("request_id", FieldValue::Str(r.request_id.to_owned())), ("execution_time", FieldValue::Float(r.seconds))];
         let mut points = vec![Point { series: "request", event_time: r.start_time, tags: tags.clone(), fields: fields.clone() }];
         if r.status >= 400 {
@@ -139,7 +147,12 @@ impl Telemetry {
         points.extend(r.matching.iter().map(|m| Point {
             series: "matching",
             event_time: r.start_time,
-            tags: vec![("service", self.service.to_owned()), ("matcher", m.matcher.clone()), ("candidate_origin", "faces".to_owned())],
+            tags: vec![
+                ("service", self.service.to_owned()),
+                ("instance", self.instance.clone()),
+                ("matcher", m.matcher.clone()),
+                ("candidate_origin", "faces".to_owned()),
+            ],
             fields: vec![
                 ("request_id", FieldValue::Str(r.request_id.to_owned())),
                 ("candidates_scanned", FieldValue::Int(m.candidates_scanned as i64)),
@@ -150,7 +163,7 @@ impl Telemetry {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self, store: &StoreStats, plugins: &[PluginReport]) -> String {
+    pub fn render(&self, store: &StoreStats, plugins: &[PluginReport], matchers: &[RemoteStatus]) -> String {
         let mut out = String::new();
         let req = self.requests.lock();
         out.push_str("# HELP luna_matcher_requests_total HTTP requests by method, route and status.\n# TYPE luna_matcher_requests_total counter\n");
@@ -215,6 +228,29 @@ impl Telemetry {
             for (q, v) in [("mean", p.mean_latency), ("p99", p.p99_latency)] {
                 if let Some(v) = v {
                     let _ = writeln!(out, "luna_matcher_plugin_latency_seconds{{plugin=\"{}\",stat=\"{q}\"}} {v}", Label(&p.name));
+                }
+            }
+        }
+        if !matchers.is_empty() {
+            type Metric = (&'static str, &'static str, &'static str, fn(&RemoteStatus) -> f64);
+            let metrics: [Metric; 5] = [
+                ("luna_matcher_proxy_matcher_up", "gauge", "1 while a matcher is in rotation and its cache report says ready.", |m| u8::from(m.up).into()),
+                ("luna_matcher_proxy_matcher_requests_total", "counter", "Calls the proxy made to a matcher.", |m| m.requests as f64),
+                ("luna_matcher_proxy_matcher_errors_total", "counter", "Calls to a matcher that failed or answered something malformed.", |m| m.errors as f64),
+                ("luna_matcher_proxy_matcher_retries_total", "counter", "Calls to a matcher carrying sub-requests another matcher failed.", |m| {
+                    m.retries as f64
+                }),
+                (
+                    "luna_matcher_proxy_matcher_latency_seconds_total",
+                    "counter",
+                    "Seconds spent in calls to a matcher (divide by requests for the mean).",
+                    |m| m.latency_seconds,
+                ),
+            ];
+            for (name, kind, help, value) in metrics {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for m in matchers {
+                    let _ = writeln!(out, "{name}{{matcher=\"{}\"}} {}", Label(&m.name), value(m));
                 }
             }
         }

@@ -50,7 +50,8 @@ fn request_monitoring_reaches_the_receiver() {
     s.wait_for(|| lines().contains("error,error_code=11030"), "the error point arrives");
     let all = lines();
     let request_line = all.lines().find(|l| l.contains("route=GET:/1/version")).unwrap_or_else(|| panic!("{all}"));
-    assert!(request_line.starts_with("request,route=GET:/1/version,service=luna-matcher-proxy,status_code=200 "), "{request_line}");
+    let tags = format!("request,instance={},route=GET:/1/version,service=luna-matcher-proxy,status_code=200 ", s.addr);
+    assert!(request_line.starts_with(&tags), "{request_line}");
     assert!(request_line.contains(&format!("request_id=\"{id}\"")) && request_line.contains("execution_time="), "{request_line}");
     let ns: u128 = request_line.rsplit(' ').next().unwrap().parse().unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -131,7 +132,8 @@ fn luna_documented_example_runs_unchanged() {
     s.wait_for(|| arrived("error") && arrived("request"), "both points arrive");
     let points: Vec<serde_json::Value> = bodies.lock().unwrap().iter().map(|b| serde_json::from_str(b).unwrap()).collect();
     let error = points.iter().find(|p| p["series"] == "error").unwrap();
-    assert_eq!(error["tags"], json!({"service": "luna-matcher-proxy", "route": "GET:/1/lists/{list_id}", "status_code": "400", "error_code": "11004"}));
+    let tags = json!({"service": "luna-matcher-proxy", "instance": s.addr.to_string(), "route": "GET:/1/lists/{list_id}", "status_code": "400", "error_code": "11004"});
+    assert_eq!(error["tags"], tags);
     assert!(error["fields"]["request_id"].is_string() && error["eventTime"].is_f64());
     assert!(points.iter().any(|p| p["series"] == "request"));
     assert_eq!(s.plugin("luna_example")["class"], "plugins.luna_example.RequestMonitoringPlugin", "the abstract base in the module is not activated");
@@ -536,7 +538,9 @@ fn matching_plugins_answer_or_hand_back_their_sub_requests() {
     let lines = || bodies.lock().unwrap().join("\n");
     s.wait_for(|| lines().contains("matcher=list_cache") && lines().contains("matcher=default"), "matching points name the matcher");
     assert!(
-        lines().lines().any(|l| l.starts_with("matching,candidate_origin=faces,matcher=list_cache,") && l.contains("candidates_scanned=4i")),
+        lines()
+            .lines()
+            .any(|l| l.starts_with(&format!("matching,candidate_origin=faces,instance={},matcher=list_cache,", s.addr)) && l.contains("candidates_scanned=4i")),
         "{}",
         lines()
     );

@@ -312,7 +312,9 @@ pub struct CandidateMatches {
     pub result: Vec<FaceMatch>,
     /// Candidates that passed the filters and the threshold, before `limit` cut them.
     pub total_found: u64,
-    /// Why this candidate set has no answer, when it has none.
+    /// Why this candidate set has no result (a matching plugin's
+    /// `ErrorMatchResult`, no matcher for it in a proxy, or its matcher
+    /// failed); the other sets are still answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
 }
@@ -468,10 +470,32 @@ pub struct CacheScope {
     pub include: Option<Vec<Uuid>>,
     /// Lists left out.
     pub exclude: Vec<Uuid>,
+    /// Only the faces of this shard of the lists in scope.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+/// One part of the faces when a list is split over several matchers: a face
+/// belongs to the shard that rendezvous hashing of its id picks among
+/// `0..count`, so every matcher agrees without talking to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// This shard, below `count`.
+    pub index: u32,
+    /// How many shards the faces are split into.
+    pub count: u32,
+}
+
+impl Shard {
+    /// Whether `face_id` belongs to this shard.
+    pub fn holds(&self, face_id: &Uuid) -> bool {
+        hrw_hash::HrwNodes::new(0..self.count).sorted(face_id.as_bytes()).next() == Some(&self.index)
+    }
 }
 
 impl CacheScope {
-    /// Every list and every face, those in no list included.
+    /// Every list and every face, those in no list included (of its shard, if any).
     pub fn is_all(&self) -> bool {
         self.include.is_none() && self.exclude.is_empty()
     }

@@ -30,7 +30,7 @@ impl Core {
         self.limits.check_list(&new)?;
         let list = ListRecord { list_id: Uuid::new_v4(), account_id: new.account_id, user_data: new.user_data, create_time: now(), face_count: 0 };
         let list_id = list.list_id;
-        let position = self.store.write(&Reads::default(), Box::new(|_| Ok(vec![Op::CreateList(list)])))?;
+        let position = self.write(&Reads::default(), Box::new(|_| Ok(vec![Op::CreateList(list)])))?;
         Ok(Written { value: CreatedList { list_id, url: format!("/1/lists/{list_id}") }, position })
     }
 
@@ -43,7 +43,7 @@ impl Core {
     /// Delete a list; its faces stay.
     pub fn delete_list(&self, account: Option<Uuid>, list_id: Uuid) -> Result<Written<()>> {
         let reads = Reads { lists: vec![list_id], delete: true, ..Default::default() };
-        let position = self.store.write(
+        let position = self.write(
             &reads,
             Box::new(|owners| {
                 list_owner(owners, account, list_id)?;
@@ -56,7 +56,7 @@ impl Core {
     /// Attach faces to a list or detach them, all or none.
     pub fn patch_list_faces(&self, account: Option<Uuid>, list_id: Uuid, patch: ListFacesPatch) -> Result<Written<()>> {
         let reads = Reads { lists: vec![list_id], faces: patch.face_ids.clone(), delete: false };
-        let position = self.store.write(
+        let position = self.write(
             &reads,
             Box::new(|owners| {
                 let owner = list_owner(owners, account, list_id)?;
@@ -76,7 +76,7 @@ impl Core {
     pub fn create_face(&self, account: Option<Uuid>, new: NewFace) -> Result<Written<CreatedFace>> {
         let reads = Reads { lists: new.lists.clone(), ..Default::default() };
         let mut face_id = Uuid::nil();
-        let position = self.store.write(
+        let position = self.write(
             &reads,
             Box::new(|owners| {
                 let op = self.prepare_face(owners, account, new)?;
@@ -95,7 +95,7 @@ impl Core {
         lists.sort_unstable();
         lists.dedup();
         let mut face_ids = Vec::with_capacity(faces.len());
-        let position = self.store.write(
+        let position = self.write(
             &Reads { lists, ..Default::default() },
             Box::new(|owners| {
                 let ops = faces
@@ -179,7 +179,7 @@ impl Core {
     /// Delete a face and its memberships.
     pub fn delete_face(&self, account: Option<Uuid>, face_id: Uuid) -> Result<Written<()>> {
         let reads = Reads { faces: vec![face_id], delete: true, ..Default::default() };
-        let position = self.store.write(
+        let position = self.write(
             &reads,
             Box::new(|owners| {
                 face_owner(owners, account, face_id)?;

@@ -193,6 +193,15 @@ impl utoipa::PartialSchema for Binary {
 
 impl utoipa::ToSchema for Binary {}
 
+impl Serialize for Binary {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Binary::Base64(text) => s.serialize_str(text),
+            Binary::Bytes(bytes) => s.serialize_bytes(bytes),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Binary {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V;

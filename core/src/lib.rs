@@ -18,6 +18,7 @@ pub mod planning;
 pub mod raw;
 pub mod service;
 pub mod store;
+pub mod subrequests;
 pub mod time;
 
 pub use errors::{Error, ErrorCode, Result};

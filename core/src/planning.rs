@@ -31,11 +31,11 @@ struct LoadedReference {
 }
 
 /// A candidate set of the request, its filters compiled.
-struct CompiledSet {
-    filter: Filter,
+pub(crate) struct CompiledSet {
+    pub(crate) filter: Filter,
     targets: Vec<Target>,
-    limit: usize,
-    threshold: f64,
+    pub(crate) limit: usize,
+    pub(crate) threshold: f64,
     /// The filters as the request gave them.
     echo: FaceFilters,
 }
@@ -44,7 +44,7 @@ struct CompiledSet {
 pub struct SubRequest<'a> {
     echo: &'a ReferenceEcho,
     reference: &'a LoadedReference,
-    set: &'a CompiledSet,
+    pub(crate) set: &'a CompiledSet,
 }
 
 /// A sub-request as plain data: what a matching plugin is asked.
@@ -67,6 +67,16 @@ pub struct SubRequestSpec {
 }
 
 impl SubRequest<'_> {
+    /// The list the candidate set is restricted to, if any.
+    pub fn list_id(&self) -> Option<Uuid> {
+        self.set.echo.list_id
+    }
+
+    /// How many hits the answer holds at most.
+    pub fn limit(&self) -> usize {
+        self.set.limit
+    }
+
     /// The sub-request as data a plugin can be handed.
     pub fn spec(&self) -> SubRequestSpec {
         SubRequestSpec {
@@ -159,9 +169,10 @@ impl Core {
     }
 
     /// Answer a plan. `answered[i]` holds the answer to the plan's i-th
-    /// sub-request when something else (a matching plugin) gave one: its
-    /// result, or an error for that candidate set alone; the others are
-    /// matched here. Also returns, per sub-request, the candidates scanned for it.
+    /// sub-request when something else (a matching plugin, a remote matcher)
+    /// gave one: its result, or an error for that candidate set alone; the
+    /// others are matched here. Also returns, per sub-request, the candidates
+    /// scanned for it.
     pub async fn run_plan(&self, plan: FacesPlan, answered: Vec<Option<Result<SubResult>>>) -> Result<(Vec<ReferenceMatches>, Vec<u64>)> {
         let queries: Vec<SubQuery> = plan
             .subs()
@@ -175,9 +186,12 @@ impl Core {
                 threshold: sub.set.threshold,
             })
             .collect();
-        let mut matched = self.engine.match_faces(queries).await?.into_iter();
-        let results: Vec<Result<SubResult>> =
-            answered.into_iter().map(|a| a.unwrap_or_else(|| Ok(matched.next().expect("one result per sub-request")))).collect();
+        let mut matched = match queries.is_empty() {
+            true => Vec::new(),
+            false => self.engine.match_faces(queries).await?,
+        }
+        .into_iter();
+        let results: Vec<Result<SubResult>> = answered.into_iter().map(|a| a.or_else(|| matched.next().map(Ok)).expect("one result per sub-request")).collect();
         self.limits.check_faces_response(plan.encoded_len_bound(&results))?;
         let scanned = results.iter().map(|r| r.as_ref().map_or(0, |r| r.candidates_scanned)).collect();
         let mut results = results.into_iter();
@@ -225,9 +239,11 @@ impl Core {
         Some(SubResult { hits: checked, total_found, candidates_scanned: hits.len() as u64 })
     }
 
-    fn compile_set(&self, account: Option<Uuid>, set: CandidateSet) -> Result<CompiledSet> {
+    pub(crate) fn compile_set(&self, account: Option<Uuid>, set: CandidateSet) -> Result<CompiledSet> {
         let f = &set.filters;
-        self.store.can_match(f.list_id)?;
+        if !self.remote_matching {
+            self.store.can_match(f.list_id)?;
+        }
         if let (Some(request), Some(filter)) = (account, f.account_id) {
             if request != filter {
                 return Err(Error::new(ErrorCode::AccountMismatch, format!("filters.account_id {filter} is not the request's account {request}")));

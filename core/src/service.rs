@@ -35,6 +35,9 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// Threads that scan candidates.
     pub threads: usize,
+    /// The default matcher is elsewhere (role proxy): a matching request may
+    /// name any list, whatever this instance keeps in memory.
+    pub remote_matching: bool,
 }
 
 /// Sizes of the in-memory index, for `/metrics`, and how far it follows a shared store.
@@ -54,6 +57,9 @@ pub struct Core {
     pub(crate) store: Box<dyn Store>,
     pub(crate) index: Arc<RwLock<Index>>,
     pub(crate) engine: Engine,
+    pub(crate) remote_matching: bool,
+    /// The latest store position a write through this instance committed at.
+    last_write: parking_lot::Mutex<Option<Position>>,
 }
 
 impl Core {
@@ -67,7 +73,15 @@ impl Core {
             StoreConfig::Postgres(pg) => Box::new(PostgresStore::open(pg, config.versions.clone(), index.clone())?),
         };
         let engine = Engine::start(index.clone(), config.threads);
-        Ok(Core { versions: config.versions, limits: config.limits, store, index, engine })
+        Ok(Core {
+            versions: config.versions,
+            limits: config.limits,
+            store,
+            index,
+            engine,
+            remote_matching: config.remote_matching,
+            last_write: Default::default(),
+        })
     }
 
     /// Why the instance cannot match yet (a shared store's first load); None once it can.
@@ -79,6 +93,25 @@ impl Core {
     /// in memory; 31011 when they are not in time.
     pub async fn wait_for(&self, position: Position) -> Result<()> {
         self.store.wait_for(position).await
+    }
+
+    /// Commit a write through the store, remembering its position.
+    pub(crate) fn write(&self, reads: &crate::store::Reads, prepare: crate::store::Prepare) -> Result<Option<Position>> {
+        let position = self.store.write(reads, prepare)?;
+        if let Some(p) = position {
+            let mut last = self.last_write.lock();
+            *last = (*last).max(Some(p));
+        }
+        Ok(position)
+    }
+
+    /// The store position an answer from another instance must include for
+    /// this instance's clients to see their writes: the last change applied
+    /// here, or this instance's own latest write if that is later. None for
+    /// the embedded store.
+    pub fn known_position(&self) -> Option<Position> {
+        let applied = self.store.sync().map(|s| s.position);
+        applied.max(*self.last_write.lock())
     }
 
     /// What this instance matches from, for `GET /1/matcher/cache`.

@@ -104,6 +104,18 @@ fn decode<T: DeserializeOwned>(body: &[u8], msgpack: bool) -> Result<T, ApiError
     typed
 }
 
+/// msgpack as this service writes it: fields by name; uuids, times and store
+/// positions as strings, as LUNA's clients send them.
+pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map().with_human_readable()).map(|_| out).map_err(|e| e.to_string())
+}
+
+/// msgpack as this service writes it, read back.
+pub fn from_msgpack<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    T::deserialize(&mut rmp_serde::Deserializer::new(body).with_human_readable()).map_err(|e| e.to_string())
+}
+
 fn schema(path: &serde_path_to_error::Path, e: &dyn std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::SchemaViolation, format!("{path}: {e}"))
 }
@@ -130,12 +142,7 @@ impl<T: Serialize> Responder for Output<T> {
     fn respond_to(self, req: &HttpRequest) -> HttpResponse {
         let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
         let msgpack = MSGPACK.iter().any(|m| accept.contains(m));
-        let encoded = if msgpack {
-            let mut out = Vec::new();
-            self.body.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map().with_human_readable()).map(|_| out).map_err(|e| e.to_string())
-        } else {
-            serde_json::to_vec(&self.body).map_err(|e| e.to_string())
-        };
+        let encoded = if msgpack { to_msgpack(&self.body) } else { serde_json::to_vec(&self.body).map_err(|e| e.to_string()) };
         match encoded {
             Ok(bytes) => HttpResponse::build(self.status).content_type(if msgpack { MSGPACK[0] } else { "application/json" }).body(bytes),
             Err(e) => actix_web::ResponseError::error_response(&ApiError::new(ErrorCode::Internal, format!("cannot encode the response: {e}"))),

@@ -9,6 +9,7 @@ use actix_web::{web, CustomizeResponder, FromRequest, HttpMessage, HttpRequest, 
 use futures_util::future::{ready, Ready};
 use luna_core::api::*;
 use luna_core::store::Position;
+use luna_core::subrequests::{RemoteAnswer, SubRequestsBody};
 use luna_core::{Core, Error, ErrorCode};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -179,7 +180,7 @@ async fn include_position(state: &AppState, req: &HttpRequest) -> Result<(), Api
 pub async fn match_faces(state: web::Data<AppState>, account: Account, req: HttpRequest, body: Input<MatchFacesRequest>) -> Reply<Vec<ReferenceMatches>> {
     include_position(&state, &req).await?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let (references, reports) = pipeline::match_faces(&state.core, state.matching_plugins(), account.0, &request_id, body.0).await?;
+    let (references, reports) = pipeline::match_faces(&state.core, state.matching_plugins(), state.matchers.as_deref(), account.0, &request_id, body.0).await?;
     req.extensions_mut().insert(reports);
     Ok(Output::ok(references))
 }
@@ -199,10 +200,29 @@ pub async fn cache(state: web::Data<AppState>) -> Reply<CacheReport> {
     Ok(Output::ok(state.core.cache_report()))
 }
 
-#[utoipa::path(get, path = "/healthcheck", tag = "service",
-    responses((status = 200, description = "Healthy", body = Healthy), (status = 502, description = "The store or a required plugin is down", body = Unhealthy),
+/// Internal: a proxy's default sub-requests for this matcher, answered each
+/// with its result or its error. Not for clients.
+#[utoipa::path(post, path = "/1/internal/matcher/subrequests", tag = "internal", params(PositionQuery), request_body = SubRequestsBody,
+    responses((status = 200, description = "One answer per sub-request, in request order", body = Vec<RemoteAnswer>),
+              (status = "default", description = "An error of the whole call (31011: the store position was not reached in time)", body = ErrorBody)))]
+pub async fn subrequests(state: web::Data<AppState>, req: HttpRequest, body: Input<SubRequestsBody>) -> Reply<Vec<RemoteAnswer>> {
+    include_position(&state, &req).await?;
+    Ok(Output::ok(state.core.answer_subrequests(body.0).await?))
+}
+
+/// What `/healthcheck` checks besides the service itself.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HealthQuery {
+    /// 1: also the services this one depends on (role proxy: every matcher;
+    /// 502 when none answers).
+    include_luna_services: Option<u8>,
+}
+
+#[utoipa::path(get, path = "/healthcheck", tag = "service", params(HealthQuery),
+    responses((status = 200, description = "Healthy", body = Healthy), (status = 502, description = "The store or a required plugin is down, or (role proxy, include_luna_services=1) no matcher answers", body = Unhealthy),
               (status = 503, description = "Plugins are still starting", body = Unhealthy), (status = "default", description = "An error", body = ErrorBody)))]
-pub async fn healthcheck(state: web::Data<AppState>) -> Result<Output<Health>, ApiError> {
+pub async fn healthcheck(state: web::Data<AppState>, req: HttpRequest) -> Result<Output<Health>, ApiError> {
     let start = Instant::now();
     let mut starting: Vec<_> = state.core.loading().map(|why| ComponentError { component: "store".into(), error: why }).into_iter().collect();
     if let Some(plugins) = state.plugins.as_ref().filter(|p| !p.ready()) {
@@ -224,6 +244,15 @@ pub async fn healthcheck(state: web::Data<AppState>) -> Result<Output<Health>, A
     }
     for (name, error) in state.plugins.as_ref().map(|p| p.required_down()).unwrap_or_default() {
         errors.push(ComponentError { component: format!("plugin:{name}"), error });
+    }
+    let query = serde_urlencoded::from_str::<HealthQuery>(req.query_string())
+        .map_err(|e| ApiError::new(ErrorCode::BadQueryParameter, format!("include_luna_services: {e}")))?;
+    if let Some(matchers) = state.matchers.as_ref().filter(|_| query.include_luna_services == Some(1)) {
+        // Unhealthy when the proxy can match nowhere: then every matcher is listed with its error.
+        let (down, any_up) = matchers.health().await;
+        if !any_up {
+            errors.extend(down);
+        }
     }
     Ok(if errors.is_empty() {
         Output::ok(Health::Healthy(Healthy { execution_time: start.elapsed().as_secs_f64() }))
@@ -249,7 +278,8 @@ pub async fn version() -> Reply<VersionBody> {
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4"), (status = "default", description = "An error", body = ErrorBody)))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let plugins = state.plugins.as_ref().map(|p| p.reports()).unwrap_or_default();
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.telemetry.render(&state.core.stats(), &plugins))
+    let matchers = state.matchers.as_ref().map(|m| m.statuses()).unwrap_or_default();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.telemetry.render(&state.core.stats(), &plugins, &matchers))
 }
 
 #[utoipa::path(get, path = "/1/docs/spec", tag = "service",

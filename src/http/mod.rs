@@ -19,6 +19,7 @@ use luna_actors::PluginHost;
 use luna_core::Core;
 
 use crate::config::Role;
+use crate::proxy::Matchers;
 use crate::telemetry::Telemetry;
 use handlers as h;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub role: Role,
     /// Longest wait for a request's whole body.
     pub body_timeout: Duration,
+    /// Role proxy: the matchers that answer default sub-requests.
+    pub matchers: Option<Arc<Matchers>>,
 }
 
 impl AppState {
@@ -87,7 +90,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/1/faces/{face_id}", vec![on(M::GET, h::get_face), on(M::DELETE, h::delete_face)]))
         .service(resource("/1/matcher/faces", vec![on(M::POST, h::match_faces)]))
         .service(resource("/1/matcher/raw", vec![on(M::POST, h::match_raw)]))
-        .service(resource("/1/matcher/cache", vec![on(M::GET, h::cache)]));
+        .service(resource("/1/matcher/cache", vec![on(M::GET, h::cache)]))
+        .service(resource("/1/internal/matcher/subrequests", vec![on(M::POST, h::subrequests)]));
 }
 
 /// The application, as the server runs it and as the tests drive it.

@@ -24,7 +24,7 @@ msgpack (binary fields as raw bytes). Every error answers a stable error_code: s
         h::healthcheck, h::plugins, h::version, h::spec, h::metrics,
         h::create_list, h::get_list, h::delete_list, h::patch_list_faces,
         h::create_face, h::create_faces, h::get_face, h::delete_face,
-        h::match_faces, h::match_raw, h::cache,
+        h::match_faces, h::match_raw, h::cache, h::subrequests,
     ),
     modifiers(&Conventions),
 )]

@@ -6,12 +6,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use base64::Engine;
 use luna_matcher::config::{Backend, Config};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub const ACCOUNT: &str = "6d3f2a5e-1111-4222-8333-444455556666";
 pub const OTHER_ACCOUNT: &str = "0f0f0f0f-2222-4333-8444-555566667777";
@@ -502,4 +504,150 @@ pub fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
         }
     });
     (url, bodies)
+}
+
+/// One luna-matcher process of a role (matcher unless told) on a test database.
+pub struct Instance {
+    pub addr: SocketAddr,
+    role: &'static str,
+    env: Vec<(String, String)>,
+    log: tempfile::NamedTempFile,
+    child: Option<Child>,
+}
+
+impl Instance {
+    /// Start on `db` with extra environment, and wait until it is ready.
+    pub fn start(db: &TestDb, env: &[(&str, &str)]) -> Instance {
+        let i = Self::spawn_only(db, env);
+        i.ready();
+        i
+    }
+
+    /// Start without waiting for the load.
+    pub fn spawn_only(db: &TestDb, env: &[(&str, &str)]) -> Instance {
+        Self::spawn_as("matcher", db, env)
+    }
+
+    /// Start as `role` without waiting until it is ready.
+    pub fn spawn_as(role: &'static str, db: &TestDb, env: &[(&str, &str)]) -> Instance {
+        let mut all = db.env();
+        all.push(("LUNA_MATCHER__STORAGE__POLL_INTERVAL".into(), "100ms".into()));
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut i = Instance { addr, role, env: all, log: tempfile::NamedTempFile::new().unwrap(), child: None };
+        i.spawn();
+        i.wait_for(|| std::net::TcpStream::connect(i.addr).is_ok(), "the port is open");
+        i
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_luna-matcher"));
+        cmd.args(["--role", self.role, "--port", &self.addr.port().to_string(), "--data-dir"])
+            .arg(std::env::temp_dir())
+            .env("RUST_LOG", "info")
+            .env("LUNA_PYTHON_MATCHER_ACTIVE_PLUGINS", "[]")
+            .env("LUNA_MATCHER_PROXY_ACTIVE_PLUGINS", "[]")
+            .envs(self.env.iter().cloned());
+        cmd
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().append(true).open(self.log.path()).unwrap();
+        self.child = Some(self.command().stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        self.call_with(method, path, &[], body)
+    }
+
+    pub fn call_with(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Response {
+        let mut h = headers.to_vec();
+        h.push(("Content-Type", "application/json"));
+        request(self.addr, method, path, &h, &body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default())
+    }
+
+    pub fn ready(&self) {
+        self.wait_for(|| std::net::TcpStream::connect(self.addr).is_ok() && self.call("GET", "/healthcheck", None).status == 200, "the instance is ready");
+    }
+
+    pub fn wait_for(&self, check: impl Fn() -> bool, what: &str) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting until {what}; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    pub fn create_list(&self) -> String {
+        let r = self.call("POST", "/1/lists", Some(&json!({"account_id": ACCOUNT})));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["list_id"].as_str().unwrap().to_owned()
+    }
+
+    /// A face of `descriptor(seed)`; its id and the store position of the write.
+    pub fn create_face(&self, seed: u64, lists: &[&str]) -> (String, String) {
+        let r = self.call("POST", "/1/faces", Some(&json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(seed))}, "lists": lists})));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        (r.json()["face_id"].as_str().unwrap().to_owned(), r.header("Luna-Store-Position").expect("a write answers its position").to_owned())
+    }
+
+    /// Ids of the faces a match of `descriptor(seed)` finds (best 100), on `list` or on every face.
+    pub fn matched(&self, seed: u64, list: Option<&str>) -> Vec<String> {
+        let body = self.match_body(seed, list);
+        assert_eq!(body.status, 200, "{}", String::from_utf8_lossy(&body.body));
+        let mut ids: Vec<String> =
+            body.json()[0]["matches"][0]["result"].as_array().unwrap().iter().map(|m| m["face"]["face_id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn match_body(&self, seed: u64, list: Option<&str>) -> Response {
+        self.call("POST", "/1/matcher/faces", Some(&match_query(seed, list)))
+    }
+
+    pub fn cache(&self) -> Value {
+        self.call("GET", "/1/matcher/cache", None).json()
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = String::from_utf8(self.call("GET", "/metrics", None).body).unwrap();
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn match_query(seed: u64, list: Option<&str>) -> Value {
+    let mut filters = json!({"origin": "faces"});
+    if let Some(l) = list {
+        filters["list_id"] = json!(l);
+    }
+    json!({"references": [{"type": "descriptor", "data": b64(&descriptor(seed))}],
+           "candidates": [{"filters": filters, "limit": 100, "targets": ["face_id", "user_data", "lists"]}]})
 }

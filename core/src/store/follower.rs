@@ -104,7 +104,7 @@ impl Batch {
             }
         }
         for (face_id, face) in self.faces {
-            match face.filter(|(_, f)| scope.admits_face(&f.face.lists)) {
+            match face.filter(|(_, f)| scope.admits_face(&f.face.face_id, &f.face.lists)) {
                 Some((spec, f)) => index.upsert_face(spec, &f.descriptor, f.face),
                 None => {
                     index.remove_face(&face_id);

@@ -192,14 +192,14 @@ impl CacheScope {
     fn admits(&self, op: &Op) -> bool {
         match op {
             Op::CreateList(list) => self.caches(&list.list_id),
-            Op::CreateFace { face, .. } => self.admits_face(&face.lists),
+            Op::CreateFace { face, .. } => self.admits_face(&face.face_id, &face.lists),
             Op::DeleteList(_) | Op::DeleteFace(_) | Op::SetMembership { .. } => true,
         }
     }
 
     /// Whether a face in these lists is kept in memory.
-    fn admits_face(&self, lists: &[Uuid]) -> bool {
-        self.is_all() || lists.iter().any(|l| self.caches(l))
+    fn admits_face(&self, face_id: &Uuid, lists: &[Uuid]) -> bool {
+        (self.is_all() || lists.iter().any(|l| self.caches(l))) && self.shard.is_none_or(|s| s.holds(face_id))
     }
 
     /// 31011 unless this scope answers a match on `list_id` (None: on every face).
@@ -232,13 +232,23 @@ mod tests {
     fn scope_admits_cached_lists_only() {
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let all = CacheScope::default();
-        assert!(all.is_all() && all.caches(&a) && all.admits_face(&[]) && all.check_match(None).is_ok());
-        let some = CacheScope { include: Some(vec![a, b]), exclude: vec![b] };
+        assert!(all.is_all() && all.caches(&a) && all.admits_face(&a, &[]) && all.check_match(None).is_ok());
+        let some = CacheScope { include: Some(vec![a, b]), exclude: vec![b], shard: None };
         assert!(some.caches(&a) && !some.caches(&b) && !some.caches(&c));
-        assert!(some.admits_face(&[c, a]) && !some.admits_face(&[b, c]) && !some.admits_face(&[]));
+        assert!(some.admits_face(&a, &[c, a]) && !some.admits_face(&a, &[b, c]) && !some.admits_face(&a, &[]));
         assert_eq!(some.check_match(None).unwrap_err().code, ErrorCode::NoMatcher);
         assert!(some.check_match(Some(b)).unwrap_err().detail.contains(&b.to_string()));
-        let but = CacheScope { include: None, exclude: vec![c] };
+        let but = CacheScope { include: None, exclude: vec![c], shard: None };
         assert!(!but.is_all() && but.caches(&a) && !but.caches(&c));
+    }
+
+    #[test]
+    fn shards_split_the_faces_between_them() {
+        let halves = [0, 1].map(|index| CacheScope { shard: Some(crate::api::Shard { index, count: 2 }), ..Default::default() });
+        let faces: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
+        let held: Vec<usize> = halves.iter().map(|h| faces.iter().filter(|f| h.admits_face(f, &[])).count()).collect();
+        assert_eq!(held[0] + held[1], faces.len(), "every face in exactly one shard");
+        assert!(faces.iter().all(|f| halves[0].admits_face(f, &[]) != halves[1].admits_face(f, &[])));
+        assert!(held.iter().all(|n| (350..650).contains(n)), "{held:?}");
     }
 }
