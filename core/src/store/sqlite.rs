@@ -184,15 +184,9 @@ impl Store {
     }
 }
 
-/// Page size of a new file (an existing one keeps its own). Rows are not
-/// split across pages: at 4 KiB a page holds one f32 face (2 KiB and a few
-/// bytes), twice its payload on disk; at 8 KiB it holds three.
-const PAGE_BYTES: i64 = 8192;
-
 /// The file opened for writing, in WAL mode.
 fn open_writable(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.pragma_update(None, "page_size", PAGE_BYTES)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     Ok(conn)
 }
