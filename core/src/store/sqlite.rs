@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, MAIN_DB};
 use smallvec::SmallVec;
 use uuid::Uuid;
@@ -82,27 +83,24 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) the file and check its integrity: a damaged file is
-    /// refused with an error that says so.
+    /// Open (or create) the file, migrated to this version's format. Its
+    /// integrity is checked before a migration; otherwise beside the load
+    /// (see [`SqliteStore::open`]).
     pub fn open(path: &Path) -> Result<Store> {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::storage(format!("cannot create {}: {e}", dir.display())))?;
-        let conn = match open_writable(path) {
-            Ok(conn) => conn,
-            // A read-only data directory still serves reads; ping says why writes fail.
-            Err(e) => open_read_only(path).ok_or_else(|| damaged(path, e))?,
-        };
+        let mut conn = connect(path)?;
         // FULL: the WAL is fsynced at every commit, so an acknowledged write
         // survives kill -9 and power loss.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        quick_check(&conn, path)?;
-        let mut conn = conn;
         if conn.is_readonly(MAIN_DB)? {
             check_format(&conn, path)?;
-        } else {
+        } else if stored_format(&conn, path)? != FORMAT {
+            // A damaged file is not migrated.
+            quick_check(&conn, path)?;
             migrate(&mut conn, path)?;
         }
         Ok(Store { conn, dir })
@@ -124,11 +122,15 @@ impl Store {
         let mut stmt =
             self.conn.prepare("SELECT row, face_id, account_id, version, descriptor, external_id, user_data, create_time FROM faces ORDER BY row")?;
         let mut rows = stmt.query([])?;
+        // One buffer for every descriptor: the index copies it.
+        let mut descriptor = Descriptor { version: 0, payload: Vec::new() };
         while let Some(r) = rows.next()? {
             let row: i64 = r.get(0)?;
             let face_id: Uuid = r.get(1)?;
             let version: u32 = r.get(3)?;
-            let payload: Vec<u8> = r.get(4)?;
+            let ValueRef::Blob(payload) = r.get_ref(4)? else {
+                return Err(Error::storage(format!("stored face {face_id}: the descriptor is not a blob")));
+            };
             // A version table changed under existing data must not silently drop faces.
             let spec = *versions.get(version).map_err(|e| Error::storage(format!("stored face {face_id}: {}", e.detail)))?;
             if payload.len() != spec.payload_len() {
@@ -146,7 +148,10 @@ impl Store {
                 }
             }
             let face = FaceRecord { face_id, account_id: r.get(2)?, external_id: r.get(5)?, user_data: r.get(6)?, create_time: r.get(7)?, lists };
-            index.insert_face(spec, &Descriptor { version, payload }, face);
+            descriptor.version = version;
+            descriptor.payload.clear();
+            descriptor.payload.extend_from_slice(payload);
+            index.insert_face(spec, &descriptor, face);
         }
         Ok(index)
     }
@@ -181,6 +186,15 @@ impl Store {
             return Err(Error::storage(format!("checkpoint blocked with {frames} WAL frames left")));
         }
         Ok(())
+    }
+}
+
+/// The file opened for writing, or for reading only when the data directory
+/// is read-only (it still serves reads; ping says why writes fail).
+fn connect(path: &Path) -> Result<Connection> {
+    match open_writable(path) {
+        Ok(conn) => Ok(conn),
+        Err(e) => open_read_only(path).ok_or_else(|| damaged(path, e)),
     }
 }
 
@@ -346,10 +360,19 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Open the file and load it into `index`.
+    /// Open the file, check its integrity and load it into `index`: a
+    /// damaged file is refused with an error that says so.
     pub fn open(path: &Path, versions: &Versions, index: Arc<RwLock<Index>>) -> Result<SqliteStore> {
         let db = Store::open(path)?;
-        *index.write() = db.load(versions)?;
+        // The integrity check and the load each read the whole file: on two
+        // connections at once. A damaged file is refused with the check's error.
+        let loaded = std::thread::scope(|s| {
+            let check = s.spawn(|| connect(path).and_then(|conn| quick_check(&conn, path)));
+            let loaded = db.load(versions);
+            check.join().map_err(|_| Error::storage(format!("{}: the integrity check panicked", path.display())))??;
+            loaded
+        })?;
+        *index.write() = loaded;
         Ok(SqliteStore { db: Mutex::new(db), index })
     }
 }
