@@ -73,6 +73,9 @@ DROP TABLE faces_0;
 /// What a health probe writes next to the database: one page, as a commit needs.
 const PROBE: &str = ".luna-matcher-probe";
 const PROBE_BYTES: usize = 4096;
+/// How much of the file the load reads through a memory mapping: all of
+/// it, up to the limit SQLite is built with (2 GiB by default).
+const LOAD_MMAP_BYTES: i64 = 1 << 40;
 /// Size the WAL is cut back to after a checkpoint.
 const WAL_LIMIT_BYTES: i64 = 4 << 20;
 
@@ -108,6 +111,15 @@ impl Store {
 
     /// Build the in-memory index from the file.
     pub fn load(&self, versions: &Versions) -> Result<Index> {
+        // Read through a mapping of the file, not a copy of each page: only
+        // while loading, which reads every page once.
+        self.conn.pragma_update(None, "mmap_size", LOAD_MMAP_BYTES)?;
+        let index = self.read_all(versions);
+        self.conn.pragma_update(None, "mmap_size", 0)?;
+        index
+    }
+
+    fn read_all(&self, versions: &Versions) -> Result<Index> {
         let mut index = Index::default();
         let mut stmt = self.conn.prepare("SELECT list_id, account_id, user_data, create_time FROM lists")?;
         let lists =
