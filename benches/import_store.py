@@ -74,9 +74,9 @@ class Service:
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return json.load(r) if r.status in (200, 201) else None
-        except OSError:
+        except OSError as e:
             if self.proc.poll() is not None:
-                raise SystemExit(f"the service exited; log {self.log}")
+                raise SystemExit(f"the service exited; log {self.log}") from e
             return None
 
     def wait(self, path, body=None):
