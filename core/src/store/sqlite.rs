@@ -22,8 +22,8 @@ use crate::index::{FaceRecord, Index, ListRecord};
 
 /// The file's format, kept in `PRAGMA user_version`. Format 0 keyed faces
 /// by `face_id`; face ids are random (uuid4), so every insert went to a random
-/// page of three indexes, and a commit wrote each page it touched again (at 1M
-/// faces, a bulk of 5,000 rewrote about 40 MB of index pages). Format 1 numbers
+/// page of three indexes, and a commit wrote each page it touched again: a
+/// bulk rewrote most of those indexes once they outgrew it. Format 1 numbers
 /// faces in insertion order (`row`) and finds one by `(create_time, face_id)`,
 /// which grows with time too: an insert appends to every index.
 const FORMAT: i64 = 1;
