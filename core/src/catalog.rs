@@ -6,7 +6,7 @@ use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::api::*;
-use crate::descriptor::Descriptor;
+use crate::descriptor::{Descriptor, VersionSpec};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceAt, FaceRecord, Index, ListRecord};
 use crate::service::Core;
@@ -75,11 +75,12 @@ impl Core {
     /// Create a face, attached to the lists it names, all in one write.
     pub fn create_face(&self, account: Option<Uuid>, new: NewFace) -> Result<Written<CreatedFace>> {
         let reads = Reads { lists: new.lists.clone(), ..Default::default() };
+        let parsed = self.parse_face(account, new);
         let mut face_id = Uuid::nil();
         let position = self.write(
             &reads,
             Box::new(|owners| {
-                let op = self.prepare_face(owners, account, new)?;
+                let op = face_op(owners, parsed?)?;
                 if let Op::CreateFace { face, .. } = &op {
                     face_id = face.face_id;
                 }
@@ -94,14 +95,18 @@ impl Core {
         let mut lists: Vec<Uuid> = faces.iter().flat_map(|f| f.lists.iter().copied()).collect();
         lists.sort_unstable();
         lists.dedup();
-        let mut face_ids = Vec::with_capacity(faces.len());
+        // Descriptors are parsed before the write, which holds the store:
+        // concurrent writes parse in parallel. A face's errors still come in
+        // input order, its own checks before its lists'.
+        let parsed: Vec<Result<ParsedFace>> = faces.into_iter().map(|f| self.parse_face(account, f)).collect();
+        let mut face_ids = Vec::with_capacity(parsed.len());
         let position = self.write(
             &Reads { lists, ..Default::default() },
             Box::new(|owners| {
-                let ops = faces
+                let ops = parsed
                     .into_iter()
                     .enumerate()
-                    .map(|(i, f)| self.prepare_face(owners, account, f).map_err(|e| e.at(format_args!("faces[{i}]"))))
+                    .map(|(i, f)| f.and_then(|f| face_op(owners, f)).map_err(|e| e.at(format_args!("faces[{i}]"))))
                     .collect::<Result<Vec<_>>>()?;
                 face_ids.extend(ops.iter().filter_map(|op| match op {
                     Op::CreateFace { face, .. } => Some(face.face_id),
@@ -113,27 +118,13 @@ impl Core {
         Ok(Written { value: CreatedFaces { face_ids }, position })
     }
 
-    fn prepare_face(&self, owners: &dyn Owners, account: Option<Uuid>, new: NewFace) -> Result<Op> {
+    /// The checks of a new face that need nothing from the store: its account, limits and descriptor.
+    fn parse_face(&self, account: Option<Uuid>, new: NewFace) -> Result<ParsedFace> {
         same_account(account, new.account_id)?;
         self.limits.check_face(&new)?;
         let descriptor = self.versions.parse(&new.descriptor.data.decode()?, new.descriptor.version)?;
         let spec = *self.versions.get(descriptor.version)?;
-        let mut lists = SmallVec::new();
-        for list_id in new.lists {
-            list_owner(owners, Some(new.account_id), list_id)?;
-            if !lists.contains(&list_id) {
-                lists.push(list_id);
-            }
-        }
-        let face = FaceRecord {
-            face_id: Uuid::new_v4(),
-            account_id: new.account_id,
-            external_id: new.external_id,
-            user_data: new.user_data,
-            create_time: now(),
-            lists,
-        };
-        Ok(Op::CreateFace { spec, descriptor, face })
+        Ok(ParsedFace { spec, descriptor, account_id: new.account_id, external_id: new.external_id, user_data: new.user_data, lists: new.lists })
     }
 
     /// A face as the store holds it, if `account` (when given) owns it.
@@ -188,6 +179,30 @@ impl Core {
         )?;
         Ok(Written { value: (), position })
     }
+}
+
+/// A new face whose own checks passed; its lists are checked in the write.
+struct ParsedFace {
+    spec: VersionSpec,
+    descriptor: Descriptor,
+    account_id: Uuid,
+    external_id: Option<String>,
+    user_data: String,
+    lists: Vec<Uuid>,
+}
+
+/// A new face as the store will hold it, once its lists are found to be its account's.
+fn face_op(owners: &dyn Owners, new: ParsedFace) -> Result<Op> {
+    let mut lists = SmallVec::new();
+    for list_id in new.lists {
+        list_owner(owners, Some(new.account_id), list_id)?;
+        if !lists.contains(&list_id) {
+            lists.push(list_id);
+        }
+    }
+    let face =
+        FaceRecord { face_id: Uuid::new_v4(), account_id: new.account_id, external_id: new.external_id, user_data: new.user_data, create_time: now(), lists };
+    Ok(Op::CreateFace { spec: new.spec, descriptor: new.descriptor, face })
 }
 
 /// A face and its descriptor, as plugins read them.
