@@ -7,8 +7,9 @@
 //! and the chunks are spread over all cores with rayon. Under load this turns a
 //! memory-bound scan per request into a compute-bound scan per batch.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -17,8 +18,9 @@ use parking_lot::RwLock;
 use rayon::prelude::*;
 use uuid::Uuid;
 
+use crate::descriptor::{Dtype, VersionSpec};
 use crate::errors::{Error, ErrorCode, Result};
-use crate::index::{FaceRecord, Index, Query, Vectors};
+use crate::index::{cosine, FaceRecord, Index, Query, Vectors, VersionIndex};
 use crate::kernels::{kernels, Kernels};
 
 /// Candidates scanned per chunk: small enough to stay in L2 across a batch.
@@ -77,6 +79,46 @@ impl<K: Ord + Copy> TopK<K> {
         }
         self.total += 1;
         self.keep(hit);
+    }
+
+    /// Score a candidate whose key is read only when it may enter the top;
+    /// true when the top changed.
+    #[inline]
+    pub fn offer(&mut self, similarity: f64, slot: usize, key: impl FnOnce() -> K) -> bool {
+        self.scanned += 1;
+        if similarity < self.threshold {
+            return false;
+        }
+        self.total += 1;
+        if self.heap.len() < self.limit {
+            self.heap.push(Hit { similarity, key: key(), slot });
+            return true;
+        }
+        match self.heap.peek() {
+            Some(worst) if similarity.total_cmp(&worst.similarity) != Ordering::Less => {
+                let hit = Hit { similarity, key: key(), slot };
+                let better = hit < *worst;
+                if better {
+                    self.heap.pop();
+                    self.heap.push(hit);
+                }
+                better
+            }
+            _ => false,
+        }
+    }
+
+    /// Count a candidate decided without its exact similarity: below the
+    /// threshold, or above it and below the top.
+    #[inline]
+    pub fn count(&mut self, passed: bool) {
+        self.scanned += 1;
+        self.total += passed as u64;
+    }
+
+    /// The similarity a candidate must beat to enter the top, once it is full.
+    pub fn bar(&self) -> Option<f64> {
+        (self.heap.len() >= self.limit).then(|| self.heap.peek().map_or(f64::INFINITY, |worst| worst.similarity))
     }
 
     fn keep(&mut self, hit: Hit<K>) {
@@ -148,6 +190,16 @@ impl Filter {
             && self.user_data.as_ref().is_none_or(|u| f.user_data == *u)
             && self.external_ids.as_ref().is_none_or(|ids| f.external_id.as_ref().is_some_and(|e| ids.contains(e)))
             && self.face_ids.as_ref().is_none_or(|ids| ids.binary_search(&f.face_id).is_ok())
+    }
+
+    /// Whether a filter other than the account, the list and `face_ids` is set: those read the face's record.
+    pub fn needs_record(&self) -> bool {
+        self.external_ids.is_some()
+            || self.user_data.is_some()
+            || self.create_time_gte.is_some()
+            || self.create_time_lt.is_some()
+            || self.face_id_gte.is_some()
+            || self.face_id_lt.is_some()
     }
 }
 
@@ -260,44 +312,36 @@ fn batch_loop(rx: Receiver<Job>, index: Arc<RwLock<Index>>, pool: rayon::ThreadP
 }
 
 /// Answer every sub-query of a batch, in order.
+///
+/// Sub-queries with `face_ids` look their faces up. The others are grouped by
+/// version and list: a group scans its list's members (or every face of the
+/// version when it names no list) once, chunk by chunk over all cores, each
+/// chunk scored against every query of the group with the block kernels.
 pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
     let k = kernels();
     let mut tops: Vec<TopK<Uuid>> = subs.iter().map(|s| TopK::new(s.limit, s.threshold)).collect();
-    let mut versions: Vec<u32> = subs.iter().map(|s| s.version).collect();
-    versions.sort_unstable();
-    versions.dedup();
-    for version in versions {
-        let Some(vi) = index.versions.get(&version) else { continue };
-        let (listed, scanned): (Vec<usize>, Vec<usize>) =
-            (0..subs.len()).filter(|&i| subs[i].version == version).partition(|&i| subs[i].filter.face_ids.is_some());
-        for &i in &listed {
-            let s = subs[i];
-            for id in s.filter.face_ids.as_deref().unwrap_or_default() {
-                if let Some(at) = index.face(id).filter(|at| at.version == version && s.filter.pass(at.record())) {
-                    scan(k, &vi.vectors, &s.query, at.slot..at.slot + 1, |_| true, |_| *id, &mut tops[i]);
+    let mut groups: BTreeMap<(u32, Option<Uuid>), Vec<usize>> = BTreeMap::new();
+    for (i, s) in subs.iter().enumerate() {
+        let Some(vi) = index.versions.get(&s.version) else { continue };
+        match s.filter.face_ids.as_deref() {
+            Some(ids) => {
+                for id in ids {
+                    if let Some(at) = index.face(id).filter(|at| at.version == s.version && s.filter.pass(at.record())) {
+                        scan(k, &vi.vectors, &s.query, at.slot..at.slot + 1, |_| true, |_| *id, &mut tops[i]);
+                    }
                 }
             }
+            None => groups.entry((s.version, s.filter.list_id)).or_default().push(i),
         }
-        if scanned.is_empty() || vi.faces.is_empty() {
-            continue;
-        }
-        let chunk = (CHUNK_BYTES / vi.vectors.rows.row_bytes()).max(1);
-        let fresh = || scanned.iter().map(|&i| TopK::new(subs[i].limit, subs[i].threshold)).collect::<Vec<_>>();
-        let merged = (0..vi.faces.len().div_ceil(chunk))
-            .into_par_iter()
-            .fold(fresh, |mut local, c| {
-                let rows = c * chunk..((c + 1) * chunk).min(vi.faces.len());
-                for (top, &i) in local.iter_mut().zip(&scanned) {
-                    let s = subs[i];
-                    scan(k, &vi.vectors, &s.query, rows.clone(), |r| s.filter.pass(&vi.faces[r]), |r| vi.faces[r].face_id, top);
-                }
-                local
-            })
-            .reduce(fresh, |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| x.merge(y));
-                a
-            });
-        for (top, &i) in merged.into_iter().zip(&scanned) {
+    }
+    for ((version, list), group) in groups {
+        let vi = &index.versions[&version];
+        let candidates = match list {
+            Some(list) => Candidates::Slots(vi.members(&list)),
+            None => Candidates::All(vi.faces().len()),
+        };
+        let group_subs: Vec<&SubQuery> = group.iter().map(|&i| subs[i]).collect();
+        for (top, &i) in scan_group(k, index, vi, candidates, &group_subs).into_iter().zip(&group) {
             tops[i] = top;
         }
     }
@@ -306,8 +350,205 @@ pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
         .map(|(top, s)| {
             let (total_found, candidates_scanned) = (top.total, top.scanned);
             let vi = index.versions.get(&s.version);
-            let hits = top.into_sorted().into_iter().map(|h| (h.similarity, vi.expect("hits come from a version").faces[h.slot].clone())).collect();
+            let hits = top.into_sorted().into_iter().map(|h| (h.similarity, vi.expect("hits come from a version").faces()[h.slot].clone())).collect();
             SubResult { hits, total_found, candidates_scanned }
         })
         .collect()
+}
+
+/// The slots a group scans: all of a version's, or a list's members.
+#[derive(Clone, Copy)]
+enum Candidates<'a> {
+    All(usize),
+    Slots(&'a [u32]),
+}
+
+impl Candidates<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Candidates::All(n) => *n,
+            Candidates::Slots(slots) => slots.len(),
+        }
+    }
+
+    fn slots(&self, range: Range<usize>) -> Cow<'_, [u32]> {
+        match self {
+            Candidates::All(_) => Cow::Owned(range.map(|r| r as u32).collect()),
+            Candidates::Slots(slots) => Cow::Borrowed(&slots[range]),
+        }
+    }
+}
+
+/// Scan `candidates` of `vi` for every sub-query of a group (one version, one source).
+fn scan_group(k: &Kernels, index: &Index, vi: &VersionIndex, candidates: Candidates, subs: &[&SubQuery]) -> Vec<TopK<Uuid>> {
+    let spec = vi.vectors.spec;
+    let chunk = (CHUNK_BYTES / vi.vectors.rows.row_bytes()).max(4);
+    let checks: Vec<RowCheck> = subs.iter().map(|s| RowCheck::new(index, &s.filter)).collect();
+    let queries = match spec.dtype {
+        Dtype::U8 => Queries::U8(subs.iter().map(|s| s.query.u8_parts().expect("a u8 query for a u8 version")).collect()),
+        Dtype::F32 => Queries::F32(subs.iter().map(|s| s.query.f32_values().expect("an f32 query for an f32 version")).collect()),
+    };
+    let fresh = || subs.iter().map(|s| Scorer::new(spec, s)).collect::<Vec<_>>();
+    (0..candidates.len().div_ceil(chunk))
+        .into_par_iter()
+        .fold(fresh, |mut scorers, c| {
+            let slots = candidates.slots(c * chunk..((c + 1) * chunk).min(candidates.len()));
+            score_chunk(k, vi, &slots, &queries, &checks, &mut scorers);
+            scorers
+        })
+        .reduce(fresh, |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| x.top.merge(y.top));
+            a
+        })
+        .into_iter()
+        .map(|s| s.top)
+        .collect()
+}
+
+/// The queries of a group, as the block kernels take them.
+enum Queries<'a> {
+    /// Shifted query and the sum of its values.
+    U8(Vec<(&'a [i8], i32)>),
+    F32(Vec<&'a [f32]>),
+}
+
+/// Score rows `slots` against every query, four rows by four queries.
+fn score_chunk(k: &Kernels, vi: &VersionIndex, slots: &[u32], queries: &Queries, checks: &[RowCheck], scorers: &mut [Scorer]) {
+    let rows = &vi.vectors.rows;
+    let mut offer = |q: usize, slot: u32, dot: f64| {
+        if checks[q].pass(vi, slot as usize) {
+            scorers[q].offer(dot, slot as usize, vi);
+        }
+    };
+    for four in slots.chunks(4) {
+        // A short tail repeats its last row; the repeats are not offered.
+        let at = |i: usize| four[i.min(four.len() - 1)] as usize;
+        let n = four.len();
+        match queries {
+            Queries::U8(qs) => {
+                let r = [0, 1, 2, 3].map(|i| rows.u8_row(at(i)));
+                if let [(q, sum)] = qs[..] {
+                    let dots = (k.rows_u8)(&r, q);
+                    (0..n).for_each(|ri| offer(0, four[ri], (dots[ri] - 128 * sum) as f64));
+                    continue;
+                }
+                for q0 in (0..qs.len()).step_by(4) {
+                    let dots = (k.block_u8)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)].0));
+                    for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
+                        (0..n).for_each(|ri| offer(q0 + qi, four[ri], (d[ri] - 128 * qs[q0 + qi].1) as f64));
+                    }
+                }
+            }
+            Queries::F32(qs) => {
+                let r = [0, 1, 2, 3].map(|i| rows.f32_row(at(i)));
+                if let [q] = qs[..] {
+                    let dots = (k.rows_f32)(&r, q);
+                    (0..n).for_each(|ri| offer(0, four[ri], dots[ri] as f64));
+                    continue;
+                }
+                for q0 in (0..qs.len()).step_by(4) {
+                    let dots = (k.block_f32)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)]));
+                    for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
+                        (0..n).for_each(|ri| offer(q0 + qi, four[ri], d[ri] as f64));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A group member's filters as a per-slot check: the account from the
+/// interned column, the record only for the filters that need it. The list
+/// needs no check: a group scans its list's members.
+struct RowCheck<'a> {
+    account: Option<u32>,
+    record: Option<&'a Filter>,
+}
+
+impl<'a> RowCheck<'a> {
+    fn new(index: &Index, filter: &'a Filter) -> Self {
+        // An account no face has matches nothing.
+        let account = filter.account_id.map(|a| index.account_key(&a).unwrap_or(u32::MAX));
+        RowCheck { account, record: filter.needs_record().then_some(filter) }
+    }
+
+    #[inline]
+    fn pass(&self, vi: &VersionIndex, slot: usize) -> bool {
+        self.account.is_none_or(|a| vi.accounts()[slot] == a) && self.record.is_none_or(|f| f.pass(&vi.faces()[slot]))
+    }
+}
+
+/// One query's top during a scan, with the cosines that decide most
+/// candidates before their exact similarity is computed.
+struct Scorer {
+    top: TopK<Uuid>,
+    spec: VersionSpec,
+    norm2: f64,
+    /// Surely below the threshold under `threshold.0`, surely at or above it from `threshold.1`.
+    threshold: (Bar, Bar),
+    /// Surely below the worst of a full top.
+    worst: Bar,
+}
+
+impl Scorer {
+    fn new(spec: VersionSpec, sub: &SubQuery) -> Self {
+        let norm2 = sub.query.norm2();
+        let (lo, hi) = spec.cosine_bounds(sub.threshold);
+        let mut scorer =
+            Scorer { top: TopK::new(sub.limit, sub.threshold), spec, norm2, threshold: (Bar::new(lo, norm2), Bar::new(hi, norm2)), worst: Bar::NONE };
+        scorer.raise_bar();
+        scorer
+    }
+
+    fn raise_bar(&mut self) {
+        if let Some(bar) = self.top.bar() {
+            self.worst = Bar::new(self.spec.cosine_bounds(bar).0, self.norm2);
+        }
+    }
+
+    #[inline]
+    fn offer(&mut self, dot: f64, slot: usize, vi: &VersionIndex) {
+        let row_norm2 = vi.vectors.norms2[slot];
+        // A non-finite dot (f32 overflow) is not a cosine: the exact path says what it scores.
+        if dot.is_finite() {
+            if self.threshold.0.below(dot, row_norm2) {
+                return self.top.count(false);
+            }
+            if self.worst.below(dot, row_norm2) && !self.threshold.1.below(dot, row_norm2) {
+                return self.top.count(true);
+            }
+        }
+        let similarity = self.spec.calibrate(cosine(dot, self.norm2, row_norm2));
+        if self.top.offer(similarity, slot, || vi.faces()[slot].face_id) {
+            self.raise_bar();
+        }
+    }
+}
+
+/// A cosine bound, squared and scaled by the query's squared norm, so that a
+/// candidate is tested with products only: `cos < c` is
+/// `dot < c * sqrt(norm2 * row_norm2)`.
+#[derive(Clone, Copy)]
+struct Bar {
+    c: f64,
+    c2_norm2: f64,
+}
+
+impl Bar {
+    const NONE: Bar = Bar { c: f64::NEG_INFINITY, c2_norm2: f64::INFINITY };
+
+    fn new(c: f64, norm2: f64) -> Bar {
+        Bar { c, c2_norm2: c * c * norm2 }
+    }
+
+    /// Whether a finite dot product's cosine with a row of `row_norm2` is below `c`
+    /// (a zero vector's cosine counts as 0, as [`cosine`] makes it).
+    #[inline]
+    fn below(&self, dot: f64, row_norm2: f64) -> bool {
+        if self.c > 0.0 {
+            dot <= 0.0 || dot * dot < self.c2_norm2 * row_norm2
+        } else {
+            dot < 0.0 && dot * dot > self.c2_norm2 * row_norm2
+        }
+    }
 }
