@@ -356,9 +356,9 @@ pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
         .collect()
 }
 
-/// The slots a group scans: all of a version's, or a list's members.
+/// The slots a scan reads: all `n` rows, or these.
 #[derive(Clone, Copy)]
-enum Candidates<'a> {
+pub(crate) enum Candidates<'a> {
     All(usize),
     Slots(&'a [u32]),
 }
@@ -381,19 +381,34 @@ impl Candidates<'_> {
 
 /// Scan `candidates` of `vi` for every sub-query of a group (one version, one source).
 fn scan_group(k: &Kernels, index: &Index, vi: &VersionIndex, candidates: Candidates, subs: &[&SubQuery]) -> Vec<TopK<Uuid>> {
-    let spec = vi.vectors.spec;
-    let chunk = (CHUNK_BYTES / vi.vectors.rows.row_bytes()).max(4);
     let checks: Vec<RowCheck> = subs.iter().map(|s| RowCheck::new(index, &s.filter)).collect();
-    let queries = match spec.dtype {
-        Dtype::U8 => Queries::U8(subs.iter().map(|s| s.query.u8_parts().expect("a u8 query for a u8 version")).collect()),
-        Dtype::F32 => Queries::F32(subs.iter().map(|s| s.query.f32_values().expect("an f32 query for an f32 version")).collect()),
+    let queries: Vec<(&Query, usize, f64)> = subs.iter().map(|s| (&*s.query, s.limit, s.threshold)).collect();
+    scan_many(k, &vi.vectors, candidates, &queries, |q, slot| checks[q].pass(vi, slot), |slot| vi.faces()[slot].face_id)
+}
+
+/// Scan `candidates` of `vectors` for every `(query, limit, threshold)`, in
+/// cache-sized chunks spread over the current rayon pool; `pass(q, slot)`
+/// says whether a slot is a candidate of query `q`, `key(slot)` orders ties.
+pub(crate) fn scan_many<K: Ord + Copy + Send>(
+    k: &Kernels,
+    vectors: &Vectors,
+    candidates: Candidates,
+    queries: &[(&Query, usize, f64)],
+    pass: impl Fn(usize, usize) -> bool + Sync,
+    key: impl Fn(usize) -> K + Sync,
+) -> Vec<TopK<K>> {
+    let spec = vectors.spec;
+    let chunk = (CHUNK_BYTES / vectors.rows.row_bytes()).max(4);
+    let prepared = match spec.dtype {
+        Dtype::U8 => Queries::U8(queries.iter().map(|q| q.0.u8_parts().expect("a u8 query for a u8 version")).collect()),
+        Dtype::F32 => Queries::F32(queries.iter().map(|q| q.0.f32_values().expect("an f32 query for an f32 version")).collect()),
     };
-    let fresh = || subs.iter().map(|s| Scorer::new(spec, s)).collect::<Vec<_>>();
+    let fresh = || queries.iter().map(|&(q, limit, threshold)| Scorer::new(spec, q, limit, threshold)).collect::<Vec<_>>();
     (0..candidates.len().div_ceil(chunk))
         .into_par_iter()
         .fold(fresh, |mut scorers, c| {
             let slots = candidates.slots(c * chunk..((c + 1) * chunk).min(candidates.len()));
-            score_chunk(k, vi, &slots, &queries, &checks, &mut scorers);
+            score_chunk(k, vectors, &slots, &prepared, &pass, &key, &mut scorers);
             scorers
         })
         .reduce(fresh, |mut a, b| {
@@ -413,11 +428,20 @@ enum Queries<'a> {
 }
 
 /// Score rows `slots` against every query, four rows by four queries.
-fn score_chunk(k: &Kernels, vi: &VersionIndex, slots: &[u32], queries: &Queries, checks: &[RowCheck], scorers: &mut [Scorer]) {
-    let rows = &vi.vectors.rows;
+fn score_chunk<K: Ord + Copy>(
+    k: &Kernels,
+    vectors: &Vectors,
+    slots: &[u32],
+    queries: &Queries,
+    pass: &impl Fn(usize, usize) -> bool,
+    key: &impl Fn(usize) -> K,
+    scorers: &mut [Scorer<K>],
+) {
+    let rows = &vectors.rows;
     let mut offer = |q: usize, slot: u32, dot: f64| {
-        if checks[q].pass(vi, slot as usize) {
-            scorers[q].offer(dot, slot as usize, vi);
+        let slot = slot as usize;
+        if pass(q, slot) {
+            scorers[q].offer(dot, slot, vectors.norms2[slot], || key(slot));
         }
     };
     for four in slots.chunks(4) {
@@ -480,8 +504,8 @@ impl<'a> RowCheck<'a> {
 
 /// One query's top during a scan, with the cosines that decide most
 /// candidates before their exact similarity is computed.
-struct Scorer {
-    top: TopK<Uuid>,
+struct Scorer<K> {
+    top: TopK<K>,
     spec: VersionSpec,
     norm2: f64,
     /// Surely below the threshold under `threshold.0`, surely at or above it from `threshold.1`.
@@ -490,12 +514,11 @@ struct Scorer {
     worst: Bar,
 }
 
-impl Scorer {
-    fn new(spec: VersionSpec, sub: &SubQuery) -> Self {
-        let norm2 = sub.query.norm2();
-        let (lo, hi) = spec.cosine_bounds(sub.threshold);
-        let mut scorer =
-            Scorer { top: TopK::new(sub.limit, sub.threshold), spec, norm2, threshold: (Bar::new(lo, norm2), Bar::new(hi, norm2)), worst: Bar::NONE };
+impl<K: Ord + Copy> Scorer<K> {
+    fn new(spec: VersionSpec, query: &Query, limit: usize, threshold: f64) -> Self {
+        let norm2 = query.norm2();
+        let (lo, hi) = spec.cosine_bounds(threshold);
+        let mut scorer = Scorer { top: TopK::new(limit, threshold), spec, norm2, threshold: (Bar::new(lo, norm2), Bar::new(hi, norm2)), worst: Bar::NONE };
         scorer.raise_bar();
         scorer
     }
@@ -507,8 +530,7 @@ impl Scorer {
     }
 
     #[inline]
-    fn offer(&mut self, dot: f64, slot: usize, vi: &VersionIndex) {
-        let row_norm2 = vi.vectors.norms2[slot];
+    fn offer(&mut self, dot: f64, slot: usize, row_norm2: f64, key: impl FnOnce() -> K) {
         // A non-finite dot (f32 overflow) is not a cosine: the exact path says what it scores.
         if dot.is_finite() {
             if self.threshold.0.below(dot, row_norm2) {
@@ -519,7 +541,7 @@ impl Scorer {
             }
         }
         let similarity = self.spec.calibrate(cosine(dot, self.norm2, row_norm2));
-        if self.top.offer(similarity, slot, || vi.faces()[slot].face_id) {
+        if self.top.offer(similarity, slot, key) {
             self.raise_bar();
         }
     }
