@@ -167,15 +167,13 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn vnni<const R: usize, const Q: usize>(rows: &[*const u8; R], queries: &[*const i8; Q], blocks: usize) -> [[i32; R]; Q] {
         let mut acc = [[_mm512_setzero_si512(); R]; Q];
-        for b in 0..blocks {
-            let mut r = [_mm512_setzero_si512(); R];
-            for i in 0..R {
-                r[i] = _mm512_loadu_si512(rows[i].add(b * 64) as *const __m512i);
-            }
-            for qi in 0..Q {
-                let q = _mm512_loadu_si512(queries[qi].add(b * 64) as *const __m512i);
-                for ri in 0..R {
-                    acc[qi][ri] = _mm512_dpbusd_epi32(acc[qi][ri], r[ri], q);
+        // Row by row, each read front to back: interleaving the rows' blocks
+        // defeats the hardware prefetcher. The queries stay in L1.
+        for ri in 0..R {
+            for b in 0..blocks {
+                let r = _mm512_loadu_si512(rows[ri].add(b * 64) as *const __m512i);
+                for qi in 0..Q {
+                    acc[qi][ri] = _mm512_dpbusd_epi32(acc[qi][ri], r, _mm512_loadu_si512(queries[qi].add(b * 64) as *const __m512i));
                 }
             }
         }
@@ -232,15 +230,12 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_f32<const R: usize, const Q: usize>(rows: &[*const f32; R], queries: &[*const f32; Q], blocks: usize) -> [[f32; R]; Q] {
         let mut acc = [[_mm512_setzero_ps(); R]; Q];
-        for b in 0..blocks {
-            let mut r = [_mm512_setzero_ps(); R];
-            for i in 0..R {
-                r[i] = _mm512_loadu_ps(rows[i].add(b * 16));
-            }
-            for qi in 0..Q {
-                let q = _mm512_loadu_ps(queries[qi].add(b * 16));
-                for ri in 0..R {
-                    acc[qi][ri] = _mm512_fmadd_ps(r[ri], q, acc[qi][ri]);
+        // Row by row, as `vnni`.
+        for ri in 0..R {
+            for b in 0..blocks {
+                let r = _mm512_loadu_ps(rows[ri].add(b * 16));
+                for qi in 0..Q {
+                    acc[qi][ri] = _mm512_fmadd_ps(r, _mm512_loadu_ps(queries[qi].add(b * 16)), acc[qi][ri]);
                 }
             }
         }

@@ -108,12 +108,12 @@ impl<K: Ord + Copy> TopK<K> {
         }
     }
 
-    /// Count a candidate decided without its exact similarity: below the
-    /// threshold, or above it and below the top.
+    /// Count candidates decided without their exact similarity: `scanned`
+    /// of them, `passed` at or above the threshold (and all below the top).
     #[inline]
-    pub fn count(&mut self, passed: bool) {
-        self.scanned += 1;
-        self.total += passed as u64;
+    pub fn count(&mut self, scanned: u64, passed: u64) {
+        self.scanned += scanned;
+        self.total += passed;
     }
 
     /// The similarity a candidate must beat to enter the top, once it is full.
@@ -438,28 +438,41 @@ fn score_chunk<K: Ord + Copy>(
     scorers: &mut [Scorer<K>],
 ) {
     let rows = &vectors.rows;
-    let mut offer = |q: usize, slot: u32, dot: f64| {
-        let slot = slot as usize;
-        if pass(q, slot) {
-            scorers[q].offer(dot, slot, vectors.norms2[slot], || key(slot));
+    // Query q's dot products with the rows of `four` offered to its top.
+    // Counted here and added once: a counter in memory per candidate would chain them.
+    let offer = |scorer: &mut Scorer<K>, q: usize, four: &[u32], norms: &[f64; 4], dots: [f64; 4]| {
+        let (mut decided, mut passed) = (0, 0);
+        for (ri, &slot) in four.iter().enumerate() {
+            let slot = slot as usize;
+            if pass(q, slot) {
+                match scorer.decide(dots[ri], norms[ri]) {
+                    Some(p) => {
+                        decided += 1;
+                        passed += p as u64;
+                    }
+                    None => scorer.offer_exact(dots[ri], slot, norms[ri], || key(slot)),
+                }
+            }
         }
+        scorer.top.count(decided, passed);
     };
     for four in slots.chunks(4) {
         // A short tail repeats its last row; the repeats are not offered.
         let at = |i: usize| four[i.min(four.len() - 1)] as usize;
-        let n = four.len();
+        let norms = [0, 1, 2, 3].map(|i| vectors.norms2[at(i)]);
         match queries {
             Queries::U8(qs) => {
                 let r = [0, 1, 2, 3].map(|i| rows.u8_row(at(i)));
                 if let [(q, sum)] = qs[..] {
                     let dots = (k.rows_u8)(&r, q);
-                    (0..n).for_each(|ri| offer(0, four[ri], (dots[ri] - 128 * sum) as f64));
+                    offer(&mut scorers[0], 0, four, &norms, dots.map(|d| (d - 128 * sum) as f64));
                     continue;
                 }
                 for q0 in (0..qs.len()).step_by(4) {
                     let dots = (k.block_u8)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)].0));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
-                        (0..n).for_each(|ri| offer(q0 + qi, four[ri], (d[ri] - 128 * qs[q0 + qi].1) as f64));
+                        let sum = qs[q0 + qi].1;
+                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, d.map(|d| (d - 128 * sum) as f64));
                     }
                 }
             }
@@ -467,13 +480,13 @@ fn score_chunk<K: Ord + Copy>(
                 let r = [0, 1, 2, 3].map(|i| rows.f32_row(at(i)));
                 if let [q] = qs[..] {
                     let dots = (k.rows_f32)(&r, q);
-                    (0..n).for_each(|ri| offer(0, four[ri], dots[ri] as f64));
+                    offer(&mut scorers[0], 0, four, &norms, dots.map(f64::from));
                     continue;
                 }
                 for q0 in (0..qs.len()).step_by(4) {
                     let dots = (k.block_f32)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)]));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
-                        (0..n).for_each(|ri| offer(q0 + qi, four[ri], d[ri] as f64));
+                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, d.map(f64::from));
                     }
                 }
             }
@@ -529,17 +542,29 @@ impl<K: Ord + Copy> Scorer<K> {
         }
     }
 
+    /// Whether a candidate reaches the threshold, when its dot product
+    /// decides that and keeps it out of the top; None when only its exact
+    /// similarity can tell.
     #[inline]
-    fn offer(&mut self, dot: f64, slot: usize, row_norm2: f64, key: impl FnOnce() -> K) {
-        // A non-finite dot (f32 overflow) is not a cosine: the exact path says what it scores.
-        if dot.is_finite() {
-            if self.threshold.0.below(dot, row_norm2) {
-                return self.top.count(false);
-            }
-            if self.worst.below(dot, row_norm2) && !self.threshold.1.below(dot, row_norm2) {
-                return self.top.count(true);
-            }
+    fn decide(&self, dot: f64, row_norm2: f64) -> Option<bool> {
+        if self.threshold.1.c == f64::NEG_INFINITY {
+            // Every candidate reaches the threshold (the usual 0): one test
+            // decides most. A non-finite dot is never below a positive bar
+            // but -inf, whose similarity is that of a zero cosine: below it too.
+            return self.worst.below(dot, row_norm2).then_some(true);
         }
+        // A non-finite dot (f32 overflow) is not a cosine: the exact path says what it scores.
+        if !dot.is_finite() {
+            return None;
+        }
+        if self.threshold.0.below(dot, row_norm2) {
+            return Some(false);
+        }
+        (self.worst.below(dot, row_norm2) && !self.threshold.1.below(dot, row_norm2)).then_some(true)
+    }
+
+    /// Offer a candidate with its exact similarity.
+    fn offer_exact(&mut self, dot: f64, slot: usize, row_norm2: f64, key: impl FnOnce() -> K) {
         let similarity = self.spec.calibrate(cosine(dot, self.norm2, row_norm2));
         if self.top.offer(similarity, slot, key) {
             self.raise_bar();
