@@ -162,7 +162,10 @@ impl Core {
             .versions
             .iter()
             .flat_map(|(&version, vi)| {
-                (0..vi.faces.len()).filter(|&slot| vi.faces[slot].lists.contains(&list_id)).map(move |slot| stored(&FaceAt { version, vi, slot }))
+                let mut slots = vi.members(&list_id).to_vec();
+                // In the order the faces were stored in, as a scan of the version gives them.
+                slots.sort_unstable();
+                slots.into_iter().map(move |slot| stored(&FaceAt { version, vi, slot: slot as usize }))
             })
             .collect())
     }

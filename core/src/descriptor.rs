@@ -61,6 +61,27 @@ impl VersionSpec {
             _ => cos.clamp(0.0, 1.0),
         }
     }
+
+    /// Cosines that surely fall on either side of `similarity`: any cosine
+    /// below `lo` calibrates to less than it, any at or above `hi` to at least
+    /// it. With a margin far above rounding, so that a scan can decide most
+    /// candidates from an approximate cosine; those in between are computed exactly.
+    pub fn cosine_bounds(&self, similarity: f64) -> (f64, f64) {
+        const MARGIN: f64 = 1e-9;
+        let (inf, none) = (f64::INFINITY, (f64::NEG_INFINITY, f64::INFINITY));
+        let cos = match (self.a, self.b) {
+            _ if similarity.is_nan() => return none,
+            // Every similarity reaches it.
+            _ if similarity <= 0.0 => return (-inf, -inf),
+            (Some(a), Some(b)) if a > 0.0 && similarity < 1.0 => ((similarity / (1.0 - similarity)).ln() - b) / a,
+            // A sigmoid reaching 1.0, or a decreasing one: decide nothing early.
+            (Some(_), Some(_)) => return none,
+            _ if similarity > 1.0 => return (inf, inf),
+            _ => similarity,
+        };
+        let margin = MARGIN * (1.0 + cos.abs());
+        (cos - margin, cos + margin)
+    }
 }
 
 /// The float version the defaults ship for open models (ArcFace and the like).

@@ -8,7 +8,7 @@ use std::hash::Hash;
 use crate::descriptor::VersionSpec;
 use crate::index::{Query, Vectors};
 use crate::kernels::kernels;
-use crate::matching::{scan, TopK};
+use crate::matching::{scan_many, Candidates, TopK};
 
 /// Keyed descriptors of one version, searched exhaustively; `K` is the caller's key.
 pub struct FlatIndex<K> {
@@ -64,11 +64,15 @@ impl<K: Clone + Eq + Hash + Ord> FlatIndex<K> {
         true
     }
 
-    /// `[(key, similarity)]`, best first, ties by key; at most `limit`, all at least `threshold`.
-    pub fn search(&self, query: &Query, limit: usize, threshold: f64) -> Vec<(K, f64)> {
-        let mut top = TopK::new(limit, threshold);
-        scan(kernels(), &self.vectors, query, 0..self.vectors.len(), |_| true, |row| &self.keys[row], &mut top);
-        top.into_sorted().into_iter().map(|h| (h.key.clone(), h.similarity)).collect()
+    /// `[(key, similarity)]`, best first, ties by key; at most `limit`, all at
+    /// least `threshold`. Scanned like the service's lists: the block kernels,
+    /// chunks over the current rayon pool.
+    pub fn search(&self, query: &Query, limit: usize, threshold: f64) -> Vec<(K, f64)>
+    where
+        K: Sync,
+    {
+        let top = scan_many(kernels(), &self.vectors, Candidates::All(self.len()), &[(query, limit, threshold)], |_, _| true, |row| &self.keys[row]);
+        top.into_iter().flat_map(TopK::into_sorted).map(|h| (h.key.clone(), h.similarity)).collect()
     }
 }
 

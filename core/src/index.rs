@@ -113,18 +113,47 @@ impl Query {
     /// The cosine of this query and one stored row.
     #[inline]
     pub fn cosine(&self, k: &Kernels, rows: &Rows, row: usize, row_norm2: f64) -> f64 {
-        let (dot, norm2) = match self {
-            Query::U8 { shifted, sum, norm2 } => (((k.dot_u8_i8)(rows.u8_row(row), shifted) - 128 * sum) as f64, *norm2),
-            Query::F32 { values, norm2 } => ((k.dot_f32)(rows.f32_row(row), values) as f64, *norm2),
+        let dot = match self {
+            Query::U8 { shifted, sum, .. } => ((k.dot_u8_i8)(rows.u8_row(row), shifted) - 128 * sum) as f64,
+            Query::F32 { values, .. } => (k.dot_f32)(rows.f32_row(row), values) as f64,
         };
-        // One square root of the product: exact for u8, so a descriptor has similarity 1 with itself.
-        let cos = dot / (norm2 * row_norm2).sqrt();
-        // Zero vectors (and f32 overflow) have similarity 0 with everything.
-        if cos.is_finite() {
-            cos
-        } else {
-            0.0
+        cosine(dot, self.norm2(), row_norm2)
+    }
+
+    /// The shifted query and the sum of its values, for a u8 query.
+    pub fn u8_parts(&self) -> Option<(&[i8], i32)> {
+        match self {
+            Query::U8 { shifted, sum, .. } => Some((shifted, *sum)),
+            Query::F32 { .. } => None,
         }
+    }
+
+    /// The values, padded, for an f32 query.
+    pub fn f32_values(&self) -> Option<&[f32]> {
+        match self {
+            Query::F32 { values, .. } => Some(values),
+            Query::U8 { .. } => None,
+        }
+    }
+
+    /// The squared norm, in the domain the kernels compute in.
+    pub fn norm2(&self) -> f64 {
+        match self {
+            Query::U8 { norm2, .. } | Query::F32 { norm2, .. } => *norm2,
+        }
+    }
+}
+
+/// The cosine of a dot product and two squared norms, as every scan computes it.
+#[inline]
+pub fn cosine(dot: f64, norm2: f64, row_norm2: f64) -> f64 {
+    // One square root of the product: exact for u8, so a descriptor has similarity 1 with itself.
+    let cos = dot / (norm2 * row_norm2).sqrt();
+    // Zero vectors (and f32 overflow) have similarity 0 with everything.
+    if cos.is_finite() {
+        cos
+    } else {
+        0.0
     }
 }
 
@@ -232,12 +261,117 @@ impl Vectors {
     }
 }
 
-/// All faces of one descriptor version: slot `i` of `faces` is row `i` of `vectors`.
+/// All faces of one descriptor version: slot `i` of `faces` is row `i` of
+/// `vectors`. Each list's members are kept as a vector of slots, so matching a
+/// list reads its members only, however big the version is.
 pub struct VersionIndex {
     /// The descriptors.
     pub vectors: Vectors,
+    faces: Vec<FaceRecord>,
+    /// The interned account of each slot: the account filter reads this, not the record.
+    accounts: Vec<u32>,
+    /// The slots of each list's members in this version, in no particular order.
+    members: HashMap<Uuid, Vec<u32>>,
+    /// For each slot, where it sits in `members` of each list of its record, in the record's order.
+    places: Vec<SmallVec<[u32; 2]>>,
+}
+
+impl VersionIndex {
+    fn new(spec: VersionSpec) -> Self {
+        VersionIndex { vectors: Vectors::new(spec), faces: Vec::new(), accounts: Vec::new(), members: HashMap::new(), places: Vec::new() }
+    }
+
     /// The faces, slot by slot.
-    pub faces: Vec<FaceRecord>,
+    pub fn faces(&self) -> &[FaceRecord] {
+        &self.faces
+    }
+
+    /// The interned accounts, slot by slot (see [`Index::account_key`]).
+    pub fn accounts(&self) -> &[u32] {
+        &self.accounts
+    }
+
+    /// The slots of a list's members in this version, in no particular order.
+    pub fn members(&self, list_id: &Uuid) -> &[u32] {
+        self.members.get(list_id).map_or(&[], |m| m.as_slice())
+    }
+
+    fn push(&mut self, payload: &[u8], account: u32, face: FaceRecord) -> usize {
+        let slot = self.faces.len();
+        let places = face.lists.iter().map(|l| push_member(self.members.entry(*l).or_default(), slot)).collect();
+        self.vectors.push(payload);
+        self.faces.push(face);
+        self.accounts.push(account);
+        self.places.push(places);
+        slot
+    }
+
+    /// Remove a slot; the last slot takes its place.
+    fn swap_remove(&mut self, slot: usize) -> FaceRecord {
+        let memberships: SmallVec<[(Uuid, u32); 2]> = self.faces[slot].lists.iter().copied().zip(self.places[slot].iter().copied()).collect();
+        for (list, place) in memberships {
+            self.drop_member(&list, place);
+        }
+        let last = self.faces.len() - 1;
+        if slot != last {
+            for (list, &place) in self.faces[last].lists.iter().zip(&self.places[last]) {
+                self.members.get_mut(list).expect("a member's list")[place as usize] = slot as u32;
+            }
+        }
+        self.vectors.swap_remove(slot);
+        self.accounts.swap_remove(slot);
+        self.places.swap_remove(slot);
+        self.faces.swap_remove(slot)
+    }
+
+    /// Take the member at `place` out of a list's members; the last member takes its place.
+    fn drop_member(&mut self, list: &Uuid, place: u32) {
+        let members = self.members.get_mut(list).expect("a member's list");
+        members.swap_remove(place as usize);
+        let moved = members.get(place as usize).copied();
+        if members.is_empty() {
+            self.members.remove(list);
+        }
+        if let Some(moved) = moved {
+            let at = self.faces[moved as usize].lists.iter().position(|l| l == list).expect("a member is in its list");
+            self.places[moved as usize][at] = place;
+        }
+    }
+
+    /// Make a slot a member of a list, or not; true when that changed.
+    fn set_membership(&mut self, slot: usize, list_id: Uuid, member: bool) -> bool {
+        match (self.faces[slot].lists.iter().position(|l| *l == list_id), member) {
+            (None, true) => {
+                let place = push_member(self.members.entry(list_id).or_default(), slot);
+                self.faces[slot].lists.push(list_id);
+                self.places[slot].push(place);
+                true
+            }
+            (Some(at), false) => {
+                self.faces[slot].lists.remove(at);
+                let place = self.places[slot].remove(at);
+                self.drop_member(&list_id, place);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forget a list: no face of this version is a member any more.
+    fn remove_list(&mut self, list_id: &Uuid) {
+        for slot in self.members.remove(list_id).unwrap_or_default() {
+            let slot = slot as usize;
+            let at = self.faces[slot].lists.iter().position(|l| l == list_id).expect("a member is in its list");
+            self.faces[slot].lists.remove(at);
+            self.places[slot].remove(at);
+        }
+    }
+}
+
+/// Append a slot to a list's members; returns its place there.
+fn push_member(members: &mut Vec<u32>, slot: usize) -> u32 {
+    members.push(u32::try_from(slot).expect("fewer than 2^32 faces per version"));
+    (members.len() - 1) as u32
 }
 
 /// Where a face is: its descriptor version, that version's index, its slot.
@@ -262,6 +396,19 @@ impl FaceAt<'_> {
     }
 }
 
+/// Account ids as small numbers, so that each face carries 4 bytes, not 16, for the account filter.
+#[derive(Default)]
+struct Accounts {
+    keys: HashMap<Uuid, u32>,
+}
+
+impl Accounts {
+    fn intern(&mut self, account_id: Uuid) -> u32 {
+        let next = self.keys.len() as u32;
+        *self.keys.entry(account_id).or_insert(next)
+    }
+}
+
 /// The whole in-memory index.
 #[derive(Default)]
 pub struct Index {
@@ -271,6 +418,7 @@ pub struct Index {
     pub slots: HashMap<Uuid, (u32, usize)>,
     /// Every list kept in memory.
     pub lists: HashMap<Uuid, ListRecord>,
+    accounts: Accounts,
 }
 
 impl Index {
@@ -281,10 +429,11 @@ impl Index {
                 l.face_count += 1;
             }
         }
-        let vi = self.versions.entry(descriptor.version).or_insert_with(|| VersionIndex { vectors: Vectors::new(spec), faces: Vec::new() });
-        vi.vectors.push(&descriptor.payload);
-        self.slots.insert(face.face_id, (descriptor.version, vi.faces.len()));
-        vi.faces.push(face);
+        let account = self.accounts.intern(face.account_id);
+        let vi = self.versions.entry(descriptor.version).or_insert_with(|| VersionIndex::new(spec));
+        let face_id = face.face_id;
+        let slot = vi.push(&descriptor.payload, account, face);
+        self.slots.insert(face_id, (descriptor.version, slot));
     }
 
     /// Where a face is, if it is held.
@@ -293,18 +442,17 @@ impl Index {
         Some(FaceAt { version, vi: &self.versions[&version], slot })
     }
 
-    /// A face's record, to change its attributes.
-    pub fn face_mut(&mut self, face_id: &Uuid) -> Option<&mut FaceRecord> {
-        let (version, slot) = self.slots.get(face_id)?;
-        self.versions.get_mut(version).map(|vi| &mut vi.faces[*slot])
+    /// The small number standing for an account in [`VersionIndex::accounts`];
+    /// None when no face in memory has that account.
+    pub fn account_key(&self, account_id: &Uuid) -> Option<u32> {
+        self.accounts.keys.get(account_id).copied()
     }
 
     /// Remove a face; the last face of its version takes its slot.
     pub fn remove_face(&mut self, face_id: &Uuid) -> Option<FaceRecord> {
         let (version, slot) = self.slots.remove(face_id)?;
         let vi = self.versions.get_mut(&version)?;
-        vi.vectors.swap_remove(slot);
-        let face = vi.faces.swap_remove(slot);
+        let face = vi.swap_remove(slot);
         if let Some(moved) = vi.faces.get(slot) {
             self.slots.insert(moved.face_id, (version, slot));
         }
@@ -318,18 +466,8 @@ impl Index {
 
     /// Add or remove a face's membership in a list; true when it changed.
     pub fn set_membership(&mut self, list_id: Uuid, face_id: &Uuid, member: bool) -> bool {
-        let Some(face) = self.face_mut(face_id) else { return false };
-        let changed = match (face.lists.iter().position(|l| *l == list_id), member) {
-            (None, true) => {
-                face.lists.push(list_id);
-                true
-            }
-            (Some(at), false) => {
-                face.lists.remove(at);
-                true
-            }
-            _ => false,
-        };
+        let Some(&(version, slot)) = self.slots.get(face_id) else { return false };
+        let changed = self.versions.get_mut(&version).is_some_and(|vi| vi.set_membership(slot, list_id, member));
         // A list this instance does not cache has no record to count in.
         if let Some(list) = self.lists.get_mut(&list_id).filter(|_| changed) {
             if member {
@@ -345,9 +483,7 @@ impl Index {
     pub fn remove_list(&mut self, list_id: &Uuid) -> Option<ListRecord> {
         let list = self.lists.remove(list_id)?;
         for vi in self.versions.values_mut() {
-            for face in &mut vi.faces {
-                face.lists.retain(|l| l != list_id);
-            }
+            vi.remove_list(list_id);
         }
         Some(list)
     }
@@ -442,5 +578,81 @@ mod tests {
         assert!(index.set_membership(other, &f, false));
         index.apply(Op::DeleteList(cached));
         assert!(index.face(&f).unwrap().record().lists.is_empty() && index.lists.is_empty());
+    }
+
+    /// Every version's member vectors hold exactly the slots whose records name the list.
+    fn assert_members_consistent(index: &Index) {
+        for vi in index.versions.values() {
+            let mut lists: Vec<Uuid> = vi.faces.iter().flat_map(|f| f.lists.iter().copied()).collect();
+            lists.sort_unstable();
+            lists.dedup();
+            assert_eq!(vi.members.len(), lists.len(), "no member vector for a list without members");
+            for list in lists {
+                let mut got = vi.members(&list).to_vec();
+                got.sort_unstable();
+                let want: Vec<u32> = (0..vi.faces.len() as u32).filter(|&s| vi.faces[s as usize].lists.contains(&list)).collect();
+                assert_eq!(got, want, "members of {list}");
+            }
+            for (slot, (face, places)) in vi.faces.iter().zip(&vi.places).enumerate() {
+                for (list, &place) in face.lists.iter().zip(places) {
+                    assert_eq!(vi.members[list][place as usize] as usize, slot);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn list_members_follow_every_change() {
+        let lists: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let mut faces: Vec<Uuid> = Vec::new();
+        let mut index = Index::default();
+        for l in &lists[..3] {
+            index.upsert_list(list(*l));
+        }
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for step in 0..3000 {
+            match next(7) {
+                0 | 1 => {
+                    let f = Uuid::new_v4();
+                    let on: Vec<Uuid> = lists.iter().copied().filter(|_| next(2) == 0).collect();
+                    let version = if next(3) == 0 { 63 } else { 62 };
+                    index.apply(Op::CreateFace { spec: SPEC, descriptor: Descriptor { version, payload: vec![step as u8; 8] }, face: face(f, &on, "") });
+                    faces.push(f);
+                }
+                2 if !faces.is_empty() => {
+                    let f = faces.swap_remove(next(faces.len()));
+                    index.apply(Op::DeleteFace(f));
+                }
+                3..=5 if !faces.is_empty() => {
+                    let f = faces[next(faces.len())];
+                    index.apply(Op::SetMembership { list_id: lists[next(lists.len())], face_id: f, member: next(2) == 0 });
+                }
+                6 if !faces.is_empty() => {
+                    let f = faces[next(faces.len())];
+                    let on: Vec<Uuid> = lists.iter().copied().filter(|_| next(2) == 0).collect();
+                    index.upsert_face(SPEC, &Descriptor { version: 62, payload: vec![1; 8] }, face(f, &on, "u"));
+                }
+                _ if step % 500 == 499 => {
+                    let l = lists[next(3)];
+                    index.apply(Op::DeleteList(l));
+                    index.upsert_list(list(l));
+                }
+                _ => {}
+            }
+            if step % 50 == 0 {
+                assert_members_consistent(&index);
+            }
+        }
+        assert_members_consistent(&index);
+        for l in &lists[..3] {
+            let members: usize = index.versions.values().map(|vi| vi.members(l).len()).sum();
+            assert_eq!(index.lists[l].face_count, members, "the count is the members");
+        }
     }
 }

@@ -7,29 +7,82 @@
 //! the kernels work on `q - 128`. Candidates stay as stored (u8) and the query
 //! is shifted once to i8: `dot(c - 128, s) = dot_u8_i8(c, s) - 128 * sum(s)`,
 //! which is exactly what AVX-512 VNNI's `vpdpbusd` (u8 x i8) computes.
+//!
+//! The block kernels score 4 rows against 4 queries (or 1) at once: each row
+//! block loaded from memory serves every query in registers, which makes a
+//! coalesced scan bound by compute, not by memory. A block kernel adds up each
+//! pair in the same order as its one-pair kernel, so a similarity does not
+//! depend on whether its query was scanned alone or in a batch.
 
 use std::sync::OnceLock;
 
-/// A u8 x i8 dot product of equal-length, 64-byte-padded slices.
+/// One u8 row against one shifted query.
 pub type DotU8 = fn(&[u8], &[i8]) -> i32;
-/// An f32 dot product of equal-length slices padded to 16 elements.
+/// One f32 row against one query.
 pub type DotF32 = fn(&[f32], &[f32]) -> f32;
+/// Four u8 rows against four queries: `out[query][row]`.
+pub type BlockU8 = fn(&[&[u8]; 4], &[&[i8]; 4]) -> [[i32; 4]; 4];
+/// Four u8 rows against one query.
+pub type RowsU8 = fn(&[&[u8]; 4], &[i8]) -> [i32; 4];
+/// Four f32 rows against four queries: `out[query][row]`.
+pub type BlockF32 = fn(&[&[f32]; 4], &[&[f32]; 4]) -> [[f32; 4]; 4];
+/// Four f32 rows against one query.
+pub type RowsF32 = fn(&[&[f32]; 4], &[f32]) -> [f32; 4];
 
-/// One implementation of both kernels.
+/// One implementation of every kernel.
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    /// Which implementation, for the log and the benches.
+    /// What the implementation is built on, for logs and benches.
     pub name: &'static str,
-    /// Candidate rows (u8) against a shifted query (i8).
+    /// One u8 pair.
     pub dot_u8_i8: DotU8,
-    /// f32 rows against an f32 query.
+    /// One f32 pair.
     pub dot_f32: DotF32,
+    /// 4 x 4 u8 pairs.
+    pub block_u8: BlockU8,
+    /// 4 x 1 u8 pairs.
+    pub rows_u8: RowsU8,
+    /// 4 x 4 f32 pairs.
+    pub block_f32: BlockF32,
+    /// 4 x 1 f32 pairs.
+    pub rows_f32: RowsF32,
+}
+
+/// Block kernels made of a one-pair kernel, for CPUs without a blocked one.
+macro_rules! pairwise {
+    ($dot:path, $row:ty, $q:ty, $out:ty) => {
+        (
+            |rows: &[&[$row]; 4], queries: &[&[$q]; 4]| -> [[$out; 4]; 4] { queries.map(|q| rows.map(|r| $dot(r, q))) },
+            |rows: &[&[$row]; 4], q: &[$q]| -> [$out; 4] { rows.map(|r| $dot(r, q)) },
+        )
+    };
 }
 
 impl Kernels {
     /// The portable fallback, also the reference the SIMD kernels are tested against.
     pub fn scalar() -> Kernels {
-        Kernels { name: "scalar", dot_u8_i8: scalar::dot_u8_i8, dot_f32: scalar::dot_f32 }
+        let (block_u8, rows_u8) = pairwise!(scalar::dot_u8_i8, u8, i8, i32);
+        let (block_f32, rows_f32) = pairwise!(scalar::dot_f32, f32, f32, f32);
+        Kernels { name: "scalar", dot_u8_i8: scalar::dot_u8_i8, dot_f32: scalar::dot_f32, block_u8, rows_u8, block_f32, rows_f32 }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx2() -> Kernels {
+        let (block_u8, rows_u8) = pairwise!(x86::dot_u8_i8_avx2, u8, i8, i32);
+        let (block_f32, rows_f32) = pairwise!(x86::dot_f32_avx2, f32, f32, f32);
+        Kernels { name: "avx2", dot_u8_i8: x86::dot_u8_i8_avx2, dot_f32: x86::dot_f32_avx2, block_u8, rows_u8, block_f32, rows_f32 }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx512(vnni: bool) -> Kernels {
+        let f32s = |k: Kernels| Kernels { dot_f32: x86::dot_f32_avx512, block_f32: x86::block_f32_avx512, rows_f32: x86::rows_f32_avx512, ..k };
+        if vnni {
+            let vnni =
+                Kernels { name: "avx512-vnni", dot_u8_i8: x86::dot_u8_i8_vnni, block_u8: x86::block_u8_vnni, rows_u8: x86::rows_u8_vnni, ..Kernels::avx2() };
+            f32s(vnni)
+        } else {
+            f32s(Kernels { name: "avx512", ..Kernels::avx2() })
+        }
     }
 
     /// The fastest kernels this CPU supports.
@@ -37,14 +90,11 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
-            if avx512 && is_x86_feature_detected!("avx512vnni") {
-                return Kernels { name: "avx512-vnni", dot_u8_i8: x86::dot_u8_i8_vnni, dot_f32: x86::dot_f32_avx512 };
-            }
             if avx512 {
-                return Kernels { name: "avx512", dot_u8_i8: x86::dot_u8_i8_avx2, dot_f32: x86::dot_f32_avx512 };
+                return Kernels::avx512(is_x86_feature_detected!("avx512vnni"));
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernels { name: "avx2", dot_u8_i8: x86::dot_u8_i8_avx2, dot_f32: x86::dot_f32_avx2 };
+                return Kernels::avx2();
             }
         }
         Kernels::scalar()
@@ -56,7 +106,7 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                all.push(Kernels { name: "avx2", dot_u8_i8: x86::dot_u8_i8_avx2, dot_f32: x86::dot_f32_avx2 });
+                all.push(Kernels::avx2());
             }
             let best = Kernels::detect();
             if !all.iter().any(|k| k.name == best.name) {
@@ -97,25 +147,43 @@ mod x86 {
 
     pub fn dot_u8_i8_vnni(c: &[u8], q: &[i8]) -> i32 {
         assert!(c.len() == q.len() && c.len().is_multiple_of(64));
-        unsafe { vnni(c, q) }
+        unsafe { vnni::<1, 1>(&[c.as_ptr()], &[q.as_ptr()], c.len() / 64)[0][0] }
     }
 
+    pub fn block_u8_vnni(rows: &[&[u8]; 4], queries: &[&[i8]; 4]) -> [[i32; 4]; 4] {
+        let len = rows[0].len();
+        assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len) && queries.iter().all(|q| q.len() == len));
+        unsafe { vnni::<4, 4>(&rows.map(|r| r.as_ptr()), &queries.map(|q| q.as_ptr()), len / 64) }
+    }
+
+    pub fn rows_u8_vnni(rows: &[&[u8]; 4], q: &[i8]) -> [i32; 4] {
+        let len = q.len();
+        assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len));
+        unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64)[0] }
+    }
+
+    /// R rows x Q queries of `blocks` 64-byte blocks each: one accumulator per
+    /// pair, each row block loaded once for all queries.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn vnni(c: &[u8], q: &[i8]) -> i32 {
-        let blocks = c.len() / 64;
-        let (cp, qp) = (c.as_ptr() as *const __m512i, q.as_ptr() as *const __m512i);
-        let mut acc0 = _mm512_setzero_si512();
-        let mut acc1 = _mm512_setzero_si512();
-        let mut i = 0;
-        while i + 2 <= blocks {
-            acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(cp.add(i)), _mm512_loadu_si512(qp.add(i)));
-            acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512(cp.add(i + 1)), _mm512_loadu_si512(qp.add(i + 1)));
-            i += 2;
+    unsafe fn vnni<const R: usize, const Q: usize>(rows: &[*const u8; R], queries: &[*const i8; Q], blocks: usize) -> [[i32; R]; Q] {
+        let mut acc = [[_mm512_setzero_si512(); R]; Q];
+        // Row by row, each read front to back: interleaving the rows' blocks
+        // defeats the hardware prefetcher. The queries stay in L1.
+        for ri in 0..R {
+            for b in 0..blocks {
+                let r = _mm512_loadu_si512(rows[ri].add(b * 64) as *const __m512i);
+                for qi in 0..Q {
+                    acc[qi][ri] = _mm512_dpbusd_epi32(acc[qi][ri], r, _mm512_loadu_si512(queries[qi].add(b * 64) as *const __m512i));
+                }
+            }
         }
-        if i < blocks {
-            acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(cp.add(i)), _mm512_loadu_si512(qp.add(i)));
+        let mut out = [[0; R]; Q];
+        for qi in 0..Q {
+            for ri in 0..R {
+                out[qi][ri] = _mm512_reduce_add_epi32(acc[qi][ri]);
+            }
         }
-        _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1))
+        out
     }
 
     pub fn dot_u8_i8_avx2(c: &[u8], q: &[i8]) -> i32 {
@@ -142,25 +210,42 @@ mod x86 {
 
     pub fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
-        unsafe { avx512_f32(a, b) }
+        unsafe { avx512_f32::<1, 1>(&[a.as_ptr()], &[b.as_ptr()], a.len() / 16)[0][0] }
     }
 
+    pub fn block_f32_avx512(rows: &[&[f32]; 4], queries: &[&[f32]; 4]) -> [[f32; 4]; 4] {
+        let len = rows[0].len();
+        assert!(len.is_multiple_of(16) && rows.iter().all(|r| r.len() == len) && queries.iter().all(|q| q.len() == len));
+        unsafe { avx512_f32::<4, 4>(&rows.map(|r| r.as_ptr()), &queries.map(|q| q.as_ptr()), len / 16) }
+    }
+
+    pub fn rows_f32_avx512(rows: &[&[f32]; 4], q: &[f32]) -> [f32; 4] {
+        let len = q.len();
+        assert!(len.is_multiple_of(16) && rows.iter().all(|r| r.len() == len));
+        unsafe { avx512_f32::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 16)[0] }
+    }
+
+    /// R rows x Q queries of `blocks` 16-float blocks each, one accumulator
+    /// per pair, so every pair is summed in the same order whatever R and Q.
     #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_f32(a: &[f32], b: &[f32]) -> f32 {
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 64 <= a.len() {
-            for (k, slot) in acc.iter_mut().enumerate() {
-                *slot = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(i + 16 * k)), _mm512_loadu_ps(bp.add(i + 16 * k)), *slot);
+    unsafe fn avx512_f32<const R: usize, const Q: usize>(rows: &[*const f32; R], queries: &[*const f32; Q], blocks: usize) -> [[f32; R]; Q] {
+        let mut acc = [[_mm512_setzero_ps(); R]; Q];
+        // Row by row, as `vnni`.
+        for ri in 0..R {
+            for b in 0..blocks {
+                let r = _mm512_loadu_ps(rows[ri].add(b * 16));
+                for qi in 0..Q {
+                    acc[qi][ri] = _mm512_fmadd_ps(r, _mm512_loadu_ps(queries[qi].add(b * 16)), acc[qi][ri]);
+                }
             }
-            i += 64;
         }
-        while i < a.len() {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(i)), _mm512_loadu_ps(bp.add(i)), acc[0]);
-            i += 16;
+        let mut out = [[0.0; R]; Q];
+        for qi in 0..Q {
+            for ri in 0..R {
+                out[qi][ri] = _mm512_reduce_add_ps(acc[qi][ri]);
+            }
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])))
+        out
     }
 
     pub fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
@@ -204,6 +289,38 @@ mod tests {
             assert_eq!((k.dot_u8_i8)(&[255; 64], &[-128; 64]), 255 * -128 * 64, "{}", k.name);
             let got = (k.dot_f32)(&fa, &fb);
             assert!((got - want_f32).abs() <= 1e-3 * want_f32.abs().max(1.0), "{}: {got} vs {want_f32}", k.name);
+        }
+    }
+
+    /// Every block kernel gives what its one-pair kernel gives, pair by pair
+    /// (bit for bit, f32 included), at several lengths and with repeated rows.
+    #[test]
+    fn block_kernels_agree_with_their_pair_kernels() {
+        for blocks in [1usize, 2, 3, 8, 9] {
+            let len = blocks * 64;
+            let rows: Vec<Vec<u8>> = (0..4u32).map(|r| (0..len as u32).map(|i| ((i * 37 + r * 101) % 256) as u8).collect()).collect();
+            let queries: Vec<Vec<i8>> = (0..4i32).map(|q| (0..len as i32).map(|i| ((i * 91 + q * 53) % 256 - 128) as i8).collect()).collect();
+            let frows: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().map(|&v| v as f32 / 97.0 - 1.3).collect()).collect();
+            let fqueries: Vec<Vec<f32>> = queries.iter().map(|q| q.iter().map(|&v| v as f32 / 61.0).collect()).collect();
+            // Row 3 repeats row 0: a tail is padded that way.
+            let r: [&[u8]; 4] = [&rows[0], &rows[1], &rows[2], &rows[0]];
+            let q: [&[i8]; 4] = [&queries[0], &queries[1], &queries[2], &queries[3]];
+            let fr: [&[f32]; 4] = [&frows[0], &frows[1], &frows[2], &frows[0]];
+            let fq: [&[f32]; 4] = [&fqueries[0], &fqueries[1], &fqueries[2], &fqueries[3]];
+            for k in Kernels::available() {
+                let (block, one) = ((k.block_u8)(&r, &q), (k.rows_u8)(&r, q[2]));
+                let (fblock, fone) = ((k.block_f32)(&fr, &fq), (k.rows_f32)(&fr, fq[1]));
+                for ri in 0..4 {
+                    for qi in 0..4 {
+                        assert_eq!(block[qi][ri], scalar::dot_u8_i8(r[ri], q[qi]), "{} {len}", k.name);
+                        assert_eq!(fblock[qi][ri].to_bits(), (k.dot_f32)(fr[ri], fq[qi]).to_bits(), "{} {len}", k.name);
+                        let want = scalar::dot_f32(fr[ri], fq[qi]);
+                        assert!((fblock[qi][ri] - want).abs() <= 1e-3 * want.abs().max(1.0), "{} {len}", k.name);
+                    }
+                    assert_eq!(one[ri], block[2][ri], "{} {len}", k.name);
+                    assert_eq!(fone[ri].to_bits(), fblock[1][ri].to_bits(), "{} {len}", k.name);
+                }
+            }
         }
     }
 }

@@ -7,8 +7,9 @@
 //! and the chunks are spread over all cores with rayon. Under load this turns a
 //! memory-bound scan per request into a compute-bound scan per batch.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -17,8 +18,9 @@ use parking_lot::RwLock;
 use rayon::prelude::*;
 use uuid::Uuid;
 
+use crate::descriptor::{Dtype, VersionSpec};
 use crate::errors::{Error, ErrorCode, Result};
-use crate::index::{FaceRecord, Index, Query, Vectors};
+use crate::index::{cosine, FaceRecord, Index, Query, Vectors, VersionIndex};
 use crate::kernels::{kernels, Kernels};
 
 /// Candidates scanned per chunk: small enough to stay in L2 across a batch.
@@ -83,6 +85,46 @@ impl<K: Ord + Copy> TopK<K> {
         }
         self.total += 1;
         self.keep(hit);
+    }
+
+    /// Score a candidate whose key is read only when it may enter the top;
+    /// true when the top changed.
+    #[inline]
+    pub fn offer(&mut self, similarity: f64, slot: usize, key: impl FnOnce() -> K) -> bool {
+        self.scanned += 1;
+        if similarity < self.threshold {
+            return false;
+        }
+        self.total += 1;
+        if self.heap.len() < self.limit {
+            self.heap.push(Hit { similarity, key: key(), slot });
+            return true;
+        }
+        match self.heap.peek() {
+            Some(worst) if similarity.total_cmp(&worst.similarity) != Ordering::Less => {
+                let hit = Hit { similarity, key: key(), slot };
+                let better = hit < *worst;
+                if better {
+                    self.heap.pop();
+                    self.heap.push(hit);
+                }
+                better
+            }
+            _ => false,
+        }
+    }
+
+    /// Count candidates decided without their exact similarity: `scanned`
+    /// of them, `passed` at or above the threshold (and all below the top).
+    #[inline]
+    pub fn count(&mut self, scanned: u64, passed: u64) {
+        self.scanned += scanned;
+        self.total += passed;
+    }
+
+    /// The similarity a candidate must beat to enter the top, once it is full.
+    pub fn bar(&self) -> Option<f64> {
+        (self.heap.len() >= self.limit).then(|| self.heap.peek().map_or(f64::INFINITY, |worst| worst.similarity))
     }
 
     fn keep(&mut self, hit: Hit<K>) {
@@ -164,6 +206,16 @@ impl Filter {
             && self.user_data.as_ref().is_none_or(|u| f.user_data == *u)
             && self.external_ids.as_ref().is_none_or(|ids| f.external_id.as_ref().is_some_and(|e| ids.contains(e)))
             && self.face_ids.as_ref().is_none_or(|ids| ids.binary_search(&f.face_id).is_ok())
+    }
+
+    /// Whether a filter other than the account, the list and `face_ids` is set: those read the face's record.
+    pub fn needs_record(&self) -> bool {
+        self.external_ids.is_some()
+            || self.user_data.is_some()
+            || self.create_time_gte.is_some()
+            || self.create_time_lt.is_some()
+            || self.face_id_gte.is_some()
+            || self.face_id_lt.is_some()
     }
 }
 
@@ -286,44 +338,36 @@ fn batch_loop(rx: Receiver<Job>, index: Arc<RwLock<Index>>, pool: rayon::ThreadP
 }
 
 /// Answer every sub-query of a batch, in order.
+///
+/// Sub-queries with `face_ids` look their faces up. The others are grouped by
+/// version and list: a group scans its list's members (or every face of the
+/// version when it names no list) once, chunk by chunk over all cores, each
+/// chunk scored against every query of the group with the block kernels.
 pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
     let k = kernels();
     let mut tops: Vec<TopK<Uuid>> = subs.iter().map(|s| TopK::new(s.limit, s.threshold)).collect();
-    let mut versions: Vec<u32> = subs.iter().map(|s| s.version).collect();
-    versions.sort_unstable();
-    versions.dedup();
-    for version in versions {
-        let Some(vi) = index.versions.get(&version) else { continue };
-        let (listed, scanned): (Vec<usize>, Vec<usize>) =
-            (0..subs.len()).filter(|&i| subs[i].version == version).partition(|&i| subs[i].filter.face_ids.is_some());
-        for &i in &listed {
-            let s = subs[i];
-            for id in s.filter.face_ids.as_deref().unwrap_or_default() {
-                if let Some(at) = index.face(id).filter(|at| at.version == version && s.filter.pass(at.record())) {
-                    scan(k, &vi.vectors, &s.query, at.slot..at.slot + 1, |_| true, |_| *id, &mut tops[i]);
+    let mut groups: BTreeMap<(u32, Option<Uuid>), Vec<usize>> = BTreeMap::new();
+    for (i, s) in subs.iter().enumerate() {
+        let Some(vi) = index.versions.get(&s.version) else { continue };
+        match s.filter.face_ids.as_deref() {
+            Some(ids) => {
+                for id in ids {
+                    if let Some(at) = index.face(id).filter(|at| at.version == s.version && s.filter.pass(at.record())) {
+                        scan(k, &vi.vectors, &s.query, at.slot..at.slot + 1, |_| true, |_| *id, &mut tops[i]);
+                    }
                 }
             }
+            None => groups.entry((s.version, s.filter.list_id)).or_default().push(i),
         }
-        if scanned.is_empty() || vi.faces.is_empty() {
-            continue;
-        }
-        let chunk = (CHUNK_BYTES / vi.vectors.rows.row_bytes()).max(1);
-        let fresh = || scanned.iter().map(|&i| TopK::new(subs[i].limit, subs[i].threshold)).collect::<Vec<_>>();
-        let merged = (0..vi.faces.len().div_ceil(chunk))
-            .into_par_iter()
-            .fold(fresh, |mut local, c| {
-                let rows = c * chunk..((c + 1) * chunk).min(vi.faces.len());
-                for (top, &i) in local.iter_mut().zip(&scanned) {
-                    let s = subs[i];
-                    scan(k, &vi.vectors, &s.query, rows.clone(), |r| s.filter.pass(&vi.faces[r]), |r| vi.faces[r].face_id, top);
-                }
-                local
-            })
-            .reduce(fresh, |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| x.merge(y));
-                a
-            });
-        for (top, &i) in merged.into_iter().zip(&scanned) {
+    }
+    for ((version, list), group) in groups {
+        let vi = &index.versions[&version];
+        let candidates = match list {
+            Some(list) => Candidates::Slots(vi.members(&list)),
+            None => Candidates::All(vi.faces().len()),
+        };
+        let group_subs: Vec<&SubQuery> = group.iter().map(|&i| subs[i]).collect();
+        for (top, &i) in scan_group(k, index, vi, candidates, &group_subs).into_iter().zip(&group) {
             tops[i] = top;
         }
     }
@@ -332,8 +376,252 @@ pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
         .map(|(top, s)| {
             let (total_found, candidates_scanned) = (top.total, top.scanned);
             let vi = index.versions.get(&s.version);
-            let hits = top.into_sorted().into_iter().map(|h| (h.similarity, vi.expect("hits come from a version").faces[h.slot].clone())).collect();
+            let hits = top.into_sorted().into_iter().map(|h| (h.similarity, vi.expect("hits come from a version").faces()[h.slot].clone())).collect();
             SubResult { hits, total_found, candidates_scanned }
         })
         .collect()
+}
+
+/// The slots a scan reads: all `n` rows, or these.
+#[derive(Clone, Copy)]
+pub(crate) enum Candidates<'a> {
+    All(usize),
+    Slots(&'a [u32]),
+}
+
+impl Candidates<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Candidates::All(n) => *n,
+            Candidates::Slots(slots) => slots.len(),
+        }
+    }
+
+    fn slots(&self, range: Range<usize>) -> Cow<'_, [u32]> {
+        match self {
+            Candidates::All(_) => Cow::Owned(range.map(|r| r as u32).collect()),
+            Candidates::Slots(slots) => Cow::Borrowed(&slots[range]),
+        }
+    }
+}
+
+/// Scan `candidates` of `vi` for every sub-query of a group (one version, one source).
+fn scan_group(k: &Kernels, index: &Index, vi: &VersionIndex, candidates: Candidates, subs: &[&SubQuery]) -> Vec<TopK<Uuid>> {
+    let checks: Vec<RowCheck> = subs.iter().map(|s| RowCheck::new(index, &s.filter)).collect();
+    let queries: Vec<(&Query, usize, f64)> = subs.iter().map(|s| (&*s.query, s.limit, s.threshold)).collect();
+    scan_many(k, &vi.vectors, candidates, &queries, |q, slot| checks[q].pass(vi, slot), |slot| vi.faces()[slot].face_id)
+}
+
+/// Scan `candidates` of `vectors` for every `(query, limit, threshold)`, in
+/// cache-sized chunks spread over the current rayon pool; `pass(q, slot)`
+/// says whether a slot is a candidate of query `q`, `key(slot)` orders ties.
+pub(crate) fn scan_many<K: Ord + Copy + Send>(
+    k: &Kernels,
+    vectors: &Vectors,
+    candidates: Candidates,
+    queries: &[(&Query, usize, f64)],
+    pass: impl Fn(usize, usize) -> bool + Sync,
+    key: impl Fn(usize) -> K + Sync,
+) -> Vec<TopK<K>> {
+    let spec = vectors.spec;
+    let chunk = (CHUNK_BYTES / vectors.rows.row_bytes()).max(4);
+    let prepared = match spec.dtype {
+        Dtype::U8 => Queries::U8(queries.iter().map(|q| q.0.u8_parts().expect("a u8 query for a u8 version")).collect()),
+        Dtype::F32 => Queries::F32(queries.iter().map(|q| q.0.f32_values().expect("an f32 query for an f32 version")).collect()),
+    };
+    let fresh = || queries.iter().map(|&(q, limit, threshold)| Scorer::new(spec, q, limit, threshold)).collect::<Vec<_>>();
+    (0..candidates.len().div_ceil(chunk))
+        .into_par_iter()
+        .fold(fresh, |mut scorers, c| {
+            let slots = candidates.slots(c * chunk..((c + 1) * chunk).min(candidates.len()));
+            score_chunk(k, vectors, &slots, &prepared, &pass, &key, &mut scorers);
+            scorers
+        })
+        .reduce(fresh, |mut a, b| {
+            a.iter_mut().zip(b).for_each(|(x, y)| x.top.merge(y.top));
+            a
+        })
+        .into_iter()
+        .map(|s| s.top)
+        .collect()
+}
+
+/// The queries of a group, as the block kernels take them.
+enum Queries<'a> {
+    /// Shifted query and the sum of its values.
+    U8(Vec<(&'a [i8], i32)>),
+    F32(Vec<&'a [f32]>),
+}
+
+/// Score rows `slots` against every query, four rows by four queries.
+fn score_chunk<K: Ord + Copy>(
+    k: &Kernels,
+    vectors: &Vectors,
+    slots: &[u32],
+    queries: &Queries,
+    pass: &impl Fn(usize, usize) -> bool,
+    key: &impl Fn(usize) -> K,
+    scorers: &mut [Scorer<K>],
+) {
+    let rows = &vectors.rows;
+    // Query q's dot products with the rows of `four` offered to its top.
+    // Counted here and added once: a counter in memory per candidate would chain them.
+    let offer = |scorer: &mut Scorer<K>, q: usize, four: &[u32], norms: &[f64; 4], dots: [f64; 4]| {
+        let (mut decided, mut passed) = (0, 0);
+        for (ri, &slot) in four.iter().enumerate() {
+            let slot = slot as usize;
+            if pass(q, slot) {
+                match scorer.decide(dots[ri], norms[ri]) {
+                    Some(p) => {
+                        decided += 1;
+                        passed += p as u64;
+                    }
+                    None => scorer.offer_exact(dots[ri], slot, norms[ri], || key(slot)),
+                }
+            }
+        }
+        scorer.top.count(decided, passed);
+    };
+    for four in slots.chunks(4) {
+        // A short tail repeats its last row; the repeats are not offered.
+        let at = |i: usize| four[i.min(four.len() - 1)] as usize;
+        let norms = [0, 1, 2, 3].map(|i| vectors.norms2[at(i)]);
+        match queries {
+            Queries::U8(qs) => {
+                let r = [0, 1, 2, 3].map(|i| rows.u8_row(at(i)));
+                if let [(q, sum)] = qs[..] {
+                    let dots = (k.rows_u8)(&r, q);
+                    offer(&mut scorers[0], 0, four, &norms, dots.map(|d| (d - 128 * sum) as f64));
+                    continue;
+                }
+                for q0 in (0..qs.len()).step_by(4) {
+                    let dots = (k.block_u8)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)].0));
+                    for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
+                        let sum = qs[q0 + qi].1;
+                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, d.map(|d| (d - 128 * sum) as f64));
+                    }
+                }
+            }
+            Queries::F32(qs) => {
+                let r = [0, 1, 2, 3].map(|i| rows.f32_row(at(i)));
+                if let [q] = qs[..] {
+                    let dots = (k.rows_f32)(&r, q);
+                    offer(&mut scorers[0], 0, four, &norms, dots.map(f64::from));
+                    continue;
+                }
+                for q0 in (0..qs.len()).step_by(4) {
+                    let dots = (k.block_f32)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)]));
+                    for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
+                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, d.map(f64::from));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A group member's filters as a per-slot check: the account from the
+/// interned column, the record only for the filters that need it. The list
+/// needs no check: a group scans its list's members.
+struct RowCheck<'a> {
+    account: Option<u32>,
+    record: Option<&'a Filter>,
+}
+
+impl<'a> RowCheck<'a> {
+    fn new(index: &Index, filter: &'a Filter) -> Self {
+        // An account no face has matches nothing.
+        let account = filter.account_id.map(|a| index.account_key(&a).unwrap_or(u32::MAX));
+        RowCheck { account, record: filter.needs_record().then_some(filter) }
+    }
+
+    #[inline]
+    fn pass(&self, vi: &VersionIndex, slot: usize) -> bool {
+        self.account.is_none_or(|a| vi.accounts()[slot] == a) && self.record.is_none_or(|f| f.pass(&vi.faces()[slot]))
+    }
+}
+
+/// One query's top during a scan, with the cosines that decide most
+/// candidates before their exact similarity is computed.
+struct Scorer<K> {
+    top: TopK<K>,
+    spec: VersionSpec,
+    norm2: f64,
+    /// Surely below the threshold under `threshold.0`, surely at or above it from `threshold.1`.
+    threshold: (Bar, Bar),
+    /// Surely below the worst of a full top.
+    worst: Bar,
+}
+
+impl<K: Ord + Copy> Scorer<K> {
+    fn new(spec: VersionSpec, query: &Query, limit: usize, threshold: f64) -> Self {
+        let norm2 = query.norm2();
+        let (lo, hi) = spec.cosine_bounds(threshold);
+        let mut scorer = Scorer { top: TopK::new(limit, threshold), spec, norm2, threshold: (Bar::new(lo, norm2), Bar::new(hi, norm2)), worst: Bar::NONE };
+        scorer.raise_bar();
+        scorer
+    }
+
+    fn raise_bar(&mut self) {
+        if let Some(bar) = self.top.bar() {
+            self.worst = Bar::new(self.spec.cosine_bounds(bar).0, self.norm2);
+        }
+    }
+
+    /// Whether a candidate reaches the threshold, when its dot product
+    /// decides that and keeps it out of the top; None when only its exact
+    /// similarity can tell.
+    #[inline]
+    fn decide(&self, dot: f64, row_norm2: f64) -> Option<bool> {
+        if self.threshold.1.c == f64::NEG_INFINITY {
+            // Every candidate reaches the threshold (the usual 0): one test
+            // decides most. A non-finite dot is never below a positive bar
+            // but -inf, whose similarity is that of a zero cosine: below it too.
+            return self.worst.below(dot, row_norm2).then_some(true);
+        }
+        // A non-finite dot (f32 overflow) is not a cosine: the exact path says what it scores.
+        if !dot.is_finite() {
+            return None;
+        }
+        if self.threshold.0.below(dot, row_norm2) {
+            return Some(false);
+        }
+        (self.worst.below(dot, row_norm2) && !self.threshold.1.below(dot, row_norm2)).then_some(true)
+    }
+
+    /// Offer a candidate with its exact similarity.
+    fn offer_exact(&mut self, dot: f64, slot: usize, row_norm2: f64, key: impl FnOnce() -> K) {
+        let similarity = self.spec.calibrate(cosine(dot, self.norm2, row_norm2));
+        if self.top.offer(similarity, slot, key) {
+            self.raise_bar();
+        }
+    }
+}
+
+/// A cosine bound, squared and scaled by the query's squared norm, so that a
+/// candidate is tested with products only: `cos < c` is
+/// `dot < c * sqrt(norm2 * row_norm2)`.
+#[derive(Clone, Copy)]
+struct Bar {
+    c: f64,
+    c2_norm2: f64,
+}
+
+impl Bar {
+    const NONE: Bar = Bar { c: f64::NEG_INFINITY, c2_norm2: f64::INFINITY };
+
+    fn new(c: f64, norm2: f64) -> Bar {
+        Bar { c, c2_norm2: c * c * norm2 }
+    }
+
+    /// Whether a finite dot product's cosine with a row of `row_norm2` is below `c`
+    /// (a zero vector's cosine counts as 0, as [`cosine`] makes it).
+    #[inline]
+    fn below(&self, dot: f64, row_norm2: f64) -> bool {
+        if self.c > 0.0 {
+            dot <= 0.0 || dot * dot < self.c2_norm2 * row_norm2
+        } else {
+            dot < 0.0 && dot * dot > self.c2_norm2 * row_norm2
+        }
+    }
 }

@@ -4,6 +4,11 @@
 //! - `scan_*/1core`: the scan loop on one core (kernel, norms, heap).
 //! - `scan_*/engine`: the same query through the matching engine, split over all cores.
 //! - `dot_*`: one dot product, for every kernel this CPU runs (scalar included).
+//! - `list_1000/{in_1M_store,alone}`: one query against a 1,000-face list,
+//!   the list spread over a 1M-face store, then the same faces as the whole store.
+//! - `batch_u8/{32,256}x{100000,1000000}` (and `batch_f32`): that many queries
+//!   scanned together by the engine, as it coalesces concurrent requests;
+//!   throughput in (query, candidate) pairs.
 //!
 //! With `LUNA_BENCH_DATA=dir` the candidates and the query are read from the
 //! files `scripts/bench-kernels` writes for the FAISS peer, so both measure the
@@ -32,16 +37,21 @@ fn u8_data(n: usize) -> (Vec<u8>, Vec<u8>) {
         let query = std::fs::read(format!("{dir}/query_u8.bin")).expect("query_u8.bin");
         return (all[..n * 512].to_vec(), query);
     }
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut bytes = vec![0u8; (n + 1) * 512];
-    for b in bytes.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = (x >> 32) as u8;
-    }
+    let mut bytes = random_bytes((n + 1) * 512, 0x2545_F491_4F6C_DD1D);
     let query = bytes.split_off(n * 512);
     (bytes, query)
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
 }
 
 /// The f32 version of u8 data, `(q - 128) / 128`, as little-endian bytes: what FAISS gets.
@@ -50,6 +60,13 @@ fn to_f32(bytes: &[u8]) -> Vec<u8> {
 }
 
 fn build_index(dtype: Dtype, rows: &[u8]) -> Index {
+    build_listed(dtype, rows, |_| false)
+}
+
+const LIST: Uuid = Uuid::from_u128(0x1157);
+
+/// An index of `rows`, row i in `LIST` when `listed(i)`.
+fn build_listed(dtype: Dtype, rows: &[u8], listed: impl Fn(usize) -> bool) -> Index {
     let spec = spec(dtype);
     let mut index = Index::default();
     for (i, p) in rows.chunks_exact(spec.payload_len()).enumerate() {
@@ -59,11 +76,72 @@ fn build_index(dtype: Dtype, rows: &[u8]) -> Index {
             external_id: None,
             user_data: String::new(),
             create_time: 0,
-            lists: Default::default(),
+            lists: std::iter::once(LIST).filter(|_| listed(i)).collect(),
         };
         index.insert_face(spec, &Descriptor { version: 1, payload: p.to_vec() }, face);
     }
     index
+}
+
+/// This process's resident memory (Linux), 0 elsewhere.
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").parse::<usize>().ok()).map_or(0, |kib| kib * 1024)
+}
+
+fn list_sub(query: &[u8]) -> SubQuery {
+    let filter = Filter { list_id: Some(LIST), account_id: Some(Uuid::nil()), ..Default::default() };
+    SubQuery { version: 1, query: Arc::new(Query::new(&spec(Dtype::U8), query)), filter, limit: LIMIT, threshold: 0.0 }
+}
+
+/// A 1,000-face list in a 1M-face store against the same 1,000 faces alone: the cost follows the list.
+fn bench_list(c: &mut Criterion) {
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+    let (rows, query) = u8_data(1_000_000);
+    let members: Vec<u8> = rows.chunks_exact(512).skip(7).step_by(1000).flatten().copied().collect();
+    let before = resident_bytes();
+    let big = build_listed(Dtype::U8, &rows, |i| i % 1000 == 7);
+    drop(rows);
+    // The rows were allocated before `before`, and returned when dropped: what is left is the index.
+    eprintln!("memory: {:.0} bytes per face (1M u8 512-d faces in memory)", (resident_bytes() + 512_000_000).saturating_sub(before) as f64 / 1e6);
+    let alone = build_listed(Dtype::U8, &members, |_| true);
+    let sub = list_sub(&query);
+    let mut group = c.benchmark_group("list_1000");
+    group.throughput(Throughput::Elements(1000));
+    for (name, index) in [("in_1M_store", &big), ("alone", &alone)] {
+        assert_eq!(pool.install(|| run_batch(index, &[&sub]))[0].candidates_scanned, 1000);
+        group.bench_function(name, |b| b.iter(|| pool.install(|| run_batch(index, &[&sub]))));
+    }
+    group.finish();
+}
+
+/// Batches of queries scanned together, as the engine coalesces concurrent requests.
+fn bench_batches(c: &mut Criterion) {
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+    for dtype in [Dtype::U8, Dtype::F32] {
+        let mut group = c.benchmark_group(format!("batch_{}", if dtype == Dtype::U8 { "u8" } else { "f32" }));
+        group.sample_size(10);
+        for n in [100_000, 1_000_000] {
+            let (rows, _) = u8_data(n);
+            let queries: Vec<Vec<u8>> = random_bytes(256 * 512, 0x9E37_79B9_7F4A_7C15).chunks_exact(512).map(<[u8]>::to_vec).collect();
+            let (rows, queries) = match dtype {
+                Dtype::U8 => (rows, queries),
+                Dtype::F32 => (to_f32(&rows), queries.iter().map(|q| to_f32(q)).collect()),
+            };
+            let index = build_index(dtype, &rows);
+            drop(rows);
+            for batch in [32, 256] {
+                let subs: Vec<SubQuery> = queries[..batch]
+                    .iter()
+                    .map(|q| SubQuery { version: 1, query: Arc::new(Query::new(&spec(dtype), q)), filter: Filter::default(), limit: LIMIT, threshold: 0.0 })
+                    .collect();
+                let refs: Vec<&SubQuery> = subs.iter().collect();
+                group.throughput(Throughput::Elements((batch * n) as u64));
+                group.bench_function(BenchmarkId::new(batch.to_string(), n), |b| b.iter(|| pool.install(|| run_batch(&index, &refs))));
+            }
+        }
+        group.finish();
+    }
 }
 
 fn bench_scans(c: &mut Criterion) {
@@ -108,5 +186,5 @@ fn bench_dots(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_dots, bench_scans);
+criterion_group!(benches, bench_dots, bench_scans, bench_list, bench_batches);
 criterion_main!(benches);
