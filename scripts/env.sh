@@ -29,3 +29,14 @@ plugin_venv() {
   fi
   export VIRTUAL_ENV=$venv
 }
+
+# A free TCP port on the loopback, for a service a script starts.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_ready URL SECONDS: true once URL/healthcheck answers 2xx within SECONDS.
+wait_ready() {
+  for _ in $(seq $(($2 * 10))); do curl -sf "$1/healthcheck" >/dev/null && return; sleep 0.1; done
+  return 1
+}
