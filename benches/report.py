@@ -44,6 +44,7 @@ print(f"| u8 512-d, top-10, {cores} cores | {big * 1e3:.3f} ms | {alone * 1e3:.3
 
 print("\n| batch | candidates | dtype | luna pairs/s | numpy (BLAS) pairs/s | luna / numpy | FAISS pairs/s | luna / FAISS |")
 print("|---|---|---|---|---|---|---|---|")
+tiles = os.path.isdir(os.path.join(criterion, "batch_u8", "32-blocks"))
 for batch in (32, 256):
     for n in (100_000, 1_000_000):
         peers = {r["peer"]: r["pairs_per_s"] for r in faiss_runs["batches"] if r["n"] == n and r["batch"] == batch}
@@ -53,6 +54,9 @@ for batch in (32, 256):
                 f"| {batch} | {n:,} | {dtype} | {rate / 1e6:.0f} M/s | {peers['numpy'] / 1e6:.0f} M/s | {rate / peers['numpy']:.2f}x "
                 f"| {peers['faiss'] / 1e6:.0f} M/s | {rate / peers['faiss']:.2f}x |"
             )
+            if dtype == "u8" and tiles:
+                blocks = batch * n / luna("batch_u8", f"{batch}-blocks", n)
+                print(f"| {batch} | {n:,} | u8, AVX-512 blocks (no tiles) | {blocks / 1e6:.0f} M/s | | {blocks / peers['numpy']:.2f}x | | |")
 
 bandwidth = faiss_runs["read_bytes_per_s"]
 one, two = bandwidth["1"], bandwidth[str(cores)]

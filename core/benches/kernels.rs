@@ -8,7 +8,9 @@
 //!   the list spread over a 1M-face store, then the same faces as the whole store.
 //! - `batch_u8/{32,256}x{100000,1000000}` (and `batch_f32`): that many queries
 //!   scanned together by the engine, as it coalesces concurrent requests;
-//!   throughput in (query, candidate) pairs.
+//!   throughput in (query, candidate) pairs. On a CPU with AMX the u8
+//!   batches run the tile kernel, and `batch_u8/{32,256}-blocks` the same
+//!   batches on the AVX-512 block kernels.
 //!
 //! With `LUNA_BENCH_DATA=dir` the candidates and the query are read from the
 //! files `scripts/bench-kernels` writes for the FAISS peer, so both measure the
@@ -20,7 +22,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use luna_core::descriptor::{Descriptor, Dtype, VersionSpec};
 use luna_core::index::{FaceRecord, Index, Query};
 use luna_core::kernels::{kernels, Kernels};
-use luna_core::matching::{run_batch, scan, Filter, SubQuery, TopK};
+use luna_core::matching::{run_batch, run_batch_with, scan, Filter, SubQuery, TopK};
 use uuid::Uuid;
 
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
@@ -138,6 +140,12 @@ fn bench_batches(c: &mut Criterion) {
                 let refs: Vec<&SubQuery> = subs.iter().collect();
                 group.throughput(Throughput::Elements((batch * n) as u64));
                 group.bench_function(BenchmarkId::new(batch.to_string(), n), |b| b.iter(|| pool.install(|| run_batch(&index, &refs))));
+                if dtype == Dtype::U8 && kernels().tile_u8.is_some() {
+                    // The same batch on the AVX-512 block kernels, for the tile kernel's gain.
+                    let blocks = Kernels { tile_u8: None, ..*kernels() };
+                    let id = BenchmarkId::new(format!("{batch}-blocks"), n);
+                    group.bench_function(id, |b| b.iter(|| pool.install(|| run_batch_with(&blocks, &index, &refs))));
+                }
             }
         }
         group.finish();

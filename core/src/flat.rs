@@ -71,7 +71,7 @@ impl<K: Clone + Eq + Hash + Ord> FlatIndex<K> {
     where
         K: Sync,
     {
-        let top = scan_many(kernels(), &self.vectors, Candidates::All(self.len()), &[(query, limit, threshold)], |_, _| true, |row| &self.keys[row]);
+        let top = scan_many(kernels(), &self.vectors, Candidates::All(self.len()), &[(query, limit, threshold)], &[true], |_, _| true, |row| &self.keys[row]);
         top.into_iter().flat_map(TopK::into_sorted).map(|h| (h.key.clone(), h.similarity)).collect()
     }
 }

@@ -52,6 +52,12 @@ impl Rows {
         unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut u8, blocks.len() * 64) }
     }
 
+    /// Rows `first..first + n` as one run of bytes, padding included.
+    pub fn u8_rows(&self, first: usize, n: usize) -> &[u8] {
+        let blocks = &self.blocks[first * self.row_blocks..(first + n) * self.row_blocks];
+        unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * 64) }
+    }
+
     /// A row's bytes, padding included.
     pub fn u8_row(&self, row: usize) -> &[u8] {
         let blocks = &self.blocks[row * self.row_blocks..(row + 1) * self.row_blocks];

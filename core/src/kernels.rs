@@ -12,9 +12,13 @@
 //! block loaded from memory serves every query in registers, which makes a
 //! coalesced scan bound by compute, not by memory. A block kernel adds up each
 //! pair in the same order as its one-pair kernel, so a similarity does not
-//! depend on whether its query was scanned alone or in a batch.
+//! depend on whether its query was scanned alone or in a batch. Where the CPU
+//! has AMX, batches of u8 queries use the tile kernel of [`crate::tiles`]
+//! (integer sums: the same scores again).
 
 use std::sync::OnceLock;
+
+use crate::tiles::{Panels, TILE};
 
 /// One u8 row against one shifted query.
 pub type DotU8 = fn(&[u8], &[i8]) -> i32;
@@ -28,6 +32,8 @@ pub type RowsU8 = fn(&[&[u8]; 4], &[i8]) -> [i32; 4];
 pub type BlockF32 = fn(&[&[f32]; 4], &[&[f32]; 4]) -> [[f32; 4]; 4];
 /// Four f32 rows against one query.
 pub type RowsF32 = fn(&[&[f32]; 4], &[f32]) -> [f32; 4];
+/// 32 u8 rows at a stride against a group of 32 laid-out queries: `out[row][query]`.
+pub type TileU8 = fn(&[u8], usize, &Panels, usize, &mut [[i32; TILE]; TILE]);
 
 /// One implementation of every kernel.
 #[derive(Clone, Copy)]
@@ -46,6 +52,8 @@ pub struct Kernels {
     pub block_f32: BlockF32,
     /// 4 x 1 f32 pairs.
     pub rows_f32: RowsF32,
+    /// 32 x 32 u8 pairs, where the CPU has AMX ([`crate::tiles`]).
+    pub tile_u8: Option<TileU8>,
 }
 
 /// Block kernels made of a one-pair kernel, for CPUs without a blocked one.
@@ -63,14 +71,14 @@ impl Kernels {
     pub fn scalar() -> Kernels {
         let (block_u8, rows_u8) = pairwise!(scalar::dot_u8_i8, u8, i8, i32);
         let (block_f32, rows_f32) = pairwise!(scalar::dot_f32, f32, f32, f32);
-        Kernels { name: "scalar", dot_u8_i8: scalar::dot_u8_i8, dot_f32: scalar::dot_f32, block_u8, rows_u8, block_f32, rows_f32 }
+        Kernels { name: "scalar", dot_u8_i8: scalar::dot_u8_i8, dot_f32: scalar::dot_f32, block_u8, rows_u8, block_f32, rows_f32, tile_u8: None }
     }
 
     #[cfg(target_arch = "x86_64")]
     fn avx2() -> Kernels {
         let (block_u8, rows_u8) = pairwise!(x86::dot_u8_i8_avx2, u8, i8, i32);
         let (block_f32, rows_f32) = pairwise!(x86::dot_f32_avx2, f32, f32, f32);
-        Kernels { name: "avx2", dot_u8_i8: x86::dot_u8_i8_avx2, dot_f32: x86::dot_f32_avx2, block_u8, rows_u8, block_f32, rows_f32 }
+        Kernels { name: "avx2", dot_u8_i8: x86::dot_u8_i8_avx2, dot_f32: x86::dot_f32_avx2, block_u8, rows_u8, block_f32, rows_f32, tile_u8: None }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -79,6 +87,9 @@ impl Kernels {
         if vnni {
             let vnni =
                 Kernels { name: "avx512-vnni", dot_u8_i8: x86::dot_u8_i8_vnni, block_u8: x86::block_u8_vnni, rows_u8: x86::rows_u8_vnni, ..Kernels::avx2() };
+            if crate::tiles::available() {
+                return f32s(Kernels { name: "avx512-vnni+amx", tile_u8: Some(crate::tiles::tile_u8), ..vnni });
+            }
             f32s(vnni)
         } else {
             f32s(Kernels { name: "avx512", ..Kernels::avx2() })

@@ -19,6 +19,7 @@ pub mod raw;
 pub mod service;
 pub mod store;
 pub mod subrequests;
+pub mod tiles;
 pub mod time;
 
 pub use errors::{Error, ErrorCode, Result};

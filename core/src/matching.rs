@@ -22,11 +22,15 @@ use crate::descriptor::{Dtype, VersionSpec};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{cosine, FaceRecord, Index, Query, Vectors, VersionIndex};
 use crate::kernels::{kernels, Kernels};
+use crate::tiles::{Panels, TILE};
 
 /// Candidates scanned per chunk: small enough to stay in L2 across a batch.
 const CHUNK_BYTES: usize = 256 * 1024;
 /// Most sub-queries scanned in one pass.
 const MAX_BATCH: usize = 256;
+/// Fewest u8 queries scanned with the tile kernel, where the CPU has one:
+/// below, padding a group of 32 costs more than the tiles save.
+const TILE_QUERIES: usize = 8;
 
 /// A candidate that made it into a top-k.
 #[derive(Debug, Clone, Copy)]
@@ -344,7 +348,11 @@ fn batch_loop(rx: Receiver<Job>, index: Arc<RwLock<Index>>, pool: rayon::ThreadP
 /// version when it names no list) once, chunk by chunk over all cores, each
 /// chunk scored against every query of the group with the block kernels.
 pub fn run_batch(index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
-    let k = kernels();
+    run_batch_with(kernels(), index, subs)
+}
+
+/// [`run_batch`] with kernels `k`, for benches that compare kernels.
+pub fn run_batch_with(k: &Kernels, index: &Index, subs: &[&SubQuery]) -> Vec<SubResult> {
     let mut tops: Vec<TopK<Uuid>> = subs.iter().map(|s| TopK::new(s.limit, s.threshold)).collect();
     let mut groups: BTreeMap<(u32, Option<Uuid>), Vec<usize>> = BTreeMap::new();
     for (i, s) in subs.iter().enumerate() {
@@ -409,24 +417,32 @@ impl Candidates<'_> {
 fn scan_group(k: &Kernels, index: &Index, vi: &VersionIndex, candidates: Candidates, subs: &[&SubQuery]) -> Vec<TopK<Uuid>> {
     let checks: Vec<RowCheck> = subs.iter().map(|s| RowCheck::new(index, &s.filter)).collect();
     let queries: Vec<(&Query, usize, f64)> = subs.iter().map(|s| (&*s.query, s.limit, s.threshold)).collect();
-    scan_many(k, &vi.vectors, candidates, &queries, |q, slot| checks[q].pass(vi, slot), |slot| vi.faces()[slot].face_id)
+    let takes_all: Vec<bool> = checks.iter().map(RowCheck::takes_all).collect();
+    scan_many(k, &vi.vectors, candidates, &queries, &takes_all, |q, slot| checks[q].pass(vi, slot), |slot| vi.faces()[slot].face_id)
 }
 
 /// Scan `candidates` of `vectors` for every `(query, limit, threshold)`, in
 /// cache-sized chunks spread over the current rayon pool; `pass(q, slot)`
-/// says whether a slot is a candidate of query `q`, `key(slot)` orders ties.
+/// says whether a slot is a candidate of query `q` (never asked when
+/// `takes_all[q]`), `key(slot)` orders ties.
 pub(crate) fn scan_many<K: Ord + Copy + Send>(
     k: &Kernels,
     vectors: &Vectors,
     candidates: Candidates,
     queries: &[(&Query, usize, f64)],
+    takes_all: &[bool],
     pass: impl Fn(usize, usize) -> bool + Sync,
     key: impl Fn(usize) -> K + Sync,
 ) -> Vec<TopK<K>> {
     let spec = vectors.spec;
     let chunk = (CHUNK_BYTES / vectors.rows.row_bytes()).max(4);
     let prepared = match spec.dtype {
-        Dtype::U8 => Queries::U8(queries.iter().map(|q| q.0.u8_parts().expect("a u8 query for a u8 version")).collect()),
+        Dtype::U8 => {
+            let parts: Vec<(&[i8], i32)> = queries.iter().map(|q| q.0.u8_parts().expect("a u8 query for a u8 version")).collect();
+            let panels = (k.tile_u8.is_some() && parts.len() >= TILE_QUERIES)
+                .then(|| Panels::new(&parts.iter().map(|p| p.0).collect::<Vec<_>>(), vectors.rows.row_bytes() / 64));
+            Queries::U8(parts, panels)
+        }
         Dtype::F32 => Queries::F32(queries.iter().map(|q| q.0.f32_values().expect("an f32 query for an f32 version")).collect()),
     };
     let fresh = || queries.iter().map(|&(q, limit, threshold)| Scorer::new(spec, q, limit, threshold)).collect::<Vec<_>>();
@@ -434,7 +450,7 @@ pub(crate) fn scan_many<K: Ord + Copy + Send>(
         .into_par_iter()
         .fold(fresh, |mut scorers, c| {
             let slots = candidates.slots(c * chunk..((c + 1) * chunk).min(candidates.len()));
-            score_chunk(k, vectors, &slots, &prepared, &pass, &key, &mut scorers);
+            score_chunk(k, vectors, &slots, &prepared, takes_all, &pass, &key, &mut scorers);
             scorers
         })
         .reduce(fresh, |mut a, b| {
@@ -448,27 +464,43 @@ pub(crate) fn scan_many<K: Ord + Copy + Send>(
 
 /// The queries of a group, as the block kernels take them.
 enum Queries<'a> {
-    /// Shifted query and the sum of its values.
-    U8(Vec<(&'a [i8], i32)>),
+    /// Shifted query and the sum of its values; laid out for the tile
+    /// kernel when it runs them.
+    U8(Vec<(&'a [i8], i32)>, Option<Panels>),
     F32(Vec<&'a [f32]>),
 }
 
-/// Score rows `slots` against every query, four rows by four queries.
+/// Score rows `slots` against every query: 32 rows by 32 queries with the
+/// tile kernel, else four rows by four queries.
+#[allow(clippy::too_many_arguments)]
 fn score_chunk<K: Ord + Copy>(
     k: &Kernels,
     vectors: &Vectors,
     slots: &[u32],
     queries: &Queries,
+    takes_all: &[bool],
     pass: &impl Fn(usize, usize) -> bool,
     key: &impl Fn(usize) -> K,
     scorers: &mut [Scorer<K>],
 ) {
     let rows = &vectors.rows;
-    // Query q's dot products with the rows of `four` offered to its top.
-    // Counted here and added once: a counter in memory per candidate would chain them.
-    let offer = |scorer: &mut Scorer<K>, q: usize, four: &[u32], norms: &[f64; 4], dots: [f64; 4]| {
+    // Query q's dot products with the rows `block` offered to its top.
+    let offer = |scorer: &mut Scorer<K>, q: usize, block: &[u32], norms: &[f64], dots: &[f64]| {
+        if takes_all[q] && scorer.threshold.1.c == f64::NEG_INFINITY {
+            // Every row is a candidate and reaches the threshold: one test
+            // over the whole block, free of branches, says which rows cannot
+            // enter the top; only the others are looked at one by one.
+            let below = scorer.worst.below_mask(&dots[..block.len()], &norms[..block.len()]);
+            let decided = u64::from(below.count_ones());
+            scorer.top.count(decided, decided);
+            for (i, &slot) in block.iter().enumerate().filter(|&(i, _)| below >> i & 1 == 0) {
+                scorer.offer_exact(dots[i], slot as usize, norms[i], || key(slot as usize));
+            }
+            return;
+        }
+        // Counted here and added once: a counter in memory per candidate would chain them.
         let (mut decided, mut passed) = (0, 0);
-        for (ri, &slot) in four.iter().enumerate() {
+        for (ri, &slot) in block.iter().enumerate() {
             let slot = slot as usize;
             if pass(q, slot) {
                 match scorer.decide(dots[ri], norms[ri]) {
@@ -482,23 +514,56 @@ fn score_chunk<K: Ord + Copy>(
         }
         scorer.top.count(decided, passed);
     };
+    if let (Queries::U8(qs, Some(panels)), Some(tile)) = (queries, k.tile_u8) {
+        let stride = rows.row_bytes();
+        let mut staging = Vec::new();
+        let mut out = [[0; TILE]; TILE];
+        for block in slots.chunks(TILE) {
+            let first = block[0] as usize;
+            // Consecutive slots are read in place; others (a list's members,
+            // a short tail) are copied next to each other first.
+            let span = if block.len() == TILE && block[TILE - 1] as usize == first + TILE - 1 {
+                rows.u8_rows(first, TILE)
+            } else {
+                staging.clear();
+                staging.resize(TILE * stride, 0);
+                for (i, &slot) in block.iter().enumerate() {
+                    staging[i * stride..(i + 1) * stride].copy_from_slice(rows.u8_row(slot as usize));
+                }
+                &staging[..]
+            };
+            let mut norms = [0.0; TILE];
+            for (n, &slot) in norms.iter_mut().zip(block) {
+                *n = vectors.norms2[slot as usize];
+            }
+            for group in 0..panels.groups() {
+                tile(span, stride, panels, group, &mut out);
+                for (q, &(_, sum)) in qs.iter().enumerate().skip(group * TILE).take(TILE) {
+                    let column = q - group * TILE;
+                    let dots: [f64; TILE] = std::array::from_fn(|r| f64::from(out[r][column] - 128 * sum));
+                    offer(&mut scorers[q], q, block, &norms, &dots);
+                }
+            }
+        }
+        return;
+    }
     for four in slots.chunks(4) {
         // A short tail repeats its last row; the repeats are not offered.
         let at = |i: usize| four[i.min(four.len() - 1)] as usize;
         let norms = [0, 1, 2, 3].map(|i| vectors.norms2[at(i)]);
         match queries {
-            Queries::U8(qs) => {
+            Queries::U8(qs, _) => {
                 let r = [0, 1, 2, 3].map(|i| rows.u8_row(at(i)));
                 if let [(q, sum)] = qs[..] {
                     let dots = (k.rows_u8)(&r, q);
-                    offer(&mut scorers[0], 0, four, &norms, dots.map(|d| (d - 128 * sum) as f64));
+                    offer(&mut scorers[0], 0, four, &norms, &dots.map(|d| f64::from(d - 128 * sum)));
                     continue;
                 }
                 for q0 in (0..qs.len()).step_by(4) {
                     let dots = (k.block_u8)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)].0));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
                         let sum = qs[q0 + qi].1;
-                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, d.map(|d| (d - 128 * sum) as f64));
+                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, &d.map(|d| f64::from(d - 128 * sum)));
                     }
                 }
             }
@@ -506,13 +571,13 @@ fn score_chunk<K: Ord + Copy>(
                 let r = [0, 1, 2, 3].map(|i| rows.f32_row(at(i)));
                 if let [q] = qs[..] {
                     let dots = (k.rows_f32)(&r, q);
-                    offer(&mut scorers[0], 0, four, &norms, dots.map(f64::from));
+                    offer(&mut scorers[0], 0, four, &norms, &dots.map(f64::from));
                     continue;
                 }
                 for q0 in (0..qs.len()).step_by(4) {
                     let dots = (k.block_f32)(&r, &[0, 1, 2, 3].map(|i| qs[(q0 + i).min(qs.len() - 1)]));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
-                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, d.map(f64::from));
+                        offer(&mut scorers[q0 + qi], q0 + qi, four, &norms, &d.map(f64::from));
                     }
                 }
             }
@@ -533,6 +598,11 @@ impl<'a> RowCheck<'a> {
         // An account no face has matches nothing.
         let account = filter.account_id.map(|a| index.account_key(&a).unwrap_or(u32::MAX));
         RowCheck { account, record: filter.needs_record().then_some(filter) }
+    }
+
+    /// Whether every slot passes.
+    fn takes_all(&self) -> bool {
+        self.account.is_none() && self.record.is_none()
     }
 
     #[inline]
@@ -612,6 +682,23 @@ impl Bar {
 
     fn new(c: f64, norm2: f64) -> Bar {
         Bar { c, c2_norm2: c * c * norm2 }
+    }
+
+    /// [`Bar::below`] for each row of a block (at most 64), as a bit mask;
+    /// written without branches so that it runs as vector compares.
+    #[inline]
+    fn below_mask(&self, dots: &[f64], row_norms2: &[f64]) -> u64 {
+        let mut mask = 0;
+        if self.c > 0.0 {
+            for (i, (&dot, &n)) in dots.iter().zip(row_norms2).enumerate() {
+                mask |= u64::from((dot <= 0.0) | (dot * dot < self.c2_norm2 * n)) << i;
+            }
+        } else {
+            for (i, (&dot, &n)) in dots.iter().zip(row_norms2).enumerate() {
+                mask |= u64::from((dot < 0.0) & (dot * dot > self.c2_norm2 * n)) << i;
+            }
+        }
+        mask
     }
 
     /// Whether a finite dot product's cosine with a row of `row_norm2` is below `c`

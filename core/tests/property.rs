@@ -1,8 +1,9 @@
 //! Matching against a naive scalar reference on random data, u8 and f32,
 //! across chunk boundaries, filters, limits and thresholds; batches of
-//! queries scanned together (the block kernels, their tails of fewer than
-//! four rows or queries, odd descriptor sizes, tied candidates) against the
-//! reference and against each query scanned alone.
+//! queries scanned together (the block kernels and, on CPUs with AMX, the
+//! tile kernel; tails of fewer than 4 or 32 rows or queries, odd descriptor
+//! sizes, tied candidates) against the reference and against each query
+//! scanned alone.
 
 use std::sync::Arc;
 
@@ -168,7 +169,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     #[test]
-    fn u8_batches_match_reference(n in 1usize..1200, seed in 1u64..1_000_000, queries in 1usize..10, length in prop::sample::select(vec![64usize, 100, 512, 513]), limit in 0usize..30, threshold in 0.0f64..0.5, with_list: bool) {
+    fn u8_batches_match_reference(n in 1usize..1200, seed in 1u64..1_000_000, queries in 1usize..45, length in prop::sample::select(vec![64usize, 100, 512, 513]), limit in 0usize..30, threshold in 0.0f64..0.5, with_list: bool) {
         check_batch(VersionSpec { length, ..U8 }, n, seed, queries, limit, threshold, with_list);
     }
 
