@@ -120,11 +120,11 @@ class ListCacheMatcher(BaseMatcherPlugin):
         if descriptors is None:
             return MatchResult([])  # no face of the reference's version: nothing matches
         if request.threshold > 0:
-            passing = descriptors.match(request.reference.descriptor, len(descriptors), request.threshold)
+            passing = await descriptors.search(request.reference.descriptor, len(descriptors), request.threshold)
             hits, total = passing[: request.limit], len(passing)
         else:
             # Similarities are never negative: every face of the version passes.
-            hits, total = descriptors.match(request.reference.descriptor, request.limit, request.threshold), len(descriptors)
+            hits, total = await descriptors.search(request.reference.descriptor, request.limit, request.threshold), len(descriptors)
         return MatchResult([FaceMatchResult(Face(face_id), similarity) for face_id, similarity in hits], totalFound=total)
 
 

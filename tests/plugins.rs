@@ -363,6 +363,7 @@ fn json_logs_carry_plugin_output_under_its_name() {
 #[test]
 fn native_helpers_match_like_the_service() {
     let list_cache = r#"
+import asyncio
 import base64
 import luna_matcher
 from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin
@@ -373,6 +374,7 @@ class ListCache(BaseBackgroundPlugin):
         self.set = luna_matcher.DescriptorSet(62)
         self.addRoute("/cache/{list_id}", self.load, methods={"post"})
         self.addRoute("/cache-match", self.match, methods={"post"})
+        self.addRoute("/cache-search", self.search, methods={"post"})
         self.addRoute("/cache-face/{face_id}", self.face, methods={"get", "delete"})
 
     async def load(self, request):
@@ -385,6 +387,13 @@ class ListCache(BaseBackgroundPlugin):
         body = request.json()
         hits = self.set.match(base64.b64decode(body["data"]), body.get("limit", 3), body.get("threshold", 0.0))
         return {"hits": [[i, s] for i, s in hits]}
+
+    async def search(self, request):
+        # 40 searches at once: the first scan takes one, the next the rest together.
+        data, limits = base64.b64decode(request.json()["data"]), range(1, 41)
+        found = await asyncio.gather(*(self.set.search(data, limit) for limit in limits))
+        same = all(f == self.set.match(data, limit) for f, limit in zip(found, limits))
+        return {"same": same, "hits": [[i, s] for i, s in found[4]]}
 
     async def face(self, request):
         face_id = request.match_info["face_id"]
@@ -414,6 +423,9 @@ class ListCache(BaseBackgroundPlugin):
         .map(|r| json!([r["face"]["face_id"], r["similarity"]]))
         .collect();
     assert_eq!(from_plugin, json!(from_service), "the same kernels, the same answer");
+    let searched = s.call("POST", "/cache-search", Some(&json!({"data": probe}))).json();
+    assert_eq!(searched["same"], true, "a search answers what match answers, alone or scanned with others");
+    assert_eq!(searched["hits"], json!(from_service));
 
     let f = s.call("GET", &format!("/cache-face/{}", faces[3]), None).json();
     assert_eq!((f["user_data"].as_str(), f["version"].as_u64()), (Some("u3"), Some(62)));

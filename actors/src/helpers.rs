@@ -2,10 +2,16 @@
 //! `DescriptorSet`, which matches with the service's own kernels and the GIL
 //! released, and the store reads behind `luna_matcher.store` (its async
 //! wrappers are in `luna_plugins._host`).
+//!
+//! `DescriptorSet.search` is what the engine does for requests: searches
+//! that wait while a set is being scanned are scanned together next, on the
+//! matching threads, each chunk of the set read once for all of them.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use luna_core::catalog::StoredFace;
+use luna_core::descriptor::VersionSpec;
 use luna_core::flat::FlatIndex;
 use luna_core::index::Query;
 use luna_core::time::format_time;
@@ -30,7 +36,89 @@ fn core() -> PyResult<&'static Arc<Core>> {
 #[pyclass(module = "luna_matcher")]
 pub struct DescriptorSet {
     version: u32,
-    index: FlatIndex<String>,
+    spec: VersionSpec,
+    shared: Arc<Shared>,
+}
+
+/// The set and its searches waiting for the next scan.
+struct Shared {
+    index: parking_lot::RwLock<FlatIndex<String>>,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Search>,
+    /// A scan is queued or running: it takes what waits when it ends.
+    scanning: bool,
+}
+
+struct Search {
+    query: Query,
+    limit: usize,
+    threshold: f64,
+    /// The asyncio future the caller awaits.
+    future: Py<PyAny>,
+}
+
+impl Shared {
+    /// On a matching thread: scan what waits, together, until nothing does.
+    fn scan_waiting(&self) {
+        loop {
+            let batch = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                if queue.waiting.is_empty() {
+                    queue.scanning = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            let queries: Vec<(&Query, usize, f64)> = batch.iter().map(|s| (&s.query, s.limit, s.threshold)).collect();
+            let hits = self.index.read().search_many(&queries);
+            let answers = batch.into_iter().map(|s| s.future).zip(hits).collect();
+            let _ = answers_sender().send(answers);
+        }
+    }
+}
+
+type Answers = Vec<(Py<PyAny>, Vec<(String, f64)>)>;
+
+/// Where scans leave their answers: one thread takes the GIL to hand them to
+/// their event loops, so the matching threads never wait for Python.
+fn answers_sender() -> &'static mpsc::Sender<Answers> {
+    static SENDER: OnceLock<mpsc::Sender<Answers>> = OnceLock::new();
+    SENDER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Answers>();
+        std::thread::Builder::new()
+            .name("search-answers".into())
+            .spawn(move || {
+                while let Ok(answers) = rx.recv() {
+                    Python::attach(|py| {
+                        for (future, hits) in answers {
+                            // A loop that closed, or a future cancelled meanwhile, wants no answer.
+                            let _ = resolve_later(py, future.bind(py), hits);
+                        }
+                    });
+                }
+            })
+            .expect("the search answers thread");
+        tx
+    })
+}
+
+fn resolve_later(py: Python<'_>, future: &Bound<'_, PyAny>, hits: Vec<(String, f64)>) -> PyResult<()> {
+    let resolve = wrap_pyfunction!(_resolve_search, py)?;
+    future.call_method0("get_loop")?.call_method1("call_soon_threadsafe", (resolve, future, hits))?;
+    Ok(())
+}
+
+/// On the future's loop: its result, unless it was cancelled.
+#[pyfunction]
+fn _resolve_search(future: &Bound<'_, PyAny>, hits: Bound<'_, PyAny>) -> PyResult<()> {
+    if !future.call_method0("done")?.is_truthy()? {
+        future.call_method1("set_result", (hits,))?;
+    }
+    Ok(())
 }
 
 impl DescriptorSet {
@@ -41,6 +129,10 @@ impl DescriptorSet {
             .map_err(|e| PyValueError::new_err(format!("{} {}: {}", e.code.code(), e.code.desc(), e.detail)))?;
         Ok(d.payload)
     }
+
+    fn query(&self, descriptor: &[u8]) -> PyResult<Query> {
+        Ok(Query::new(&self.spec, &self.parse(descriptor)?))
+    }
 }
 
 #[pymethods]
@@ -48,7 +140,8 @@ impl DescriptorSet {
     #[new]
     fn new(version: u32) -> PyResult<Self> {
         let spec = *core()?.versions().get(version).map_err(|e| PyValueError::new_err(e.detail))?;
-        Ok(DescriptorSet { version, index: FlatIndex::new(spec) })
+        let shared = Shared { index: parking_lot::RwLock::new(FlatIndex::new(spec)), queue: Mutex::default() };
+        Ok(DescriptorSet { version, spec, shared: Arc::new(shared) })
     }
 
     #[getter]
@@ -57,30 +150,54 @@ impl DescriptorSet {
     }
 
     /// Add a descriptor (SDK container or raw) under `id`, replacing one already there.
-    fn add(&mut self, id: String, descriptor: &[u8]) -> PyResult<()> {
+    fn add(&self, py: Python<'_>, id: String, descriptor: &[u8]) -> PyResult<()> {
         let payload = self.parse(descriptor)?;
-        self.index.insert(id, &payload);
+        // Waits for a scan in progress: without the GIL.
+        py.detach(|| self.shared.index.write().insert(id, &payload));
         Ok(())
     }
 
     /// Remove `id`; false when it was not there.
-    fn remove(&mut self, id: String) -> bool {
-        self.index.remove(&id)
+    fn remove(&self, py: Python<'_>, id: String) -> bool {
+        py.detach(|| self.shared.index.write().remove(&id))
     }
 
-    fn __len__(&self) -> usize {
-        self.index.len()
+    fn __len__(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.shared.index.read().len())
     }
 
-    fn __contains__(&self, id: String) -> bool {
-        self.index.contains(&id)
+    fn __contains__(&self, py: Python<'_>, id: String) -> bool {
+        py.detach(|| self.shared.index.read().contains(&id))
     }
 
     /// `[(id, similarity)]`, best first, ties by id; at most `limit`, all at least `threshold`.
     #[pyo3(name = "match", signature = (descriptor, limit = 3, threshold = 0.0))]
     fn match_(&self, py: Python<'_>, descriptor: &[u8], limit: usize, threshold: f64) -> PyResult<Vec<(String, f64)>> {
-        let query = Query::new(self.index.spec(), &self.parse(descriptor)?);
-        Ok(py.detach(|| self.index.search(&query, limit, threshold)))
+        let query = self.query(descriptor)?;
+        Ok(py.detach(|| self.shared.index.read().search(&query, limit, threshold)))
+    }
+
+    /// What `match` answers, as an awaitable: the search waits, without
+    /// holding the event loop, for the set's next scan on the matching
+    /// threads, which takes every search waiting by then.
+    #[pyo3(signature = (descriptor, limit = 3, threshold = 0.0))]
+    fn search<'py>(&self, py: Python<'py>, descriptor: &[u8], limit: usize, threshold: f64) -> PyResult<Bound<'py, PyAny>> {
+        let query = self.query(descriptor)?;
+        let future = py.import("asyncio")?.call_method0("get_running_loop")?.call_method0("create_future")?;
+        let search = Search { query, limit, threshold, future: future.clone().unbind() };
+        let start = {
+            let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.waiting.push(search);
+            !std::mem::replace(&mut queue.scanning, true)
+        };
+        if start {
+            let shared = self.shared.clone();
+            if let Err(e) = core()?.submit_matching(move || shared.scan_waiting()) {
+                self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()).scanning = false;
+                return Err(PyRuntimeError::new_err(e.to_string()));
+            }
+        }
+        Ok(future)
     }
 }
 

@@ -8,7 +8,7 @@ use std::hash::Hash;
 use crate::descriptor::VersionSpec;
 use crate::index::{Query, Vectors};
 use crate::kernels::kernels;
-use crate::matching::{scan_many, Candidates, TopK};
+use crate::matching::{scan_many, Candidates};
 
 /// Keyed descriptors of one version, searched exhaustively; `K` is the caller's key.
 pub struct FlatIndex<K> {
@@ -71,8 +71,18 @@ impl<K: Clone + Eq + Hash + Ord> FlatIndex<K> {
     where
         K: Sync,
     {
-        let top = scan_many(kernels(), &self.vectors, Candidates::All(self.len()), &[(query, limit, threshold)], &[true], |_, _| true, |row| &self.keys[row]);
-        top.into_iter().flat_map(TopK::into_sorted).map(|h| (h.key.clone(), h.similarity)).collect()
+        self.search_many(&[(query, limit, threshold)]).remove(0)
+    }
+
+    /// [`FlatIndex::search`] for every `(query, limit, threshold)`, in one
+    /// scan: each chunk of rows is read once for all of them.
+    pub fn search_many(&self, queries: &[(&Query, usize, f64)]) -> Vec<Vec<(K, f64)>>
+    where
+        K: Sync,
+    {
+        let takes_all = vec![true; queries.len()];
+        let tops = scan_many(kernels(), &self.vectors, Candidates::All(self.len()), queries, &takes_all, |_, _| true, |row| &self.keys[row]);
+        tops.into_iter().map(|top| top.into_sorted().into_iter().map(|h| (h.key.clone(), h.similarity)).collect()).collect()
     }
 }
 

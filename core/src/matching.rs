@@ -281,12 +281,21 @@ impl Engine {
     /// Run `work` on the matching threads and await its result.
     pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let task = move || {
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| Err(panicked()));
-            let _ = reply.send(out);
-        };
-        self.tx.send(Job::Task(Box::new(task))).map_err(|_| engine_gone())?;
+        self.submit(move || {
+            let _ = reply.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| Err(panicked())));
+        })?;
         answer.await.map_err(|_| engine_gone())?
+    }
+
+    /// Queue `work` for the matching threads, between batches, and return at
+    /// once. A panic in it is logged; the engine goes on.
+    pub fn submit(&self, work: impl FnOnce() + Send + 'static) -> Result<()> {
+        let task = move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+                log::error!("a task on the matching threads panicked");
+            }
+        };
+        self.tx.send(Job::Task(Box::new(task))).map_err(|_| engine_gone())
     }
 }
 

@@ -151,6 +151,12 @@ impl Core {
         &self.versions
     }
 
+    /// Queue `work` for the matching threads (between the engine's batches)
+    /// and return at once: for the native helpers' coalesced searches.
+    pub fn submit_matching(&self, work: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.engine.submit(work)
+    }
+
     /// Whether the store answers. Blocks: call it off the HTTP threads.
     pub fn check_store(&self) -> Result<()> {
         self.store.check()
