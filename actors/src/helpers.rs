@@ -62,22 +62,37 @@ struct Search {
 }
 
 impl Shared {
-    /// On a matching thread: scan what waits, together, until nothing does.
-    fn scan_waiting(&self) {
-        loop {
-            let batch = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                if queue.waiting.is_empty() {
-                    queue.scanning = false;
-                    return;
-                }
-                std::mem::take(&mut queue.waiting)
-            };
-            let queries: Vec<(&Query, usize, f64)> = batch.iter().map(|s| (&s.query, s.limit, s.threshold)).collect();
-            let hits = self.index.read().search_many(&queries);
-            let answers = batch.into_iter().map(|s| s.future).zip(hits).collect();
-            let _ = answers_sender().send(answers);
+    /// On a matching thread: scan the searches waiting now, together, then
+    /// queue the next turn behind the engine's other work, so that a set
+    /// searched without pause never holds the engine from requests.
+    fn scan_waiting(self: Arc<Self>) {
+        let batch = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.waiting.is_empty() {
+                queue.scanning = false;
+                return;
+            }
+            std::mem::take(&mut queue.waiting)
+        };
+        let queries: Vec<(&Query, usize, f64)> = batch.iter().map(|s| (&s.query, s.limit, s.threshold)).collect();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.index.read().search_many(&queries))) {
+            Ok(hits) => {
+                let _ = answers_sender().send(batch.into_iter().map(|s| s.future).zip(hits).collect());
+            }
+            // Its searches are never answered: their callers' own deadlines end them.
+            Err(_) => log::error!("a DescriptorSet scan panicked; {} searches get no answer", batch.len()),
         }
+        self.next_turn();
+    }
+
+    /// Queue [`Shared::scan_waiting`] on the matching threads; false when the engine is gone.
+    fn next_turn(self: Arc<Self>) -> bool {
+        let again = self.clone();
+        let queued = core().is_ok_and(|core| core.submit_matching(move || again.scan_waiting()).is_ok());
+        if !queued {
+            self.queue.lock().unwrap_or_else(|p| p.into_inner()).scanning = false;
+        }
+        queued
     }
 }
 
@@ -190,12 +205,8 @@ impl DescriptorSet {
             queue.waiting.push(search);
             !std::mem::replace(&mut queue.scanning, true)
         };
-        if start {
-            let shared = self.shared.clone();
-            if let Err(e) = core()?.submit_matching(move || shared.scan_waiting()) {
-                self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()).scanning = false;
-                return Err(PyRuntimeError::new_err(e.to_string()));
-            }
+        if start && !self.shared.clone().next_turn() {
+            return Err(PyRuntimeError::new_err("the matching engine stopped"));
         }
         Ok(future)
     }
