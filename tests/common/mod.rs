@@ -306,8 +306,17 @@ pub fn u8_similarity(a: &[u8], b: &[u8]) -> f64 {
     (dot as f64 / ((na as f64) * (nb as f64)).sqrt()).clamp(0.0, 1.0)
 }
 
+/// A port nothing listens on, never the same twice in one test binary: a
+/// service of a test that just ended may still hold a port handed out
+/// before, and another test's service would then fail to bind it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// `reference` with its first `keep` elements kept and the rest from `noise`:
@@ -410,9 +419,10 @@ impl Service {
         }
     }
 
-    /// Wait until `/healthcheck` answers 200.
+    /// Wait until `/healthcheck` answers 200 (a refused or dropped connection
+    /// is not ready yet; the timeout's panic shows the service's log).
     pub fn ready(&self) {
-        self.wait_for(|| std::net::TcpStream::connect(self.addr).is_ok() && self.call("GET", "/healthcheck", None).status == 200, "the service is ready");
+        self.wait_for(|| try_request(self.addr, "GET", "/healthcheck", &[], b"").is_ok_and(|r| r.status == 200), "the service is ready");
     }
 
     /// The `/1/plugins` entry of one plugin.
@@ -578,7 +588,7 @@ impl Instance {
     }
 
     pub fn ready(&self) {
-        self.wait_for(|| std::net::TcpStream::connect(self.addr).is_ok() && self.call("GET", "/healthcheck", None).status == 200, "the instance is ready");
+        self.wait_for(|| try_request(self.addr, "GET", "/healthcheck", &[], b"").is_ok_and(|r| r.status == 200), "the instance is ready");
     }
 
     pub fn wait_for(&self, check: impl Fn() -> bool, what: &str) {
