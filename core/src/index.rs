@@ -60,8 +60,7 @@ impl Rows {
 
     /// A row's bytes, padding included.
     pub fn u8_row(&self, row: usize) -> &[u8] {
-        let blocks = &self.blocks[row * self.row_blocks..(row + 1) * self.row_blocks];
-        unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * 64) }
+        self.u8_rows(row, 1)
     }
 
     /// A row as f32 elements, padding included.

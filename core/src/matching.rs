@@ -693,31 +693,21 @@ impl Bar {
         Bar { c, c2_norm2: c * c * norm2 }
     }
 
-    /// [`Bar::below`] for each row of a block (at most 64), as a bit mask;
-    /// written without branches so that it runs as vector compares.
+    /// [`Bar::below`] for each row of a block (at most 64), as a bit mask.
     #[inline]
     fn below_mask(&self, dots: &[f64], row_norms2: &[f64]) -> u64 {
-        let mut mask = 0;
-        if self.c > 0.0 {
-            for (i, (&dot, &n)) in dots.iter().zip(row_norms2).enumerate() {
-                mask |= u64::from((dot <= 0.0) | (dot * dot < self.c2_norm2 * n)) << i;
-            }
-        } else {
-            for (i, (&dot, &n)) in dots.iter().zip(row_norms2).enumerate() {
-                mask |= u64::from((dot < 0.0) & (dot * dot > self.c2_norm2 * n)) << i;
-            }
-        }
-        mask
+        dots.iter().zip(row_norms2).enumerate().fold(0, |mask, (i, (&dot, &n))| mask | u64::from(self.below(dot, n)) << i)
     }
 
     /// Whether a finite dot product's cosine with a row of `row_norm2` is below `c`
-    /// (a zero vector's cosine counts as 0, as [`cosine`] makes it).
+    /// (a zero vector's cosine counts as 0, as [`cosine`] makes it). Without
+    /// branches (`|`, `&`), so that a block's tests run as vector compares.
     #[inline]
     fn below(&self, dot: f64, row_norm2: f64) -> bool {
         if self.c > 0.0 {
-            dot <= 0.0 || dot * dot < self.c2_norm2 * row_norm2
+            (dot <= 0.0) | (dot * dot < self.c2_norm2 * row_norm2)
         } else {
-            dot < 0.0 && dot * dot > self.c2_norm2 * row_norm2
+            (dot < 0.0) & (dot * dot > self.c2_norm2 * row_norm2)
         }
     }
 }
