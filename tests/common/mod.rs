@@ -247,6 +247,12 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     try_request(addr, method, path, headers, body).unwrap()
 }
 
+/// Whether `/healthcheck` at `addr` answers 200 (a refused or dropped
+/// connection is not healthy yet).
+pub fn healthy(addr: SocketAddr) -> bool {
+    try_request(addr, "GET", "/healthcheck", &[], b"").is_ok_and(|r| r.status == 200)
+}
+
 /// `request`, with a connection that fails (refused, reset, closed before the answer) as an error.
 pub fn try_request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(addr)?;
@@ -419,10 +425,9 @@ impl Service {
         }
     }
 
-    /// Wait until `/healthcheck` answers 200 (a refused or dropped connection
-    /// is not ready yet; the timeout's panic shows the service's log).
+    /// Wait until the service is [`healthy`] (the timeout's panic shows its log).
     pub fn ready(&self) {
-        self.wait_for(|| try_request(self.addr, "GET", "/healthcheck", &[], b"").is_ok_and(|r| r.status == 200), "the service is ready");
+        self.wait_for(|| healthy(self.addr), "the service is ready");
     }
 
     /// The `/1/plugins` entry of one plugin.
@@ -588,7 +593,7 @@ impl Instance {
     }
 
     pub fn ready(&self) {
-        self.wait_for(|| try_request(self.addr, "GET", "/healthcheck", &[], b"").is_ok_and(|r| r.status == 200), "the instance is ready");
+        self.wait_for(|| healthy(self.addr), "the instance is ready");
     }
 
     pub fn wait_for(&self, check: impl Fn() -> bool, what: &str) {
