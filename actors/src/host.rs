@@ -320,26 +320,20 @@ impl Host {
         self.spawn(py, coroutine, limit, Some(context))
     }
 
-    /// For each sub-request, the cheapest `(cost, instance)` among `matchers`,
-    /// computed on the plugin's worker thread within `limit`.
-    pub fn matching_costs(
+    /// For each sub-request, the cheapest `(cost, instance)` among `matchers`.
+    /// Synchronous: call it on the plugin's worker thread ([`crate::worker`]).
+    pub fn matching_costs<'py>(
         &self,
-        py: Python<'_>,
-        name: &str,
-        matchers: &[(usize, Py<PyAny>)],
-        requests: &[Py<PyDict>],
-        limit: Duration,
-        context: &PluginContext,
-    ) -> Hosted<Vec<Option<(f64, usize)>>> {
-        let coroutine = (|| {
-            let matchers = PyList::new(py, matchers.iter().map(|(n, m)| (*n, m.bind(py))))?;
-            self.matching_costs.bind(py).call1((name, matchers, PyList::new(py, requests)?, limit.as_secs_f64()))
-        })();
-        self.spawn(py, coroutine, limit, Some(context))
+        py: Python<'py>,
+        matchers: impl IntoIterator<Item = (usize, &'py Bound<'py, PyAny>)>,
+        requests: Vec<Bound<'py, PyDict>>,
+    ) -> PyResult<Vec<Option<(f64, usize)>>> {
+        let matchers = PyList::new(py, matchers)?;
+        self.matching_costs.bind(py).call1((matchers, PyList::new(py, requests)?))?.extract()
     }
 
     /// `match()` of one instance within `limit`: its answer, hits or an error.
-    pub fn match_(&self, py: Python<'_>, instance: &Py<PyAny>, request: &Py<PyDict>, limit: Duration, context: &PluginContext) -> Hosted<PlainAnswer> {
+    pub fn match_(&self, py: Python<'_>, instance: &Py<PyAny>, request: Bound<'_, PyDict>, limit: Duration, context: &PluginContext) -> Hosted<PlainAnswer> {
         let coroutine = self.match_.bind(py).call1((instance, request, limit.as_secs_f64()));
         self.spawn(py, coroutine, limit, Some(context))
     }

@@ -7,6 +7,7 @@
 //! - [`plugin`]: one supervised actor per plugin; `restart`: when it is restarted.
 //! - [`events`]: monitoring points, bounded queues and the `EventBroker`.
 //! - `watchdog`: names plugin code that holds the shared event loop.
+//! - `worker`: a plugin's thread for its synchronous calls, under their deadline.
 
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod status;
 pub mod supervisor;
 mod venv;
 mod watchdog;
+mod worker;
 
 pub use host::MatchAnswer;
 pub use supervisor::PluginHost;

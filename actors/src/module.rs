@@ -47,23 +47,11 @@ fn _beat() {
     crate::watchdog::beat();
 }
 
-/// Raise `exception` in the Python thread `thread` (a worker thread running a
-/// plugin's synchronous call past its deadline) at its next bytecode.
-#[pyfunction]
-fn _interrupt(thread: u64, exception: &Bound<'_, pyo3::types::PyType>) {
-    // SAFETY: called with the GIL held; the type object outlives the call and
-    // CPython takes its own reference to it.
-    unsafe {
-        pyo3::ffi::PyThreadState_SetAsyncExc(thread as std::ffi::c_long, exception.as_ptr());
-    }
-}
-
 #[pymodule]
 pub fn luna_matcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_log, m)?)?;
     m.add_function(wrap_pyfunction!(_task_failed, m)?)?;
     m.add_function(wrap_pyfunction!(_beat, m)?)?;
-    m.add_function(wrap_pyfunction!(_interrupt, m)?)?;
     m.add_class::<crate::helpers::DescriptorSet>()?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_get_face, m)?)?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_list_faces, m)?)?;

@@ -20,7 +20,6 @@ const SOURCES: &[(&str, bool, &str)] = &[
     ("luna_plugins", true, include_str!("../python/luna_plugins/__init__.py")),
     ("luna_plugins._routes", false, include_str!("../python/luna_plugins/_routes.py")),
     ("luna_plugins._tasks", false, include_str!("../python/luna_plugins/_tasks.py")),
-    ("luna_plugins._workers", false, include_str!("../python/luna_plugins/_workers.py")),
     ("luna_plugins._matching", false, include_str!("../python/luna_plugins/_matching.py")),
     ("luna_plugins._host", false, include_str!("../python/luna_plugins/_host.py")),
     ("luna_plugins.errors", false, include_str!("../python/luna_plugins/errors.py")),

@@ -15,7 +15,7 @@ import types
 import urllib.parse
 
 import luna_matcher
-from luna_plugins import _matching, _routes, _tasks, _workers
+from luna_plugins import _matching, _routes, _tasks
 from luna_plugins.base.monitoring import make_point
 from luna_plugins.base.plugins_meta._base import BaseEventPlugin, BasePlugin
 from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundHandler, BaseBackgroundPlugin, pluginHTTPResponse
@@ -117,14 +117,13 @@ def _is_plugin_class(obj):
 
 def unload(name):
     """Forget a plugin: its module (so the next load imports it afresh),
-    classes, routes and worker thread. Its tasks end with `retire`."""
+    classes and routes. Its tasks end with `retire`."""
     with _load_lock:
         for module in [m for m in list(sys.modules) if m == f"plugins.{name}" or m.startswith(f"plugins.{name}.")]:
             sys.modules.pop(module, None)
         for cls in [c for c, owner in _activated.items() if owner == name]:
             del _activated[cls]
     _routes.drop(name)
-    _workers.retire(name)
 
 
 async def retire(instances, timeout):
@@ -286,23 +285,20 @@ async def serve(template, match_info, method, path, query_string, headers, body,
         raise MalformedResult(f"the route's response cannot be sent: {type(error).__name__}: {error}") from error
 
 
-async def matching_costs(name, instances, requests, timeout):
+def matching_costs(instances, requests):
     """For each sub-request, the cheapest (cost, index) among `instances`
-    ([(index, instance)]), or None; on the plugin's worker thread, within `timeout`."""
-
-    def costs():
-        offers = []
-        for data in requests:
-            request = _matching.request(data)
-            best = None
-            for index, instance in instances:
-                cost = _matching.cost(instance, request)
-                if cost is not None and (best is None or cost < best[0]):
-                    best = (cost, index)
-            offers.append(best)
-        return offers
-
-    return await _workers.run(name, costs, timeout, "getMatchingCost")
+    ([(index, instance)]), or None. Called on the plugin's worker thread,
+    which keeps the deadline."""
+    offers = []
+    for data in requests:
+        request = _matching.request(data)
+        best = None
+        for index, instance in instances:
+            cost = _matching.cost(instance, request)
+            if cost is not None and (best is None or cost < best[0]):
+                best = (cost, index)
+        offers.append(best)
+    return offers
 
 
 async def _answer(instance, request):

@@ -1,6 +1,7 @@
 //! Boot, failure, restart and close of a plugin's actor.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -48,7 +49,7 @@ impl PluginActor {
         };
         let limit = settings.init_timeout;
         let started = bridge(|py| Ok(host().start(py, &objects, limit, &context)));
-        self.instances = objects.into_iter().zip(discovered).map(|(object, d)| Instance { object, kind: d.kind, event_name: d.event_name }).collect();
+        self.instances = Arc::new(objects.into_iter().zip(discovered).map(|(object, d)| Instance { object, kind: d.kind, event_name: d.event_name }).collect());
         self.context = Some(context);
         ctx.spawn(answer(started, Wait::Answer).into_actor(self).map(|outcome, act, ctx| match outcome {
             Ok(_) => act.serve(ctx),
@@ -130,6 +131,8 @@ impl Supervised for PluginActor {
     fn restarting(&mut self, ctx: &mut Self::Context) {
         self.setup.queue.delivering.store(false, Ordering::Release);
         self.setup.routes.set(&self.setup.name, &[]);
+        // Calls queued for the failed generation are cancelled; a blocked one keeps only its thread.
+        self.worker = None;
         let (name, instances, context, limit) =
             (self.setup.name.clone(), std::mem::take(&mut self.instances), self.context.take(), self.setup.settings.close_timeout);
         // Best effort, not awaited: the old instances close, then their tasks are cancelled.

@@ -39,7 +39,7 @@ pub struct MatchCall {
 }
 
 impl MatchCall {
-    fn to_python(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+    fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let reference = PyDict::new(py);
         reference.set_item("type", self.reference_type)?;
         reference.set_item("id", &self.reference_id)?;
@@ -53,7 +53,7 @@ impl MatchCall {
         d.set_item("threshold", self.threshold)?;
         d.set_item("account_id", &self.account_id)?;
         d.set_item("request_id", &self.request_id)?;
-        Ok(d.unbind())
+        Ok(d)
     }
 }
 
@@ -68,20 +68,23 @@ impl Handler<Costs> for PluginActor {
 
     /// `getMatchingCost` runs on the plugin's worker thread, under the
     /// plugin's matching timeout: one that blocks holds neither this actor nor the
-    /// event loop, and is restarted.
+    /// event loop, and is restarted. This thread never takes the GIL for it.
     fn handle(&mut self, Costs(calls): Costs, _: &mut Self::Context) -> Self::Result {
         let none = vec![None; calls.len()];
-        let matchers = self.objects(|i| i.kind == PluginKind::Matching);
-        let context = self.context();
-        let (PluginState::Running, Some(context), false) = (self.state, context, matchers.is_empty()) else {
+        let serves = self.instances.iter().any(|i| i.kind == PluginKind::Matching);
+        let (instances, limit) = (self.instances.clone(), self.setup.settings.matching_timeout);
+        let worker = if self.state == PluginState::Running && serves { self.worker() } else { None };
+        let Some(worker) = worker else {
             return Box::pin(fut::ready(none));
         };
-        let (name, limit) = (self.setup.name.clone(), self.setup.settings.matching_timeout);
-        let costs = bridge(|py| {
-            let requests = calls.iter().map(|c| c.to_python(py)).collect::<PyResult<Vec<_>>>()?;
-            Ok(host().matching_costs(py, &name, &matchers, &requests, limit, &context))
+        let costs = worker.call(limit, "getMatchingCost", move || {
+            bridge(|py| {
+                let matchers = instances.iter().enumerate().filter(|(_, i)| i.kind == PluginKind::Matching).map(|(n, i)| (n, i.object.bind(py)));
+                let requests = calls.iter().map(|c| c.to_python(py)).collect::<PyResult<Vec<_>>>()?;
+                host().matching_costs(py, matchers, requests)
+            })
         });
-        Box::pin(answer(costs, Wait::Caller).into_actor(self).map(move |outcome, act, ctx| match outcome {
+        Box::pin(costs.into_actor(self).map(move |outcome, act, ctx| match outcome {
             Ok(offers) if offers.len() == none.len() => offers,
             Ok(_) => none,
             Err(Failure::NoAnswer(_)) => none,
@@ -123,15 +126,14 @@ impl Handler<Match> for PluginActor {
     type Result = ResponseActFuture<Self, Result<MatchAnswer, MatchFailure>>;
 
     fn handle(&mut self, msg: Match, _: &mut Self::Context) -> Self::Result {
-        let object = self.objects(|i| i.kind == PluginKind::Matching).into_iter().find(|(n, _)| *n == msg.instance).map(|(_, o)| o);
-        let context = self.context();
-        let (PluginState::Running, Some(object), Some(context)) = (self.state, object, context) else {
+        let object = self.instances.get(msg.instance).filter(|i| i.kind == PluginKind::Matching).map(|i| &i.object);
+        let (PluginState::Running, Some(object), Some(context)) = (self.state, object, &self.context) else {
             return Box::pin(fut::ready(Err(MatchFailure::Unavailable)));
         };
         let limit = self.setup.settings.matching_timeout;
         let answered = bridge(|py| {
             let request = msg.calls[msg.index].to_python(py)?;
-            Ok(host().match_(py, &object, &request, limit, &context))
+            Ok(host().match_(py, object, request, limit, context))
         });
         let start = Instant::now();
         Box::pin(answer(answered, Wait::Caller).into_actor(self).map(move |outcome, act, ctx| {

@@ -33,6 +33,7 @@ use crate::restart::RestartPolicy;
 use crate::routes::RouteTable;
 use crate::settings::PluginSettings;
 use crate::status::{PluginKind, PluginState, PluginStatus};
+use crate::worker::Worker;
 
 /// What every plugin of the service knows about it.
 #[derive(Clone)]
@@ -75,12 +76,15 @@ pub(crate) struct PluginActor {
     state: PluginState,
     /// Incremented at every boot; faults of an older generation are stale.
     generation: u64,
-    instances: Vec<Instance>,
+    /// Shared with the worker thread's calls, which outlive no generation's use of them.
+    instances: Arc<Vec<Instance>>,
     /// The contextvars Context plugin code of this generation runs in.
     context: Option<PluginContext>,
     restarts: RestartPolicy,
     /// The delay before the next boot, set when a restart is decided.
     backoff: Option<Duration>,
+    /// The thread of the plugin's synchronous calls, started at the first.
+    worker: Option<Worker>,
 }
 
 impl PluginActor {
@@ -88,7 +92,7 @@ impl PluginActor {
     pub fn new(setup: PluginSetup) -> Self {
         let s = &setup.settings;
         let restarts = RestartPolicy::new(s.max_restarts, s.restart_window, s.backoff_initial, s.backoff_max);
-        PluginActor { setup, state: PluginState::Loading, generation: 0, instances: Vec::new(), context: None, restarts, backoff: None }
+        PluginActor { setup, state: PluginState::Loading, generation: 0, instances: Arc::default(), context: None, restarts, backoff: None, worker: None }
     }
 
     /// The only writer of the plugin's state, here and in its shared status.
@@ -100,6 +104,17 @@ impl PluginActor {
     /// Its own reference to this generation's context, for work that outlives the borrow.
     fn context(&self) -> Option<PluginContext> {
         self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)))
+    }
+
+    /// The worker thread for synchronous calls: a fresh one after a call past
+    /// its deadline retired the last. None if no thread can be started.
+    fn worker(&mut self) -> Option<&Worker> {
+        if self.worker.as_ref().is_none_or(Worker::retired) {
+            self.worker = Worker::start(&self.setup.name)
+                .map_err(|e| log::error!(target: "luna_matcher::plugins", "plugin {}: no worker thread: {e}", self.setup.name))
+                .ok();
+        }
+        self.worker.as_ref()
     }
 
     /// The objects of the running instances that `keep` admits, with their positions.

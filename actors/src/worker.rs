@@ -1,0 +1,129 @@
+//! One thread per plugin for its synchronous calls (`getMatchingCost`): a
+//! call that blocks holds neither the event loop nor the plugin's actor. The
+//! actor hands a call straight to this thread and back, without the event
+//! loop in between; the deadline is kept here, counted from when the call
+//! starts to run (time queued behind another call is not counted). A call
+//! past it is interrupted (`HostTimeout` at its next bytecode) and the thread
+//! retired: the calls queued behind it are cancelled, and the plugin's next
+//! call gets a fresh thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use tokio::sync::oneshot;
+
+use crate::failure::Failure;
+use crate::python::host;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// What the worker thread and its callers share.
+struct Shared {
+    /// Set when the thread is given up: it runs nothing more.
+    retired: AtomicBool,
+    /// The Python thread id of the thread, once it runs.
+    thread: AtomicU64,
+    /// The serial of the call running now (0: none). Written and read with the GIL held.
+    running: AtomicU64,
+    /// Serials of calls handed over.
+    serial: AtomicU64,
+}
+
+/// The worker thread of one plugin; retired when dropped.
+pub struct Worker {
+    jobs: Sender<(u64, Job)>,
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// A worker thread named after plugin `name`.
+    pub fn start(name: &str) -> std::io::Result<Worker> {
+        let (jobs, queue) = mpsc::channel();
+        let shared = Arc::new(Shared { retired: AtomicBool::new(false), thread: AtomicU64::new(0), running: AtomicU64::new(0), serial: AtomicU64::new(0) });
+        let own = shared.clone();
+        std::thread::Builder::new().name(format!("plugin-{name}")).spawn(move || Python::attach(|py| serve(py, queue, &own)))?;
+        Ok(Worker { jobs, shared })
+    }
+
+    /// Whether a call past its deadline retired this worker.
+    pub fn retired(&self) -> bool {
+        self.shared.retired.load(Ordering::Acquire)
+    }
+
+    /// Run `call` (which attaches to Python itself, catching panics) on the
+    /// worker thread within `limit` of its own running time.
+    /// [`Failure::TimedOut`] past it (the call interrupted, the worker
+    /// retired); [`Failure::NoAnswer`] when the worker was retired before it ran.
+    pub fn call<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        what: &'static str,
+        call: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, Failure>> + 'static {
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel();
+        let shared = self.shared.clone();
+        let serial = shared.serial.fetch_add(1, Ordering::Relaxed) + 1;
+        let job: Job = Box::new(move || {
+            let _ = started_tx.send(());
+            let _ = done_tx.send(call());
+        });
+        let sent = self.jobs.send((serial, job)).is_ok();
+        async move {
+            let cancelled = || Failure::NoAnswer("the call was cancelled".into());
+            if !sent || started.await.is_err() {
+                return Err(cancelled());
+            }
+            match tokio::time::timeout(limit, done).await {
+                Ok(outcome) => outcome.unwrap_or_else(|_| Err(cancelled())),
+                Err(_) => {
+                    interrupt(&shared, serial);
+                    Err(Failure::TimedOut(format!("{what} took longer than {}s", limit.as_secs_f64())))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared.retired.store(true, Ordering::Release);
+    }
+}
+
+/// Retire the worker; if call `serial` still runs, raise `HostTimeout` in it.
+fn interrupt(shared: &Shared, serial: u64) {
+    shared.retired.store(true, Ordering::Release);
+    Python::attach(|py| {
+        // With the GIL held the worker cannot finish the call in between.
+        if shared.running.load(Ordering::Acquire) == serial {
+            let exception = host().errors.host_timeout.bind(py);
+            // SAFETY: the GIL is held; CPython takes its own reference to the type.
+            unsafe {
+                pyo3::ffi::PyThreadState_SetAsyncExc(shared.thread.load(Ordering::Acquire) as std::ffi::c_long, exception.as_ptr());
+            }
+        }
+    });
+}
+
+/// The worker thread: runs calls one at a time until retired or dropped. It
+/// keeps one Python thread state and lets go of the GIL while it waits.
+fn serve(py: Python<'_>, mut queue: Receiver<(u64, Job)>, shared: &Shared) {
+    // SAFETY: a plain query of the calling thread's id.
+    shared.thread.store(unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64, Ordering::Release);
+    loop {
+        // The receiver is not Sync: it goes along while the GIL is let go.
+        let next;
+        (next, queue) = py.detach(move || (queue.recv(), queue));
+        let Ok((serial, job)) = next else { return };
+        if shared.retired.load(Ordering::Acquire) {
+            return;
+        }
+        shared.running.store(serial, Ordering::Release);
+        job();
+        shared.running.store(0, Ordering::Release);
+    }
+}
