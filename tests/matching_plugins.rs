@@ -168,6 +168,11 @@ class Hanging(BaseMatcherPlugin):
     async def match(self, request):
         if mode["hang"] == "match":
             await asyncio.sleep(60)
+        while mode["hang"] == "stubborn":  # ignores its cancellation at the deadline
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass
         return MatchResult([])
 "#;
 
@@ -195,7 +200,8 @@ fn a_hanging_matching_plugin_costs_its_matching_timeout_and_the_default_matcher_
     assert_eq!(plugin["result"], json!([]), "the plugin answers while it does not hang");
     assert_eq!(default["result"].as_array().unwrap().len(), 4);
 
-    for hang in ["match", "cost"] {
+    // A match that ignores its cancellation is given up at the deadline and its grace.
+    for hang in ["match", "stubborn", "cost"] {
         assert_eq!(s.call("POST", &format!("/hang/{hang}"), None).status, 200);
         let (fallback, again, took) = answered(&q);
         assert_eq!(fallback["result"], default["result"], "hanging in {hang}: the default matcher answers the plugin's set");

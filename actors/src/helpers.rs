@@ -107,6 +107,7 @@ fn answers_sender() -> &'static mpsc::Sender<Answers> {
         std::thread::Builder::new()
             .name("search-answers".into())
             .spawn(move || {
+                crate::python::keep_thread_state();
                 while let Ok(answers) = rx.recv() {
                     Python::attach(|py| {
                         for (future, hits) in answers {

@@ -107,6 +107,26 @@ pub fn start(plugins_dir: &Path, venv: &Path, service_paths: &[&str], active: &[
     Ok(host)
 }
 
+/// Keep a Python thread state on the calling thread for as long as it lives,
+/// so that each `Python::attach` on it only takes the GIL. Without it every
+/// attach makes a thread state and drops it again, and with it the frame
+/// stack it maps: an mmap and a munmap per call, whose TLB shootdown stops
+/// every core. For long-lived threads that call into Python often (plugin
+/// actors, the search answers); call it while not attached.
+pub fn keep_thread_state() {
+    thread_local!(static KEPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if !KEPT.with(|kept| kept.replace(true)) {
+        // SAFETY: the interpreter is initialized and this thread holds no GIL:
+        // Ensure makes its thread state and takes the GIL, SaveThread lets go
+        // of the GIL and leaves the thread state's count at one, so
+        // PyGILState_Release never drops it.
+        unsafe {
+            pyo3::ffi::PyGILState_Ensure();
+            pyo3::ffi::PyEval_SaveThread();
+        }
+    }
+}
+
 /// Stop the event loop; its thread then returns.
 pub fn stop() {
     Python::attach(|py| {

@@ -276,7 +276,7 @@ async def serve(template, match_info, method, path, query_string, headers, body,
         call = handler if methods is None or verb in methods else None
     if call is None:
         return 405, {}, b""
-    result = await _tasks.within(_call(call, request), timeout, f"route {method} {template}")
+    result = await _tasks.bounded(_call(call, request), timeout, f"route {method} {template}")
     if not isinstance(result, pluginHTTPResponse):
         result = pluginHTTPResponse(body=result if result is not None else "")
     try:
@@ -308,4 +308,4 @@ async def _answer(instance, request):
 async def match(instance, data, timeout):
     """What the plugin's match() answered within `timeout`, as
     `_matching.plain` gives it; MalformedResult when it is not an answer."""
-    return await _tasks.within(_answer(instance, _matching.request(data)), timeout, f"{_describe(instance)}.match")
+    return await _tasks.bounded(_answer(instance, _matching.request(data)), timeout, f"{_describe(instance)}.match")

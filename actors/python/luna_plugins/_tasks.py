@@ -136,23 +136,77 @@ def _watched(task):
         task.exception()
 
 
+class _Deadline:
+    """`timeout` seconds of the calling plugin's own time from now: while other
+    plugins' code holds the loop, its clock stops. One timer, rescheduled
+    by the time others held the loop; `expire()` runs when it is spent."""
+
+    __slots__ = ("_loop", "_name", "_timeout", "_start", "_others", "_timer", "_expire", "expired")
+
+    def __init__(self, timeout, expire):
+        owner = _routes.current_plugin.get()
+        self._loop = asyncio.get_running_loop()
+        self._name = owner[0] if owner else None
+        self._timeout, self._expire, self.expired = timeout, expire, False
+        self._start, self._others = _clock(), _others(self._name)
+        self._timer = self._loop.call_later(timeout, self._check)
+
+    def _check(self):
+        remaining = self._timeout - (_clock() - self._start - (_others(self._name) - self._others))
+        if remaining > 0:
+            self._timer = self._loop.call_later(remaining, self._check)
+        else:
+            self.expired = True
+            self._expire()
+
+    def cancel(self):
+        self._timer.cancel()
+
+
 async def within(awaitable, timeout, what):
     """Await `awaitable` for at most `timeout` seconds of the calling plugin's
-    own time: while other plugins' code holds the loop, its clock stops.
-    On overrun the awaitable is cancelled and HostTimeout raised."""
-    owner = _routes.current_plugin.get()
-    name = owner[0] if owner else None
+    own time. On overrun the awaitable is cancelled and HostTimeout raised
+    at once: the awaitable runs in a task of its own, left behind if it
+    ignores the cancellation. For callers that wait as long as it runs."""
     task = asyncio.ensure_future(awaitable)
     task.add_done_callback(_watched)
-    start, others = _clock(), _others(name)
+    waiter = task.get_loop().create_future()
+
+    def wake(*_):
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    deadline = _Deadline(timeout, wake)
     try:
-        while not task.done():
-            remaining = timeout - (_clock() - start - (_others(name) - others))
-            if remaining <= 0:
-                task.cancel()
-                raise HostTimeout(f"{what} took longer than {timeout:g}s")
-            await asyncio.wait((task,), timeout=remaining)
+        await waiter
     except asyncio.CancelledError:
         task.cancel()
         raise
+    finally:
+        deadline.cancel()
+    if not task.done():
+        task.cancel()
+        raise HostTimeout(f"{what} took longer than {timeout:g}s")
     return task.result()
+
+
+async def bounded(coroutine, timeout, what):
+    """`within` for callers that stop waiting on their own past the deadline
+    (and a grace): the coroutine runs in the calling task, which the
+    deadline cancels, so a call costs no task and no wait of its own. One
+    that ignores the cancellation is left to that caller's deadline."""
+    task = asyncio.current_task()
+    deadline = _Deadline(timeout, task.cancel)
+    try:
+        result = await coroutine
+    except asyncio.CancelledError:
+        if deadline.expired and task.uncancel() == 0:
+            raise HostTimeout(f"{what} took longer than {timeout:g}s") from None
+        raise
+    finally:
+        deadline.cancel()
+    if deadline.expired:  # it swallowed the cancellation
+        task.uncancel()
+        raise HostTimeout(f"{what} took longer than {timeout:g}s")
+    return result

@@ -115,6 +115,7 @@ impl Actor for PluginActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        crate::python::keep_thread_state();
         ctx.run_interval(INTERVAL, |act, _| act.setup.status.flush_log());
         match self.backoff.take() {
             None => self.boot(ctx),
