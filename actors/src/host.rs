@@ -3,18 +3,18 @@
 //! awaited. Functions and exception types are looked up once, at start-up.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::marker::PhantomData;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::conversion::FromPyObjectOwned;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyType};
-use pyo3_async_runtimes::TaskLocals;
+use tokio::sync::oneshot;
 
+use crate::calls::Call;
 use crate::events::{Event, FieldValue};
-use crate::failure::{classify, Failure};
+use crate::failure::{classify, describe, Failure};
+use crate::plugin::{CallRoute, MatchCall};
 use crate::status::PluginKind;
 
 /// How much longer than a host deadline a caller waits: enough for the host
@@ -44,35 +44,11 @@ pub struct Discovered {
 }
 
 /// The contextvars Context one plugin generation's code runs in.
-pub struct PluginContext(Py<PyAny>);
-
-impl PluginContext {
-    /// Another reference to the same Context.
-    pub fn clone_ref(&self, py: Python<'_>) -> PluginContext {
-        PluginContext(self.0.clone_ref(py))
-    }
-}
+#[derive(Clone)]
+pub struct PluginContext(Arc<Py<PyAny>>);
 
 /// An error a plugin's handler raised without failing the call: what, and its traceback.
 pub type HandlerError = (String, String);
-
-/// One route call, as the HTTP layer hands it over.
-pub struct RouteCall<'a> {
-    /// The route's template, as the plugin registered it.
-    pub template: &'a str,
-    /// Values of its `{name}` segments.
-    pub params: &'a [(String, String)],
-    /// The HTTP method.
-    pub method: &'a str,
-    /// The request's path.
-    pub path: &'a str,
-    /// The query string, without `?`.
-    pub query: &'a str,
-    /// The request's headers.
-    pub headers: &'a [(String, String)],
-    /// The request's body.
-    pub body: &'a [u8],
-}
 
 /// A route's answer: status, headers, body.
 pub type RouteAnswer = (u16, HashMap<String, String>, Vec<u8>);
@@ -121,41 +97,34 @@ pub enum Wait {
     Caller,
 }
 
-type PyFuture = Pin<Box<dyn Future<Output = PyResult<Py<PyAny>>> + Send>>;
-
-/// A coroutine running on the event loop, with the deadline it runs under.
+/// A coroutine handed to the event loop ([`crate::calls`]), with the deadline
+/// it runs under. Its outcome is converted on the loop thread: awaiting it
+/// takes no GIL.
 #[must_use]
 pub struct Hosted<T> {
-    future: Result<PyFuture, Failure>,
+    answer: Result<oneshot::Receiver<Result<T, Failure>>, Failure>,
     limit: Duration,
-    _result: PhantomData<fn() -> T>,
 }
 
-impl<T> Hosted<T>
-where
-    T: for<'py> FromPyObjectOwned<'py>,
-{
+impl<T> Hosted<T> {
     /// Its result, or what went wrong.
     pub async fn answer(self, wait: Wait) -> Result<T, Failure> {
-        let future = self.future?;
-        let outcome = match wait {
-            Wait::Answer => future.await,
-            Wait::Caller => match tokio::time::timeout(self.limit + GRACE, future).await {
-                Ok(outcome) => outcome,
-                Err(_) => return Err(Failure::NoAnswer(format!("no answer within {:.1}s", (self.limit + GRACE).as_secs_f64()))),
+        let answer = self.answer?;
+        // The loop dropped the call unanswered: it is stopping.
+        let cancelled = |_| Err(Failure::NoAnswer("the call was cancelled".into()));
+        match wait {
+            Wait::Answer => answer.await.unwrap_or_else(cancelled),
+            Wait::Caller => match tokio::time::timeout(self.limit + GRACE, answer).await {
+                Ok(outcome) => outcome.unwrap_or_else(cancelled),
+                Err(_) => Err(Failure::NoAnswer(format!("no answer within {:.1}s", (self.limit + GRACE).as_secs_f64()))),
             },
-        };
-        Python::attach(|py| match outcome {
-            Ok(value) => value.bind(py).extract::<T>().map_err(|e| Failure::Malformed(crate::failure::describe(py, &e.into()))),
-            Err(e) => Err(classify(py, &e)),
-        })
+        }
     }
 }
 
 /// `luna_plugins._host`, its functions and types, and the event loop it runs on.
 pub struct Host {
     event_loop: Py<PyAny>,
-    locals: TaskLocals,
     /// The host's exception types, for [`crate::failure::classify`].
     pub errors: HostErrors,
     install: Py<PyAny>,
@@ -184,8 +153,8 @@ impl Host {
     pub fn new(py: Python<'_>, event_loop: Py<PyAny>) -> PyResult<Host> {
         let module = py.import("luna_plugins._host")?;
         let f = |name: &str| -> PyResult<Py<PyAny>> { Ok(module.getattr(name)?.unbind()) };
+        crate::calls::install(py, event_loop.bind(py))?;
         Ok(Host {
-            locals: TaskLocals::new(event_loop.bind(py).clone()),
             event_loop,
             errors: HostErrors {
                 host_timeout: type_of(py, "luna_plugins.errors", "HostTimeout")?,
@@ -215,17 +184,37 @@ impl Host {
         &self.event_loop
     }
 
-    /// Run `coroutine` on the event loop, in `context`; `limit` is the host
-    /// deadline it runs under. Call with the GIL.
-    fn spawn<T>(&self, py: Python<'_>, coroutine: PyResult<Bound<'_, PyAny>>, limit: Duration, context: Option<&PluginContext>) -> Hosted<T> {
-        let future = coroutine.and_then(|coroutine| {
-            let locals = match context {
-                Some(ctx) => self.locals.clone().with_context(ctx.0.bind(py).clone()),
-                None => self.locals.clone(),
+    /// Run the coroutine `make` makes on the event loop, in `context`;
+    /// `limit` is the host deadline it runs under. It is made, and its result
+    /// becomes a `T`, on the loop thread: the caller needs no GIL.
+    fn spawn<T>(
+        &self,
+        make: impl for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send + 'static,
+        limit: Duration,
+        context: Option<&PluginContext>,
+    ) -> Hosted<T>
+    where
+        T: for<'py> FromPyObjectOwned<'py> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let finish = move |py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>| {
+            let answer = match outcome {
+                Ok(value) => value.extract::<T>().map_err(|e| Failure::Malformed(describe(py, &e.into()))),
+                Err(e) => Err(classify(py, &e)),
             };
-            pyo3_async_runtimes::into_future_with_locals(&locals, coroutine)
-        });
-        Hosted { future: future.map(|f| Box::pin(f) as PyFuture).map_err(|e| classify(py, &e)), limit, _result: PhantomData }
+            let _ = tx.send(answer);
+        };
+        crate::calls::submit(Call { make: Box::new(make), context: context.map(|c| c.0.clone()), finish: Box::new(finish) });
+        Hosted { answer: Ok(rx), limit }
+    }
+
+    /// [`Host::spawn`] of a coroutine made already, with the GIL.
+    fn spawn_made<T>(&self, coroutine: PyResult<Bound<'_, PyAny>>, limit: Duration, context: Option<&PluginContext>) -> Hosted<T>
+    where
+        T: for<'py> FromPyObjectOwned<'py> + Send + 'static,
+    {
+        let coroutine = coroutine.map(Bound::unbind);
+        self.spawn(move |py| coroutine.map(|c| c.into_bound(py)), limit, context)
     }
 
     /// The text of a Python traceback, for the log.
@@ -267,35 +256,40 @@ impl Host {
 
     /// A fresh contextvars Context for generation `generation` of plugin `name`.
     pub fn context(&self, py: Python<'_>, name: &str, generation: u64) -> PyResult<PluginContext> {
-        Ok(PluginContext(self.context.bind(py).call1((name, generation))?.unbind()))
+        Ok(PluginContext(Arc::new(self.context.bind(py).call1((name, generation))?.unbind())))
     }
 
     /// `initialize()` every instance, each within `limit`; answers None.
     pub fn start(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: &PluginContext) -> Hosted<Py<PyAny>> {
         let coroutine = PyList::new(py, instances).and_then(|i| self.start.bind(py).call1((i, limit.as_secs_f64())));
-        self.spawn(py, coroutine, limit, Some(context))
+        self.spawn_made(coroutine, limit, Some(context))
     }
 
     /// `close()` every instance, each within `limit`: their errors.
     pub fn stop(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: Option<&PluginContext>) -> Hosted<Vec<HandlerError>> {
         let coroutine = PyList::new(py, instances).and_then(|i| self.stop.bind(py).call1((i, limit.as_secs_f64())));
-        self.spawn(py, coroutine, limit, context)
+        self.spawn_made(coroutine, limit, context)
     }
 
     /// Close the instances of a failed generation, each within `limit`, then
     /// cancel the tasks it left.
     pub fn retire(&self, py: Python<'_>, instances: &[Py<PyAny>], limit: Duration, context: &PluginContext) -> Hosted<Py<PyAny>> {
         let coroutine = PyList::new(py, instances).and_then(|i| self.retire.bind(py).call1((i, limit.as_secs_f64())));
-        self.spawn(py, coroutine, limit, Some(context))
+        self.spawn_made(coroutine, limit, Some(context))
     }
 
-    /// Hand `event` to `instances`, each handler within `limit`: their errors.
-    pub fn deliver(&self, py: Python<'_>, instances: &[Py<PyAny>], event: &Event, limit: Duration, context: &PluginContext) -> Hosted<Vec<HandlerError>> {
-        let coroutine = (|| {
-            let points = points(py, event)?;
-            self.deliver.bind(py).call1((PyList::new(py, instances)?, event.name, points, limit.as_secs_f64()))
-        })();
-        self.spawn(py, coroutine, limit, Some(context))
+    /// Hand `event` to `instances`, each handler within `limit`: their
+    /// errors. Its points are made on the loop thread.
+    pub fn deliver(&self, instances: Vec<Arc<Py<PyAny>>>, event: Arc<Event>, limit: Duration, context: &PluginContext) -> Hosted<Vec<HandlerError>> {
+        self.spawn(
+            move |py| {
+                let points = points(py, &event)?;
+                let instances = PyList::new(py, instances.iter().map(|i| i.bind(py)))?;
+                crate::python::host().deliver.bind(py).call1((instances, event.name, points, limit.as_secs_f64()))
+            },
+            limit,
+            Some(context),
+        )
     }
 
     /// The route templates plugin `name` registered.
@@ -303,21 +297,25 @@ impl Host {
         self.route_paths.bind(py).call1((name,))?.extract()
     }
 
-    /// Run the handler of a plugin route within `limit`.
-    pub fn serve(&self, py: Python<'_>, call: &RouteCall<'_>, limit: Duration, context: &PluginContext) -> Hosted<RouteAnswer> {
-        let coroutine = (|| {
-            let headers = PyDict::new(py);
-            for (k, v) in call.headers {
-                headers.set_item(k, v)?;
-            }
-            let params = PyDict::new(py);
-            for (k, v) in call.params {
-                params.set_item(k, v)?;
-            }
-            let body = PyBytes::new(py, call.body);
-            self.serve.bind(py).call1((call.template, params, call.method, call.path, call.query, headers, body, limit.as_secs_f64()))
-        })();
-        self.spawn(py, coroutine, limit, Some(context))
+    /// Run the handler of a plugin route within `limit`. The request is made on the loop thread.
+    pub fn serve(&self, call: CallRoute, limit: Duration, context: &PluginContext) -> Hosted<RouteAnswer> {
+        self.spawn(
+            move |py| {
+                let headers = PyDict::new(py);
+                for (k, v) in &call.headers {
+                    headers.set_item(k, v)?;
+                }
+                let params = PyDict::new(py);
+                for (k, v) in &call.params {
+                    params.set_item(k, v)?;
+                }
+                let body = PyBytes::new(py, &call.body);
+                let args = (&call.template, params, &call.method, &call.path, &call.query, headers, body, limit.as_secs_f64());
+                crate::python::host().serve.bind(py).call1(args)
+            },
+            limit,
+            Some(context),
+        )
     }
 
     /// For each sub-request, the cheapest `(cost, instance)` among `matchers`.
@@ -332,10 +330,17 @@ impl Host {
         self.matching_costs.bind(py).call1((matchers, PyList::new(py, requests)?))?.extract()
     }
 
-    /// `match()` of one instance within `limit`: its answer, hits or an error.
-    pub fn match_(&self, py: Python<'_>, instance: &Py<PyAny>, request: Bound<'_, PyDict>, limit: Duration, context: &PluginContext) -> Hosted<PlainAnswer> {
-        let coroutine = self.match_.bind(py).call1((instance, request, limit.as_secs_f64()));
-        self.spawn(py, coroutine, limit, Some(context))
+    /// `match()` of `instance` for sub-request `index` of `calls` within
+    /// `limit`: its answer, hits or an error. Made on the loop thread.
+    pub fn match_(&self, instance: Arc<Py<PyAny>>, calls: Arc<Vec<MatchCall>>, index: usize, limit: Duration, context: &PluginContext) -> Hosted<PlainAnswer> {
+        self.spawn(
+            move |py| {
+                let request = calls[index].to_python(py)?;
+                crate::python::host().match_.bind(py).call1((instance.bind(py), request, limit.as_secs_f64()))
+            },
+            limit,
+            Some(context),
+        )
     }
 
     /// The plugin, generation and step holding the event loop now, if any.

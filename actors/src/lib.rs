@@ -2,6 +2,7 @@
 //!
 //! - `python`: the embedded interpreter, the `luna_plugins` package and the asyncio loop thread.
 //! - `host`: the typed interface to the host's Python side, and how a hosted call is awaited.
+//! - `calls`: how coroutines reach the event loop, and their outcomes come back.
 //! - `failure`: what went wrong in a call into plugin code, by exception type.
 //! - [`supervisor`]: [`PluginHost`], the handle the HTTP layer uses, and the `PluginSupervisor`.
 //! - [`plugin`]: one supervised actor per plugin; `restart`: when it is restarted.
@@ -11,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod calls;
 mod error_log;
 pub mod events;
 pub(crate) mod failure;

@@ -4,9 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use actix::prelude::*;
-use pyo3::prelude::*;
 
-use super::{answer, bridge, PluginActor};
+use super::PluginActor;
 use crate::events::Wake;
 use crate::failure::Failure;
 use crate::host::Wait;
@@ -22,19 +21,19 @@ impl PluginActor {
         }
         let (event, objects) = loop {
             let Some(event) = self.setup.queue.pop() else { return };
-            let objects: Vec<Py<PyAny>> = self.objects(|i| i.event_name.as_deref() == Some(event.name)).into_iter().map(|(_, o)| o).collect();
+            let objects: Vec<_> = self.instances.iter().filter(|i| i.event_name.as_deref() == Some(event.name)).map(|i| i.object.clone()).collect();
             if objects.is_empty() {
                 self.setup.queue.dropped(1);
                 continue;
             }
             break (event, objects);
         };
-        let (limit, context) = (self.setup.settings.timeout, self.context());
-        let Some(context) = context else { return };
-        let delivery = bridge(|py| Ok(host().deliver(py, &objects, &event, limit, &context)));
+        let Some(context) = &self.context else { return };
+        // No GIL here: the points are made on the loop thread.
+        let delivery = host().deliver(objects, event, self.setup.settings.timeout, context);
         self.setup.queue.delivering.store(true, Ordering::Release);
         let start = Instant::now();
-        ctx.spawn(answer(delivery, Wait::Answer).into_actor(self).map(move |outcome, act, ctx| {
+        ctx.spawn(delivery.answer(Wait::Answer).into_actor(self).map(move |outcome, act, ctx| {
             act.setup.queue.delivering.store(false, Ordering::Release);
             act.setup.status.call(start.elapsed());
             match outcome {

@@ -49,7 +49,9 @@ impl PluginActor {
         };
         let limit = settings.init_timeout;
         let started = bridge(|py| Ok(host().start(py, &objects, limit, &context)));
-        self.instances = Arc::new(objects.into_iter().zip(discovered).map(|(object, d)| Instance { object, kind: d.kind, event_name: d.event_name }).collect());
+        self.instances = Arc::new(
+            objects.into_iter().zip(discovered).map(|(object, d)| Instance { object: Arc::new(object), kind: d.kind, event_name: d.event_name }).collect(),
+        );
         self.context = Some(context);
         ctx.spawn(answer(started, Wait::Answer).into_actor(self).map(|outcome, act, ctx| match outcome {
             Ok(_) => act.serve(ctx),

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::{answer, bridge, PluginActor};
+use super::{bridge, PluginActor};
 use crate::failure::Failure;
 use crate::host::{MatchAnswer, Wait};
 use crate::python::host;
@@ -39,7 +39,7 @@ pub struct MatchCall {
 }
 
 impl MatchCall {
-    fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    pub(crate) fn to_python<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let reference = PyDict::new(py);
         reference.set_item("type", self.reference_type)?;
         reference.set_item("id", &self.reference_id)?;
@@ -126,17 +126,14 @@ impl Handler<Match> for PluginActor {
     type Result = ResponseActFuture<Self, Result<MatchAnswer, MatchFailure>>;
 
     fn handle(&mut self, msg: Match, _: &mut Self::Context) -> Self::Result {
-        let object = self.instances.get(msg.instance).filter(|i| i.kind == PluginKind::Matching).map(|i| &i.object);
+        let object = self.instances.get(msg.instance).filter(|i| i.kind == PluginKind::Matching).map(|i| i.object.clone());
         let (PluginState::Running, Some(object), Some(context)) = (self.state, object, &self.context) else {
             return Box::pin(fut::ready(Err(MatchFailure::Unavailable)));
         };
-        let limit = self.setup.settings.matching_timeout;
-        let answered = bridge(|py| {
-            let request = msg.calls[msg.index].to_python(py)?;
-            Ok(host().match_(py, object, request, limit, context))
-        });
+        // No GIL here: the request is made on the loop thread.
+        let answered = host().match_(object, msg.calls, msg.index, self.setup.settings.matching_timeout, context);
         let start = Instant::now();
-        Box::pin(answer(answered, Wait::Caller).into_actor(self).map(move |outcome, act, ctx| {
+        Box::pin(answered.answer(Wait::Caller).into_actor(self).map(move |outcome, act, ctx| {
             act.setup.status.call(start.elapsed());
             match outcome {
                 Ok(answer) => Ok(MatchAnswer::from(answer)),

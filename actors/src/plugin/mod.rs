@@ -64,7 +64,8 @@ pub(crate) struct PluginSetup {
 
 /// One constructed plugin class of the running generation.
 struct Instance {
-    object: Py<PyAny>,
+    /// Shared with calls made on the loop thread, without the GIL.
+    object: Arc<Py<PyAny>>,
     kind: PluginKind,
     event_name: Option<String>,
 }
@@ -103,7 +104,7 @@ impl PluginActor {
 
     /// Its own reference to this generation's context, for work that outlives the borrow.
     fn context(&self) -> Option<PluginContext> {
-        self.context.as_ref().map(|c| Python::attach(|py| c.clone_ref(py)))
+        self.context.clone()
     }
 
     /// The worker thread for synchronous calls: a fresh one after a call past

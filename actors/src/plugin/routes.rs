@@ -4,9 +4,9 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::{answer, bridge, Fault, PluginActor};
+use super::{Fault, PluginActor};
 use crate::failure::Failure;
-use crate::host::{RouteCall, Wait};
+use crate::host::Wait;
 use crate::python::host;
 use crate::status::PluginState;
 
@@ -61,23 +61,14 @@ impl Handler<CallRoute> for PluginActor {
             let state = self.state;
             return Box::pin(async move { Err(RouteError::Unavailable(state)) });
         };
-        let limit = self.setup.settings.timeout;
-        let call = RouteCall {
-            template: &msg.template,
-            params: &msg.params,
-            method: &msg.method,
-            path: &msg.path,
-            query: &msg.query,
-            headers: &msg.headers,
-            body: &msg.body,
-        };
-        let served = bridge(|py| Ok(host().serve(py, &call, limit, &context)));
+        let route = format!("route {} {}", msg.method, msg.path);
+        // No GIL here: the request is made on the loop thread.
+        let served = host().serve(msg, self.setup.settings.timeout, &context);
         let (status, me, generation) = (self.setup.status.clone(), ctx.address(), self.generation);
         Box::pin(async move {
             let start = Instant::now();
-            let outcome = answer(served, Wait::Caller).await;
+            let outcome = served.answer(Wait::Caller).await;
             status.call(start.elapsed());
-            let route = format!("route {} {}", msg.method, msg.path);
             match outcome {
                 Ok((code, headers, body)) => Ok(RouteReply { status: code, headers: headers.into_iter().collect(), body }),
                 Err(Failure::TimedOut(e)) => {

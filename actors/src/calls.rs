@@ -1,0 +1,128 @@
+//! How coroutines reach the event loop. A caller pushes one onto a queue and
+//! wakes the loop through a socket the loop watches, without a Python call;
+//! the loop thread starts every queued coroutine as a task when it wakes and
+//! converts each outcome there, into a Rust value sent back on a channel. So
+//! the caller's thread never waits for the GIL to hand a call over or to
+//! learn its answer, and a burst of calls costs the loop one wake-up.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use pyo3::prelude::*;
+
+/// Makes a call's coroutine, on the loop thread.
+pub type Make = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
+
+/// What the loop thread does with a call's outcome: the coroutine's result, or what it raised.
+pub type Finish = Box<dyn for<'py> FnOnce(Python<'py>, PyResult<Bound<'py, PyAny>>) + Send>;
+
+/// A coroutine for the loop, the contextvars Context it runs in, and where its outcome goes.
+pub struct Call {
+    /// Makes the coroutine.
+    pub make: Make,
+    /// The Context its task copies (a plugin generation's), if any.
+    pub context: Option<Arc<Py<PyAny>>>,
+    /// Takes the outcome, on the loop thread.
+    pub finish: Finish,
+}
+
+struct Calls {
+    event_loop: Py<PyAny>,
+    queue: Mutex<Vec<Call>>,
+    /// A wake-up byte is on its way: later calls need not send another.
+    pending: AtomicBool,
+    wake: UnixStream,
+    woken: UnixStream,
+}
+
+static CALLS: OnceLock<Calls> = OnceLock::new();
+
+/// Watch the wake-up socket on `event_loop`. Once, before the first [`submit`].
+pub fn install(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+    let (wake, woken) = UnixStream::pair()?;
+    wake.set_nonblocking(true)?;
+    woken.set_nonblocking(true)?;
+    let fd = woken.as_raw_fd();
+    let calls = Calls { event_loop: event_loop.clone().unbind(), queue: Mutex::new(Vec::new()), pending: AtomicBool::new(false), wake, woken };
+    if CALLS.set(calls).is_err() {
+        return Ok(());
+    }
+    let take = wrap_pyfunction!(_take_calls, py)?;
+    // add_reader is not thread-safe: the loop's own thread runs it.
+    event_loop.call_method1("call_soon_threadsafe", (event_loop.getattr("add_reader")?, fd, take))?;
+    Ok(())
+}
+
+/// Queue `call` for the loop thread and wake it, unless a wake-up is on its way.
+pub fn submit(call: Call) {
+    let calls = CALLS.get().expect("calls are installed with the host");
+    calls.queue.lock().unwrap_or_else(|p| p.into_inner()).push(call);
+    if !calls.pending.swap(true, Ordering::AcqRel) {
+        // A full socket buffer already holds a wake-up.
+        let _ = (&calls.wake).write(&[1]);
+    }
+}
+
+/// On the loop thread, when the socket wakes it: start every queued call.
+#[pyfunction]
+fn _take_calls(py: Python<'_>) {
+    let Some(calls) = CALLS.get() else { return };
+    let mut bytes = [0u8; 256];
+    while matches!((&calls.woken).read(&mut bytes), Ok(n) if n > 0) {}
+    // Before taking the queue: a call pushed from now on sends a new wake-up.
+    calls.pending.store(false, Ordering::Release);
+    let batch = std::mem::take(&mut *calls.queue.lock().unwrap_or_else(|p| p.into_inner()));
+    let event_loop = calls.event_loop.bind(py);
+    for call in batch {
+        start(py, event_loop, call);
+    }
+}
+
+/// Run the call's coroutine as a task (in a copy of its Context, as any
+/// task made there would be) whose end hands its outcome to `finish`.
+fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, Call { make, context, finish }: Call) {
+    let task = (|| {
+        let coroutine = make(py)?;
+        let create_task = event_loop.getattr("create_task")?;
+        match &context {
+            Some(context) => context.bind(py).call_method1("run", (create_task, coroutine)),
+            None => create_task.call1((coroutine,)),
+        }
+    })();
+    let done = Done(Mutex::new(Some(finish)));
+    let failed = match task {
+        Ok(task) => match Bound::new(py, done) {
+            Ok(done) => match task.call_method1("add_done_callback", (done.clone(),)) {
+                Ok(_) => return,
+                Err(e) => (done.borrow().take(), e),
+            },
+            Err(e) => return log::error!("a call's completion could not be made: {e}"),
+        },
+        Err(e) => (done.take(), e),
+    };
+    if let (Some(finish), e) = failed {
+        finish(py, Err(e));
+    }
+}
+
+/// A task's done callback: its outcome to the call's `finish`, once.
+#[pyclass]
+struct Done(Mutex<Option<Finish>>);
+
+impl Done {
+    fn take(&self) -> Option<Finish> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[pymethods]
+impl Done {
+    fn __call__(&self, task: &Bound<'_, PyAny>) {
+        if let Some(finish) = self.take() {
+            finish(task.py(), task.call_method0("result"));
+        }
+    }
+}
