@@ -1,9 +1,10 @@
-//! How coroutines reach the event loop. A caller pushes one onto a queue and
+//! How work reaches the event loop. A caller pushes a job onto a queue and
 //! wakes the loop through a socket the loop watches, without a Python call;
-//! the loop thread starts every queued coroutine as a task when it wakes and
-//! converts each outcome there, into a Rust value sent back on a channel. So
-//! the caller's thread never waits for the GIL to hand a call over or to
-//! learn its answer, and a burst of calls costs the loop one wake-up.
+//! the loop thread runs every queued job when it wakes. A [`Call`] is such a
+//! job: it starts a coroutine as a task and converts its outcome there, into
+//! a Rust value sent back on a channel. So the caller's thread never waits
+//! for the GIL to hand work over or to learn its answer, and a burst costs
+//! the loop one wake-up.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -29,9 +30,11 @@ pub struct Call {
     pub finish: Finish,
 }
 
+type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send>;
+
 struct Calls {
     event_loop: Py<PyAny>,
-    queue: Mutex<Vec<Call>>,
+    queue: Mutex<Vec<Job>>,
     /// A wake-up byte is on its way: later calls need not send another.
     pending: AtomicBool,
     wake: UnixStream,
@@ -40,7 +43,7 @@ struct Calls {
 
 static CALLS: OnceLock<Calls> = OnceLock::new();
 
-/// Watch the wake-up socket on `event_loop`. Once, before the first [`submit`].
+/// Watch the wake-up socket on `event_loop`. Once, before the first [`on_loop`].
 pub fn install(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
     let (wake, woken) = UnixStream::pair()?;
     wake.set_nonblocking(true)?;
@@ -56,17 +59,28 @@ pub fn install(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
     Ok(())
 }
 
-/// Queue `call` for the loop thread and wake it, unless a wake-up is on its way.
+/// Start `call` on the loop thread.
 pub fn submit(call: Call) {
+    on_loop(move |py| start(py, call));
+}
+
+/// Queue `job` for the loop thread and wake it, unless a wake-up is on its
+/// way. Never waits for Python: the matching threads call it.
+pub fn on_loop(job: impl for<'py> FnOnce(Python<'py>) + Send + 'static) {
     let calls = CALLS.get().expect("calls are installed with the host");
-    calls.queue.lock().unwrap_or_else(|p| p.into_inner()).push(call);
+    calls.queue.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(job));
     if !calls.pending.swap(true, Ordering::AcqRel) {
         // A full socket buffer already holds a wake-up.
         let _ = (&calls.wake).write(&[1]);
     }
 }
 
-/// On the loop thread, when the socket wakes it: start every queued call.
+/// The event loop, for jobs that run on it.
+pub fn event_loop(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
+    CALLS.get().map(|calls| calls.event_loop.bind(py))
+}
+
+/// On the loop thread, when the socket wakes it: run every queued job.
 #[pyfunction]
 fn _take_calls(py: Python<'_>) {
     let Some(calls) = CALLS.get() else { return };
@@ -75,18 +89,17 @@ fn _take_calls(py: Python<'_>) {
     // Before taking the queue: a call pushed from now on sends a new wake-up.
     calls.pending.store(false, Ordering::Release);
     let batch = std::mem::take(&mut *calls.queue.lock().unwrap_or_else(|p| p.into_inner()));
-    let event_loop = calls.event_loop.bind(py);
-    for call in batch {
-        start(py, event_loop, call);
+    for job in batch {
+        job(py);
     }
 }
 
 /// Run the call's coroutine as a task (in a copy of its Context, as any
 /// task made there would be) whose end hands its outcome to `finish`.
-fn start(py: Python<'_>, event_loop: &Bound<'_, PyAny>, Call { make, context, finish }: Call) {
+fn start(py: Python<'_>, Call { make, context, finish }: Call) {
     let task = (|| {
         let coroutine = make(py)?;
-        let create_task = event_loop.getattr("create_task")?;
+        let create_task = CALLS.get().expect("installed").event_loop.bind(py).getattr("create_task")?;
         match &context {
             Some(context) => context.bind(py).call_method1("run", (create_task, coroutine)),
             None => create_task.call1((coroutine,)),

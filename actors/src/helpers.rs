@@ -7,7 +7,6 @@
 //! that wait while a set is being scanned are scanned together next, on the
 //! matching threads, each chunk of the set read once for all of them.
 
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use luna_core::catalog::StoredFace;
@@ -77,7 +76,8 @@ impl Shared {
         let queries: Vec<(&Query, usize, f64)> = batch.iter().map(|s| (&s.query, s.limit, s.threshold)).collect();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.index.read().search_many(&queries))) {
             Ok(hits) => {
-                let _ = answers_sender().send(batch.into_iter().map(|s| s.future).zip(hits).collect());
+                let answers: Vec<_> = batch.into_iter().map(|s| s.future).zip(hits).collect();
+                crate::calls::on_loop(move |py| answers.into_iter().for_each(|(future, hits)| resolve(py, future.bind(py), hits)));
             }
             // Its searches are never answered: their callers' own deadlines end them.
             Err(_) => log::error!("a DescriptorSet scan panicked; {} searches get no answer", batch.len()),
@@ -96,41 +96,30 @@ impl Shared {
     }
 }
 
-type Answers = Vec<(Py<PyAny>, Vec<(String, f64)>)>;
-
-/// Where scans leave their answers: one thread takes the GIL to hand them to
-/// their event loops, so the matching threads never wait for Python.
-fn answers_sender() -> &'static mpsc::Sender<Answers> {
-    static SENDER: OnceLock<mpsc::Sender<Answers>> = OnceLock::new();
-    SENDER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Answers>();
-        std::thread::Builder::new()
-            .name("search-answers".into())
-            .spawn(move || {
-                crate::python::keep_thread_state();
-                while let Ok(answers) = rx.recv() {
-                    Python::attach(|py| {
-                        for (future, hits) in answers {
-                            // A loop that closed, or a future cancelled meanwhile, wants no answer.
-                            let _ = resolve_later(py, future.bind(py), hits);
-                        }
-                    });
-                }
-            })
-            .expect("the search answers thread");
-        tx
-    })
+/// On the service's event loop (scans answer through [`crate::calls`], so
+/// the matching threads never wait for Python): the search's result, unless
+/// it was cancelled meanwhile. A future of another loop (a plugin's own
+/// thread) gets it on that loop.
+fn resolve(py: Python<'_>, future: &Bound<'_, PyAny>, hits: Vec<(String, f64)>) {
+    let outcome = (|| -> PyResult<()> {
+        let owner = future.call_method0("get_loop")?;
+        if crate::calls::event_loop(py).is_some_and(|service| service.is(&owner)) {
+            set_result(future, hits.into_pyobject(py)?.into_any())
+        } else {
+            owner.call_method1("call_soon_threadsafe", (wrap_pyfunction!(_resolve_search, py)?, future, hits)).map(drop)
+        }
+    })();
+    // A closed loop wants no answer.
+    drop(outcome);
 }
 
-fn resolve_later(py: Python<'_>, future: &Bound<'_, PyAny>, hits: Vec<(String, f64)>) -> PyResult<()> {
-    let resolve = wrap_pyfunction!(_resolve_search, py)?;
-    future.call_method0("get_loop")?.call_method1("call_soon_threadsafe", (resolve, future, hits))?;
-    Ok(())
-}
-
-/// On the future's loop: its result, unless it was cancelled.
+/// On the future's own loop: its result, unless it was cancelled.
 #[pyfunction]
 fn _resolve_search(future: &Bound<'_, PyAny>, hits: Bound<'_, PyAny>) -> PyResult<()> {
+    set_result(future, hits)
+}
+
+fn set_result(future: &Bound<'_, PyAny>, hits: Bound<'_, PyAny>) -> PyResult<()> {
     if !future.call_method0("done")?.is_truthy()? {
         future.call_method1("set_result", (hits,))?;
     }
