@@ -90,7 +90,11 @@ fn _take_calls(py: Python<'_>) {
     calls.pending.store(false, Ordering::Release);
     let batch = std::mem::take(&mut *calls.queue.lock().unwrap_or_else(|p| p.into_inner()));
     for job in batch {
-        job(py);
+        // A job that panics loses its own answer (its caller sees the call
+        // cancelled), not the jobs queued behind it.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(py))).is_err() {
+            log::error!("a call on the event loop panicked");
+        }
     }
 }
 

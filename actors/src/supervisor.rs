@@ -12,7 +12,7 @@ use actix::prelude::*;
 use crate::events::{Barrier, Event, EventBroker, EventQueue, Publish};
 use crate::host::{MatchAnswer, GRACE};
 use crate::plugin::{
-    CallRoute, Close, Costs, CountError, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
+    CallRoute, Close, CostSlot, CountError, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
 };
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
@@ -21,6 +21,7 @@ use crate::status::{PluginKind, PluginReport, PluginState, PluginStatus};
 struct Plugin {
     status: Arc<PluginStatus>,
     queue: Arc<EventQueue>,
+    costs: Arc<CostSlot>,
     addr: Addr<PluginActor>,
     /// Keeps the plugin's thread alive.
     _arbiter: Arbiter,
@@ -79,6 +80,8 @@ pub struct PluginHost {
     routes: Arc<RouteTable>,
     statuses: Vec<Arc<PluginStatus>>,
     actors: HashMap<String, Addr<PluginActor>>,
+    /// Where each plugin's actor publishes how its costs are asked.
+    costs: HashMap<String, Arc<CostSlot>>,
     required: Vec<String>,
     /// Each plugin's matching timeout: how long it may take to state its
     /// costs, or to answer a sub-request.
@@ -106,6 +109,7 @@ impl PluginHost {
         for name in active {
             let status = Arc::new(PluginStatus::new(name));
             let queue = Arc::new(EventQueue::new(config.queue_size, status.dropped.clone()));
+            let costs = Arc::new(CostSlot::default());
             let arbiter = Arbiter::new();
             let setup = PluginSetup {
                 name: name.clone(),
@@ -115,9 +119,10 @@ impl PluginHost {
                 broker: broker.clone(),
                 routes: routes.clone(),
                 queue: queue.clone(),
+                costs: costs.clone(),
             };
             let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_: &mut Context<PluginActor>| PluginActor::new(setup));
-            plugins.push(Plugin { status, queue, addr, _arbiter: arbiter });
+            plugins.push(Plugin { status, queue, costs, addr, _arbiter: arbiter });
         }
         let actors: HashMap<String, Addr<PluginActor>> = plugins.iter().map(|p| (p.status.name.clone(), p.addr.clone())).collect();
         let sink = actors.clone();
@@ -127,6 +132,7 @@ impl PluginHost {
             }
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();
+        let costs = plugins.iter().map(|p| (p.status.name.clone(), p.costs.clone())).collect();
         let matching_timeouts = active.iter().map(|name| (name.clone(), config.settings(name).matching_timeout)).collect();
         let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
         Ok(PluginHost {
@@ -135,6 +141,7 @@ impl PluginHost {
             routes,
             statuses,
             actors,
+            costs,
             required: config.required.clone(),
             matching_timeouts,
             default_cost: config.default_matcher_cost,
@@ -169,15 +176,17 @@ impl PluginHost {
 
     /// For each sub-request, the cheapest matching plugin below the default
     /// matcher's cost: (plugin, instance); None goes to the default matcher.
-    /// A plugin that does not state its costs within its matching timeout is left out.
+    /// Asked on this thread through each plugin's cost path, not its actor. A
+    /// plugin that does not state its costs within its matching timeout is left out.
     pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<(String, usize)>> {
-        let asks = self.matchers().into_iter().map(|name| {
-            let ask = self.actors[name].send(Costs(calls.clone()));
-            async move { (name, tokio::time::timeout(self.matching_timeout(name) + GRACE, ask).await) }
+        let asks = self.matchers().into_iter().filter_map(|name| {
+            let path = self.costs[name].lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+            let ask = path.costs(calls.clone());
+            Some(async move { (name, tokio::time::timeout(self.matching_timeout(name) + GRACE, ask).await) })
         });
         let mut best: Vec<Option<(f64, String, usize)>> = vec![None; calls.len()];
         for (name, offers) in futures_util::future::join_all(asks).await {
-            let Ok(Ok(offers)) = offers else { continue };
+            let Ok(offers) = offers else { continue };
             for (slot, offer) in best.iter_mut().zip(offers) {
                 if let Some((cost, instance)) = offer.filter(|(c, _)| *c < self.default_cost && slot.as_ref().is_none_or(|(b, _, _)| c < b)) {
                     *slot = Some((cost, name.to_owned(), instance));

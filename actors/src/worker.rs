@@ -1,11 +1,12 @@
-//! One thread per plugin for its synchronous calls (`getMatchingCost`): a
-//! call that blocks holds neither the event loop nor the plugin's actor. The
-//! actor hands a call straight to this thread and back, without the event
-//! loop in between; the deadline is kept here, counted from when the call
-//! starts to run (time queued behind another call is not counted). A call
-//! past it is interrupted (`HostTimeout` at its next bytecode) and the thread
-//! retired: the calls queued behind it are cancelled, and the plugin's next
-//! call gets a fresh thread.
+//! One thread per plugin generation for its synchronous calls
+//! (`getMatchingCost`): a call that blocks holds neither its caller, the
+//! plugin's actor nor the event loop. A request's thread hands a call
+//! straight to this thread and back (no actor, no event loop in between),
+//! without taking the GIL; the deadline is kept here, counted from when the
+//! call starts to run (time queued behind another call is not counted). A
+//! call past it is interrupted (`HostTimeout` at its next bytecode) and the
+//! thread retired: the calls queued behind it are cancelled, and the
+//! restarted plugin gets a fresh thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -80,7 +81,10 @@ impl Worker {
             match tokio::time::timeout(limit, done).await {
                 Ok(outcome) => outcome.unwrap_or_else(|_| Err(cancelled())),
                 Err(_) => {
-                    interrupt(&shared, serial);
+                    // Retired at once; the GIL is taken on a thread of its own,
+                    // as the caller may be one that never calls into Python.
+                    shared.retired.store(true, Ordering::Release);
+                    let _ = std::thread::Builder::new().name("plugin-interrupt".into()).spawn(move || interrupt(&shared, serial));
                     Err(Failure::TimedOut(format!("{what} took longer than {}s", limit.as_secs_f64())))
                 }
             }
@@ -94,9 +98,8 @@ impl Drop for Worker {
     }
 }
 
-/// Retire the worker; if call `serial` still runs, raise `HostTimeout` in it.
+/// If call `serial` still runs, raise `HostTimeout` in it.
 fn interrupt(shared: &Shared, serial: u64) {
-    shared.retired.store(true, Ordering::Release);
     Python::attach(|py| {
         // With the GIL held the worker cannot finish the call in between.
         if shared.running.load(Ordering::Acquire) == serial {

@@ -88,6 +88,7 @@ impl PluginActor {
             self.setup.queue.discard();
         }
         self.subscribe(ctx, event_names);
+        self.open_cost_path(ctx);
         self.set_state(PluginState::Running);
         log::info!(target: "luna_matcher::plugins", "plugin {} running (generation {})", self.setup.name, self.generation);
         self.deliver_next(ctx);
@@ -134,8 +135,7 @@ impl Supervised for PluginActor {
     fn restarting(&mut self, ctx: &mut Self::Context) {
         self.setup.queue.delivering.store(false, Ordering::Release);
         self.setup.routes.set(&self.setup.name, &[]);
-        // Calls queued for the failed generation are cancelled; a blocked one keeps only its thread.
-        self.worker = None;
+        self.close_cost_path();
         let (name, instances, context, limit) =
             (self.setup.name.clone(), std::mem::take(&mut self.instances), self.context.take(), self.setup.settings.close_timeout);
         // Best effort, not awaited: the old instances close, then their tasks are cancelled.
@@ -217,6 +217,7 @@ impl Handler<Close> for PluginActor {
         if !failed {
             self.set_state(PluginState::Stopping);
         }
+        self.close_cost_path();
         self.setup.routes.set(&self.setup.name, &[]);
         let queue = self.setup.queue.clone();
         // The delivery in flight ends within its handlers' deadline, unless the loop is held.

@@ -1,17 +1,18 @@
 //! Matching plugins: their costs for the sub-requests of a request, and their answers.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use super::{bridge, PluginActor};
+use super::{bridge, Fault, Instance, PluginActor};
 use crate::failure::Failure;
 use crate::host::{MatchAnswer, Wait};
 use crate::python::host;
 use crate::status::{PluginKind, PluginState};
+use crate::worker::Worker;
 
 /// One sub-request of the proxy pipeline, as matching plugins get it.
 #[derive(Debug, Clone)]
@@ -57,43 +58,81 @@ impl MatchCall {
     }
 }
 
-/// The plugin's cheapest offer for each sub-request: (cost, instance), or
-/// None where no matching class of it takes the sub-request.
-#[derive(Message)]
-#[rtype(result = "Vec<Option<(f64, usize)>>")]
-pub(crate) struct Costs(pub Arc<Vec<MatchCall>>);
+/// How the pipeline asks a running plugin its costs straight from the
+/// request's thread: the plugin's worker thread, its instances, its deadline.
+/// Its actor publishes one in the plugin's [`CostSlot`] while the plugin
+/// runs and takes it back when it stops; a failure goes back to the actor
+/// as a [`Fault`] of the generation that made it.
+#[derive(Clone)]
+pub(crate) struct CostPath {
+    worker: Arc<Worker>,
+    instances: Arc<Vec<Instance>>,
+    limit: Duration,
+    generation: u64,
+    actor: Addr<PluginActor>,
+}
 
-impl Handler<Costs> for PluginActor {
-    type Result = ResponseActFuture<Self, Vec<Option<(f64, usize)>>>;
+/// Where a plugin's actor publishes its [`CostPath`]; empty while it does not run.
+pub(crate) type CostSlot = Mutex<Option<CostPath>>;
 
+impl CostPath {
+    /// The plugin's cheapest offer for each sub-request: (cost, instance), or
+    /// None where no matching class of it takes the sub-request.
     /// `getMatchingCost` runs on the plugin's worker thread, under the
-    /// plugin's matching timeout: one that blocks holds neither this actor nor the
-    /// event loop, and is restarted. This thread never takes the GIL for it.
-    fn handle(&mut self, Costs(calls): Costs, _: &mut Self::Context) -> Self::Result {
+    /// plugin's matching timeout: one that blocks holds neither the caller,
+    /// the actor nor the event loop, and its plugin is restarted.
+    pub async fn costs(self, calls: Arc<Vec<MatchCall>>) -> Vec<Option<(f64, usize)>> {
         let none = vec![None; calls.len()];
-        let serves = self.instances.iter().any(|i| i.kind == PluginKind::Matching);
-        let (instances, limit) = (self.instances.clone(), self.setup.settings.matching_timeout);
-        let worker = if self.state == PluginState::Running && serves { self.worker() } else { None };
-        let Some(worker) = worker else {
-            return Box::pin(fut::ready(none));
-        };
-        let costs = worker.call(limit, "getMatchingCost", move || {
+        // A call past its deadline retired the worker; the restart brings another.
+        if self.worker.retired() {
+            return none;
+        }
+        let instances = self.instances;
+        let asked = self.worker.call(self.limit, "getMatchingCost", move || {
             bridge(|py| {
                 let matchers = instances.iter().enumerate().filter(|(_, i)| i.kind == PluginKind::Matching).map(|(n, i)| (n, i.object.bind(py)));
                 let requests = calls.iter().map(|c| c.to_python(py)).collect::<PyResult<Vec<_>>>()?;
                 host().matching_costs(py, matchers, requests)
             })
         });
-        Box::pin(costs.into_actor(self).map(move |outcome, act, ctx| match outcome {
+        match asked.await {
             Ok(offers) if offers.len() == none.len() => offers,
-            Ok(_) => none,
-            Err(Failure::NoAnswer(_)) => none,
+            Ok(_) | Err(Failure::NoAnswer(_)) => none,
             Err(e) => {
                 let what = if matches!(e, Failure::TimedOut(_)) { "getMatchingCost timed out" } else { "getMatchingCost raised" };
-                act.fail_with(ctx, what, &e);
+                let error = format!("{what}: {}", e.summary());
+                self.actor.do_send(Fault { generation: self.generation, error, traceback: e.traceback().map(str::to_owned) });
                 none
             }
-        }))
+        }
+    }
+}
+
+impl PluginActor {
+    /// Publish the running generation's [`CostPath`], if it has matching classes.
+    pub(super) fn open_cost_path(&mut self, ctx: &mut Context<Self>) {
+        if !self.instances.iter().any(|i| i.kind == PluginKind::Matching) {
+            return;
+        }
+        match Worker::start(&self.setup.name) {
+            Ok(worker) => {
+                let path = CostPath {
+                    worker: Arc::new(worker),
+                    instances: self.instances.clone(),
+                    limit: self.setup.settings.matching_timeout,
+                    generation: self.generation,
+                    actor: ctx.address(),
+                };
+                *self.setup.costs.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+            }
+            Err(e) => self.setup.status.error(format!("no worker thread for getMatchingCost: {e}"), None),
+        }
+    }
+
+    /// Take the [`CostPath`] back: calls queued on its worker are cancelled;
+    /// a blocked one keeps only its thread.
+    pub(super) fn close_cost_path(&mut self) {
+        self.setup.costs.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 }
 

@@ -22,7 +22,7 @@ use actix::prelude::*;
 use pyo3::prelude::*;
 
 pub(crate) use lifecycle::{Close, CountError, Fault};
-pub(crate) use matching::{Costs, Match};
+pub(crate) use matching::{CostSlot, Match};
 pub use matching::{MatchCall, MatchFailure};
 pub use routes::{CallRoute, RouteError, RouteReply};
 
@@ -33,7 +33,6 @@ use crate::restart::RestartPolicy;
 use crate::routes::RouteTable;
 use crate::settings::PluginSettings;
 use crate::status::{PluginKind, PluginState, PluginStatus};
-use crate::worker::Worker;
 
 /// What every plugin of the service knows about it.
 #[derive(Clone)]
@@ -60,6 +59,8 @@ pub(crate) struct PluginSetup {
     pub routes: Arc<RouteTable>,
     /// Its event queue.
     pub queue: Arc<EventQueue>,
+    /// Where it publishes how its costs are asked.
+    pub costs: Arc<CostSlot>,
 }
 
 /// One constructed plugin class of the running generation.
@@ -84,8 +85,6 @@ pub(crate) struct PluginActor {
     restarts: RestartPolicy,
     /// The delay before the next boot, set when a restart is decided.
     backoff: Option<Duration>,
-    /// The thread of the plugin's synchronous calls, started at the first.
-    worker: Option<Worker>,
 }
 
 impl PluginActor {
@@ -93,7 +92,7 @@ impl PluginActor {
     pub fn new(setup: PluginSetup) -> Self {
         let s = &setup.settings;
         let restarts = RestartPolicy::new(s.max_restarts, s.restart_window, s.backoff_initial, s.backoff_max);
-        PluginActor { setup, state: PluginState::Loading, generation: 0, instances: Arc::default(), context: None, restarts, backoff: None, worker: None }
+        PluginActor { setup, state: PluginState::Loading, generation: 0, instances: Arc::default(), context: None, restarts, backoff: None }
     }
 
     /// The only writer of the plugin's state, here and in its shared status.
@@ -105,17 +104,6 @@ impl PluginActor {
     /// Its own reference to this generation's context, for work that outlives the borrow.
     fn context(&self) -> Option<PluginContext> {
         self.context.clone()
-    }
-
-    /// The worker thread for synchronous calls: a fresh one after a call past
-    /// its deadline retired the last. None if no thread can be started.
-    fn worker(&mut self) -> Option<&Worker> {
-        if self.worker.as_ref().is_none_or(Worker::retired) {
-            self.worker = Worker::start(&self.setup.name)
-                .map_err(|e| log::error!(target: "luna_matcher::plugins", "plugin {}: no worker thread: {e}", self.setup.name))
-                .ok();
-        }
-        self.worker.as_ref()
     }
 
     /// The objects of the running instances that `keep` admits, with their positions.
