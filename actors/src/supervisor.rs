@@ -12,7 +12,7 @@ use actix::prelude::*;
 use crate::events::{Barrier, Event, EventBroker, EventQueue, Publish};
 use crate::host::{MatchAnswer, GRACE};
 use crate::plugin::{
-    CallRoute, Close, CostSlot, CountError, Fault, Match, MatchCall, MatchFailure, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
+    CallRoute, Close, CountError, Fault, MatchCall, MatchFailure, MatchingPath, MatchingSlot, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
 };
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
@@ -21,7 +21,7 @@ use crate::status::{PluginKind, PluginReport, PluginState, PluginStatus};
 struct Plugin {
     status: Arc<PluginStatus>,
     queue: Arc<EventQueue>,
-    costs: Arc<CostSlot>,
+    matching: Arc<MatchingSlot>,
     addr: Addr<PluginActor>,
     /// Keeps the plugin's thread alive.
     _arbiter: Arbiter,
@@ -80,8 +80,8 @@ pub struct PluginHost {
     routes: Arc<RouteTable>,
     statuses: Vec<Arc<PluginStatus>>,
     actors: HashMap<String, Addr<PluginActor>>,
-    /// Where each plugin's actor publishes how its costs are asked.
-    costs: HashMap<String, Arc<CostSlot>>,
+    /// Where each plugin's actor publishes how its matching classes are reached.
+    matching: HashMap<String, Arc<MatchingSlot>>,
     required: Vec<String>,
     /// Each plugin's matching timeout: how long it may take to state its
     /// costs, or to answer a sub-request.
@@ -109,7 +109,7 @@ impl PluginHost {
         for name in active {
             let status = Arc::new(PluginStatus::new(name));
             let queue = Arc::new(EventQueue::new(config.queue_size, status.dropped.clone()));
-            let costs = Arc::new(CostSlot::default());
+            let matching = Arc::new(MatchingSlot::default());
             let arbiter = Arbiter::new();
             let setup = PluginSetup {
                 name: name.clone(),
@@ -119,10 +119,10 @@ impl PluginHost {
                 broker: broker.clone(),
                 routes: routes.clone(),
                 queue: queue.clone(),
-                costs: costs.clone(),
+                matching: matching.clone(),
             };
             let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_: &mut Context<PluginActor>| PluginActor::new(setup));
-            plugins.push(Plugin { status, queue, costs, addr, _arbiter: arbiter });
+            plugins.push(Plugin { status, queue, matching, addr, _arbiter: arbiter });
         }
         let actors: HashMap<String, Addr<PluginActor>> = plugins.iter().map(|p| (p.status.name.clone(), p.addr.clone())).collect();
         let sink = actors.clone();
@@ -132,7 +132,7 @@ impl PluginHost {
             }
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();
-        let costs = plugins.iter().map(|p| (p.status.name.clone(), p.costs.clone())).collect();
+        let matching = plugins.iter().map(|p| (p.status.name.clone(), p.matching.clone())).collect();
         let matching_timeouts = active.iter().map(|name| (name.clone(), config.settings(name).matching_timeout)).collect();
         let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
         Ok(PluginHost {
@@ -141,7 +141,7 @@ impl PluginHost {
             routes,
             statuses,
             actors,
-            costs,
+            matching,
             required: config.required.clone(),
             matching_timeouts,
             default_cost: config.default_matcher_cost,
@@ -176,12 +176,11 @@ impl PluginHost {
 
     /// For each sub-request, the cheapest matching plugin below the default
     /// matcher's cost: (plugin, instance); None goes to the default matcher.
-    /// Asked on this thread through each plugin's cost path, not its actor. A
+    /// Asked on this thread through each plugin's matching path, not its actor. A
     /// plugin that does not state its costs within its matching timeout is left out.
     pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<(String, usize)>> {
         let asks = self.matchers().into_iter().filter_map(|name| {
-            let path = self.costs[name].lock().unwrap_or_else(|p| p.into_inner()).clone()?;
-            let ask = path.costs(calls.clone());
+            let ask = self.matching_path(name)?.costs(calls.clone());
             Some(async move { (name, tokio::time::timeout(self.matching_timeout(name) + GRACE, ask).await) })
         });
         let mut best: Vec<Option<(f64, String, usize)>> = vec![None; calls.len()];
@@ -202,12 +201,17 @@ impl PluginHost {
 
     /// Have `plugin` answer sub-request `index`, within its matching timeout.
     pub async fn run_match(&self, plugin: &str, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<MatchAnswer, MatchFailure> {
-        let addr = self.actors.get(plugin).ok_or(MatchFailure::Unavailable)?;
+        let path = self.matching_path(plugin).ok_or(MatchFailure::Unavailable)?;
         let limit = self.matching_timeout(plugin) + GRACE;
-        match tokio::time::timeout(limit, addr.send(Match { calls, index, instance })).await {
-            Ok(sent) => sent.map_err(|_| MatchFailure::Unavailable)?,
+        match tokio::time::timeout(limit, path.answer(calls, index, instance)).await {
+            Ok(answered) => answered,
             Err(_) => Err(MatchFailure::TimedOut(format!("no answer within {:.1}s", limit.as_secs_f64()))),
         }
+    }
+
+    /// How `plugin`'s matching classes are reached while it runs.
+    fn matching_path(&self, plugin: &str) -> Option<MatchingPath> {
+        self.matching.get(plugin)?.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Count a failure of a plugin the pipeline found (a malformed answer).

@@ -88,7 +88,7 @@ impl PluginActor {
             self.setup.queue.discard();
         }
         self.subscribe(ctx, event_names);
-        self.open_cost_path(ctx);
+        self.open_matching_path(ctx);
         self.set_state(PluginState::Running);
         log::info!(target: "luna_matcher::plugins", "plugin {} running (generation {})", self.setup.name, self.generation);
         self.deliver_next(ctx);
@@ -135,7 +135,7 @@ impl Supervised for PluginActor {
     fn restarting(&mut self, ctx: &mut Self::Context) {
         self.setup.queue.delivering.store(false, Ordering::Release);
         self.setup.routes.set(&self.setup.name, &[]);
-        self.close_cost_path();
+        self.close_matching_path();
         let (name, instances, context, limit) =
             (self.setup.name.clone(), std::mem::take(&mut self.instances), self.context.take(), self.setup.settings.close_timeout);
         // Best effort, not awaited: the old instances close, then their tasks are cancelled.
@@ -217,7 +217,7 @@ impl Handler<Close> for PluginActor {
         if !failed {
             self.set_state(PluginState::Stopping);
         }
-        self.close_cost_path();
+        self.close_matching_path();
         self.setup.routes.set(&self.setup.name, &[]);
         let queue = self.setup.queue.clone();
         // The delivery in flight ends within its handlers' deadline, unless the loop is held.

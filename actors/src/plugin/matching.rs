@@ -1,4 +1,5 @@
-//! Matching plugins: their costs for the sub-requests of a request, and their answers.
+//! Matching plugins: their costs for the sub-requests of a request, and their
+//! answers, asked through the path their actor publishes while they run.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -9,9 +10,9 @@ use pyo3::types::{PyBytes, PyDict};
 
 use super::{bridge, Fault, Instance, PluginActor};
 use crate::failure::Failure;
-use crate::host::{MatchAnswer, Wait};
+use crate::host::{MatchAnswer, PluginContext, Wait};
 use crate::python::host;
-use crate::status::{PluginKind, PluginState};
+use crate::status::{PluginKind, PluginStatus};
 use crate::worker::Worker;
 
 /// One sub-request of the proxy pipeline, as matching plugins get it.
@@ -58,24 +59,27 @@ impl MatchCall {
     }
 }
 
-/// How the pipeline asks a running plugin its costs straight from the
-/// request's thread: the plugin's worker thread, its instances, its deadline.
-/// Its actor publishes one in the plugin's [`CostSlot`] while the plugin
-/// runs and takes it back when it stops; a failure goes back to the actor
-/// as a [`Fault`] of the generation that made it.
+/// How the pipeline reaches a running matching plugin straight from the
+/// request's thread, without a hop through its actor: the generation's
+/// worker thread, instances, Context and deadline. Its actor publishes one
+/// in the plugin's [`MatchingSlot`] while the plugin runs and takes it back
+/// when it stops; a failure that restarts the plugin goes back to the
+/// actor as a [`Fault`] of the generation that made it.
 #[derive(Clone)]
-pub(crate) struct CostPath {
+pub(crate) struct MatchingPath {
     worker: Arc<Worker>,
     instances: Arc<Vec<Instance>>,
+    context: PluginContext,
     limit: Duration,
     generation: u64,
+    status: Arc<PluginStatus>,
     actor: Addr<PluginActor>,
 }
 
-/// Where a plugin's actor publishes its [`CostPath`]; empty while it does not run.
-pub(crate) type CostSlot = Mutex<Option<CostPath>>;
+/// Where a plugin's actor publishes its [`MatchingPath`]; empty while it does not run.
+pub(crate) type MatchingSlot = Mutex<Option<MatchingPath>>;
 
-impl CostPath {
+impl MatchingPath {
     /// The plugin's cheapest offer for each sub-request: (cost, instance), or
     /// None where no matching class of it takes the sub-request.
     /// `getMatchingCost` runs on the plugin's worker thread, under the
@@ -87,7 +91,7 @@ impl CostPath {
         if self.worker.retired() {
             return none;
         }
-        let instances = self.instances;
+        let instances = self.instances.clone();
         let asked = self.worker.call(self.limit, "getMatchingCost", move || {
             bridge(|py| {
                 let matchers = instances.iter().enumerate().filter(|(_, i)| i.kind == PluginKind::Matching).map(|(n, i)| (n, i.object.bind(py)));
@@ -100,52 +104,77 @@ impl CostPath {
             Ok(_) | Err(Failure::NoAnswer(_)) => none,
             Err(e) => {
                 let what = if matches!(e, Failure::TimedOut(_)) { "getMatchingCost timed out" } else { "getMatchingCost raised" };
-                let error = format!("{what}: {}", e.summary());
-                self.actor.do_send(Fault { generation: self.generation, error, traceback: e.traceback().map(str::to_owned) });
+                self.fail(what, &e);
                 none
             }
         }
     }
+
+    /// Sub-request `index` of `calls` answered by instance `instance`, within
+    /// the matching timeout. The request is made on the loop thread: no GIL here.
+    pub async fn answer(self, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<MatchAnswer, MatchFailure> {
+        let object = self.instances.get(instance).filter(|i| i.kind == PluginKind::Matching).map(|i| i.object.clone());
+        let Some(object) = object else { return Err(MatchFailure::Unavailable) };
+        let start = Instant::now();
+        let outcome = host().match_(object, calls, index, self.limit, &self.context).answer(Wait::Caller).await;
+        self.status.call(start.elapsed());
+        match outcome {
+            Ok(answer) => Ok(MatchAnswer::from(answer)),
+            Err(Failure::Rematch) => Err(MatchFailure::Rematch),
+            Err(Failure::TimedOut(e)) => {
+                self.status.error(format!("match timed out: {e}"), None);
+                Err(MatchFailure::TimedOut(e))
+            }
+            // The event loop did not answer in time: not the plugin's own doing.
+            Err(Failure::NoAnswer(e)) => Err(MatchFailure::TimedOut(e)),
+            // Counted; only an unexpected exception restarts the plugin.
+            Err(Failure::Malformed(e)) => {
+                self.status.error(format!("malformed match result: {e}"), None);
+                Err(MatchFailure::Failed(e))
+            }
+            Err(e) => {
+                self.fail("match raised", &e);
+                Err(MatchFailure::Failed(e.summary()))
+            }
+        }
+    }
+
+    /// Have the actor restart the generation this path belongs to.
+    fn fail(&self, what: &str, e: &Failure) {
+        let error = format!("{what}: {}", e.summary());
+        self.actor.do_send(Fault { generation: self.generation, error, traceback: e.traceback().map(str::to_owned) });
+    }
 }
 
 impl PluginActor {
-    /// Publish the running generation's [`CostPath`], if it has matching classes.
-    pub(super) fn open_cost_path(&mut self, ctx: &mut Context<Self>) {
+    /// Publish the running generation's [`MatchingPath`], if it has matching classes.
+    pub(super) fn open_matching_path(&mut self, ctx: &mut Context<Self>) {
+        let Some(context) = self.context.clone() else { return };
         if !self.instances.iter().any(|i| i.kind == PluginKind::Matching) {
             return;
         }
         match Worker::start(&self.setup.name) {
             Ok(worker) => {
-                let path = CostPath {
+                let path = MatchingPath {
                     worker: Arc::new(worker),
                     instances: self.instances.clone(),
+                    context,
                     limit: self.setup.settings.matching_timeout,
                     generation: self.generation,
+                    status: self.setup.status.clone(),
                     actor: ctx.address(),
                 };
-                *self.setup.costs.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+                *self.setup.matching.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
             }
             Err(e) => self.setup.status.error(format!("no worker thread for getMatchingCost: {e}"), None),
         }
     }
 
-    /// Take the [`CostPath`] back: calls queued on its worker are cancelled;
-    /// a blocked one keeps only its thread.
-    pub(super) fn close_cost_path(&mut self) {
-        self.setup.costs.lock().unwrap_or_else(|p| p.into_inner()).take();
+    /// Take the [`MatchingPath`] back: calls queued on its worker are
+    /// cancelled; a blocked one keeps only its thread.
+    pub(super) fn close_matching_path(&mut self) {
+        self.setup.matching.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
-}
-
-/// Answer sub-request `index` of `calls` with instance `instance`.
-#[derive(Message)]
-#[rtype(result = "Result<MatchAnswer, MatchFailure>")]
-pub(crate) struct Match {
-    /// Every sub-request of the request.
-    pub calls: Arc<Vec<MatchCall>>,
-    /// Which one to answer.
-    pub index: usize,
-    /// The plugin's matching instance that offered the lowest cost.
-    pub instance: usize,
 }
 
 /// Why a matching plugin did not answer a sub-request; the default matcher takes it.
@@ -159,40 +188,4 @@ pub enum MatchFailure {
     TimedOut(String),
     /// An unexpected exception, or a result that is not an answer.
     Failed(String),
-}
-
-impl Handler<Match> for PluginActor {
-    type Result = ResponseActFuture<Self, Result<MatchAnswer, MatchFailure>>;
-
-    fn handle(&mut self, msg: Match, _: &mut Self::Context) -> Self::Result {
-        let object = self.instances.get(msg.instance).filter(|i| i.kind == PluginKind::Matching).map(|i| i.object.clone());
-        let (PluginState::Running, Some(object), Some(context)) = (self.state, object, &self.context) else {
-            return Box::pin(fut::ready(Err(MatchFailure::Unavailable)));
-        };
-        // No GIL here: the request is made on the loop thread.
-        let answered = host().match_(object, msg.calls, msg.index, self.setup.settings.matching_timeout, context);
-        let start = Instant::now();
-        Box::pin(answered.answer(Wait::Caller).into_actor(self).map(move |outcome, act, ctx| {
-            act.setup.status.call(start.elapsed());
-            match outcome {
-                Ok(answer) => Ok(MatchAnswer::from(answer)),
-                Err(Failure::Rematch) => Err(MatchFailure::Rematch),
-                Err(Failure::TimedOut(e)) => {
-                    act.setup.status.error(format!("match timed out: {e}"), None);
-                    Err(MatchFailure::TimedOut(e))
-                }
-                // The event loop did not answer in time: not the plugin's own doing.
-                Err(Failure::NoAnswer(e)) => Err(MatchFailure::TimedOut(e)),
-                // Counted; only an unexpected exception restarts the plugin.
-                Err(Failure::Malformed(e)) => {
-                    act.setup.status.error(format!("malformed match result: {e}"), None);
-                    Err(MatchFailure::Failed(e))
-                }
-                Err(e) => {
-                    act.fail_with(ctx, "match raised", &e);
-                    Err(MatchFailure::Failed(e.summary()))
-                }
-            }
-        }))
-    }
 }

@@ -7,7 +7,7 @@
 //! - `lifecycle`: boot, failure, restart, faults found outside a call, close.
 //! - `events`: handing queued events to the plugin, one at a time.
 //! - `routes`: calls to the plugin's HTTP routes.
-//! - `matching`: costs and answers of matching plugins.
+//! - `matching`: costs and answers of matching plugins, asked without a hop through the actor.
 
 mod events;
 mod lifecycle;
@@ -22,8 +22,8 @@ use actix::prelude::*;
 use pyo3::prelude::*;
 
 pub(crate) use lifecycle::{Close, CountError, Fault};
-pub(crate) use matching::{CostSlot, Match};
 pub use matching::{MatchCall, MatchFailure};
+pub(crate) use matching::{MatchingPath, MatchingSlot};
 pub use routes::{CallRoute, RouteError, RouteReply};
 
 use crate::events::{EventBroker, EventQueue};
@@ -59,8 +59,8 @@ pub(crate) struct PluginSetup {
     pub routes: Arc<RouteTable>,
     /// Its event queue.
     pub queue: Arc<EventQueue>,
-    /// Where it publishes how its costs are asked.
-    pub costs: Arc<CostSlot>,
+    /// Where it publishes how its matching classes are reached.
+    pub matching: Arc<MatchingSlot>,
 }
 
 /// One constructed plugin class of the running generation.
