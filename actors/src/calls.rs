@@ -101,27 +101,24 @@ fn _take_calls(py: Python<'_>) {
 /// Run the call's coroutine as a task (in a copy of its Context, as any
 /// task made there would be) whose end hands its outcome to `finish`.
 fn start(py: Python<'_>, Call { make, context, finish }: Call) {
-    let task = (|| {
+    let done = match Bound::new(py, Done(Mutex::new(Some(finish)))) {
+        Ok(done) => done,
+        // Its caller sees the call cancelled.
+        Err(e) => return log::error!("a call's completion could not be made: {e}"),
+    };
+    let started = (|| {
         let coroutine = make(py)?;
         let create_task = CALLS.get().expect("installed").event_loop.bind(py).getattr("create_task")?;
-        match &context {
-            Some(context) => context.bind(py).call_method1("run", (create_task, coroutine)),
-            None => create_task.call1((coroutine,)),
-        }
+        let task = match &context {
+            Some(context) => context.bind(py).call_method1("run", (create_task, coroutine))?,
+            None => create_task.call1((coroutine,))?,
+        };
+        task.call_method1("add_done_callback", (done.clone(),))
     })();
-    let done = Done(Mutex::new(Some(finish)));
-    let failed = match task {
-        Ok(task) => match Bound::new(py, done) {
-            Ok(done) => match task.call_method1("add_done_callback", (done.clone(),)) {
-                Ok(_) => return,
-                Err(e) => (done.borrow().take(), e),
-            },
-            Err(e) => return log::error!("a call's completion could not be made: {e}"),
-        },
-        Err(e) => (done.take(), e),
-    };
-    if let (Some(finish), e) = failed {
-        finish(py, Err(e));
+    if let Err(e) = started {
+        if let Some(finish) = done.borrow().take() {
+            finish(py, Err(e));
+        }
     }
 }
 

@@ -102,19 +102,18 @@ pub enum Wait {
 /// takes no GIL.
 #[must_use]
 pub struct Hosted<T> {
-    answer: Result<oneshot::Receiver<Result<T, Failure>>, Failure>,
+    answer: oneshot::Receiver<Result<T, Failure>>,
     limit: Duration,
 }
 
 impl<T> Hosted<T> {
     /// Its result, or what went wrong.
     pub async fn answer(self, wait: Wait) -> Result<T, Failure> {
-        let answer = self.answer?;
         // The loop dropped the call unanswered: it is stopping.
         let cancelled = |_| Err(Failure::NoAnswer("the call was cancelled".into()));
         match wait {
-            Wait::Answer => answer.await.unwrap_or_else(cancelled),
-            Wait::Caller => match tokio::time::timeout(self.limit + GRACE, answer).await {
+            Wait::Answer => self.answer.await.unwrap_or_else(cancelled),
+            Wait::Caller => match tokio::time::timeout(self.limit + GRACE, self.answer).await {
                 Ok(outcome) => outcome.unwrap_or_else(cancelled),
                 Err(_) => Err(Failure::NoAnswer(format!("no answer within {:.1}s", (self.limit + GRACE).as_secs_f64()))),
             },
@@ -205,7 +204,7 @@ impl Host {
             let _ = tx.send(answer);
         };
         crate::calls::submit(Call { make: Box::new(make), context: context.map(|c| c.0.clone()), finish: Box::new(finish) });
-        Hosted { answer: Ok(rx), limit }
+        Hosted { answer: rx, limit }
     }
 
     /// [`Host::spawn`] of a coroutine made already, with the GIL.

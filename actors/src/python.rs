@@ -112,7 +112,7 @@ pub fn start(plugins_dir: &Path, venv: &Path, service_paths: &[&str], active: &[
 /// attach makes a thread state and drops it again, and with it the frame
 /// stack it maps: an mmap and a munmap per call, whose TLB shootdown stops
 /// every core. For long-lived threads that call into Python often (plugin
-/// actors, the search answers); call it while not attached.
+/// actors); call it while not attached.
 pub fn keep_thread_state() {
     thread_local!(static KEPT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     if !KEPT.with(|kept| kept.replace(true)) {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::events::{Barrier, Event, EventBroker, EventQueue, Publish};
-use crate::host::{MatchAnswer, GRACE};
+use crate::host::MatchAnswer;
 use crate::plugin::{
     CallRoute, Close, CountError, Fault, MatchCall, MatchFailure, MatchingPath, MatchingSlot, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
 };
@@ -83,9 +83,6 @@ pub struct PluginHost {
     /// Where each plugin's actor publishes how its matching classes are reached.
     matching: HashMap<String, Arc<MatchingSlot>>,
     required: Vec<String>,
-    /// Each plugin's matching timeout: how long it may take to state its
-    /// costs, or to answer a sub-request.
-    matching_timeouts: HashMap<String, Duration>,
     /// The default matcher's cost: a plugin wins a sub-request only below it.
     default_cost: f64,
 }
@@ -133,19 +130,8 @@ impl PluginHost {
         });
         let statuses = plugins.iter().map(|p| p.status.clone()).collect();
         let matching = plugins.iter().map(|p| (p.status.name.clone(), p.matching.clone())).collect();
-        let matching_timeouts = active.iter().map(|name| (name.clone(), config.settings(name).matching_timeout)).collect();
         let supervisor = PluginSupervisor { plugins, _broker_arbiter: broker_arbiter }.start();
-        Ok(PluginHost {
-            supervisor,
-            broker,
-            routes,
-            statuses,
-            actors,
-            matching,
-            required: config.required.clone(),
-            matching_timeouts,
-            default_cost: config.default_matcher_cost,
-        })
+        Ok(PluginHost { supervisor, broker, routes, statuses, actors, matching, required: config.required.clone(), default_cost: config.default_matcher_cost })
     }
 
     /// Hand an event to the broker; never waits.
@@ -181,11 +167,10 @@ impl PluginHost {
     pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<(String, usize)>> {
         let asks = self.matchers().into_iter().filter_map(|name| {
             let ask = self.matching_path(name)?.costs(calls.clone());
-            Some(async move { (name, tokio::time::timeout(self.matching_timeout(name) + GRACE, ask).await) })
+            Some(async move { (name, ask.await) })
         });
         let mut best: Vec<Option<(f64, String, usize)>> = vec![None; calls.len()];
         for (name, offers) in futures_util::future::join_all(asks).await {
-            let Ok(offers) = offers else { continue };
             for (slot, offer) in best.iter_mut().zip(offers) {
                 if let Some((cost, instance)) = offer.filter(|(c, _)| *c < self.default_cost && slot.as_ref().is_none_or(|(b, _, _)| c < b)) {
                     *slot = Some((cost, name.to_owned(), instance));
@@ -195,18 +180,10 @@ impl PluginHost {
         best.into_iter().map(|b| b.map(|(_, name, instance)| (name, instance))).collect()
     }
 
-    fn matching_timeout(&self, plugin: &str) -> Duration {
-        self.matching_timeouts.get(plugin).copied().unwrap_or_default()
-    }
-
     /// Have `plugin` answer sub-request `index`, within its matching timeout.
     pub async fn run_match(&self, plugin: &str, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<MatchAnswer, MatchFailure> {
         let path = self.matching_path(plugin).ok_or(MatchFailure::Unavailable)?;
-        let limit = self.matching_timeout(plugin) + GRACE;
-        match tokio::time::timeout(limit, path.answer(calls, index, instance)).await {
-            Ok(answered) => answered,
-            Err(_) => Err(MatchFailure::TimedOut(format!("no answer within {:.1}s", limit.as_secs_f64()))),
-        }
+        path.answer(calls, index, instance).await
     }
 
     /// How `plugin`'s matching classes are reached while it runs.

@@ -136,6 +136,10 @@ def _watched(task):
         task.exception()
 
 
+def _overrun(what, timeout):
+    return HostTimeout(f"{what} took longer than {timeout:g}s")
+
+
 class _Deadline:
     """`timeout` seconds of the calling plugin's own time from now: while other
     plugins' code holds the loop, its clock stops. One timer, rescheduled
@@ -187,7 +191,7 @@ async def within(awaitable, timeout, what):
         deadline.cancel()
     if not task.done():
         task.cancel()
-        raise HostTimeout(f"{what} took longer than {timeout:g}s")
+        raise _overrun(what, timeout)
     return task.result()
 
 
@@ -202,11 +206,11 @@ async def bounded(coroutine, timeout, what):
         result = await coroutine
     except asyncio.CancelledError:
         if deadline.expired and task.uncancel() == 0:
-            raise HostTimeout(f"{what} took longer than {timeout:g}s") from None
+            raise _overrun(what, timeout) from None
         raise
     finally:
         deadline.cancel()
     if deadline.expired:  # it swallowed the cancellation
         task.uncancel()
-        raise HostTimeout(f"{what} took longer than {timeout:g}s")
+        raise _overrun(what, timeout)
     return result

@@ -230,7 +230,7 @@ impl Handler<Close> for PluginActor {
         };
         let closing = finish_delivery.into_actor(self).then(|_, act, _| {
             let objects: Vec<Py<PyAny>> = act.objects(|_| true).into_iter().map(|(_, o)| o).collect();
-            let context = act.context();
+            let context = act.context.clone();
             let limit = act.setup.settings.close_timeout;
             let stopped = bridge(|py| Ok(host().stop(py, &objects, limit, context.as_ref())));
             answer(stopped, Wait::Caller).into_actor(act)

@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use super::{bridge, Fault, Instance, PluginActor};
 use crate::failure::Failure;
-use crate::host::{MatchAnswer, PluginContext, Wait};
+use crate::host::{MatchAnswer, PluginContext, Wait, GRACE};
 use crate::python::host;
 use crate::status::{PluginKind, PluginStatus};
 use crate::worker::Worker;
@@ -84,7 +84,8 @@ impl MatchingPath {
     /// None where no matching class of it takes the sub-request.
     /// `getMatchingCost` runs on the plugin's worker thread, under the
     /// plugin's matching timeout: one that blocks holds neither the caller,
-    /// the actor nor the event loop, and its plugin is restarted.
+    /// the actor nor the event loop, and its plugin is restarted. Queued
+    /// behind other calls, the caller waits at most the timeout and [`GRACE`].
     pub async fn costs(self, calls: Arc<Vec<MatchCall>>) -> Vec<Option<(f64, usize)>> {
         let none = vec![None; calls.len()];
         // A call past its deadline retired the worker; the restart brings another.
@@ -99,7 +100,8 @@ impl MatchingPath {
                 host().matching_costs(py, matchers, requests)
             })
         });
-        match asked.await {
+        let Ok(asked) = tokio::time::timeout(self.limit + GRACE, asked).await else { return none };
+        match asked {
             Ok(offers) if offers.len() == none.len() => offers,
             Ok(_) | Err(Failure::NoAnswer(_)) => none,
             Err(e) => {
@@ -111,7 +113,7 @@ impl MatchingPath {
     }
 
     /// Sub-request `index` of `calls` answered by instance `instance`, within
-    /// the matching timeout. The request is made on the loop thread: no GIL here.
+    /// the matching timeout (and [`GRACE`]). The request is made on the loop thread: no GIL here.
     pub async fn answer(self, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<MatchAnswer, MatchFailure> {
         let object = self.instances.get(instance).filter(|i| i.kind == PluginKind::Matching).map(|i| i.object.clone());
         let Some(object) = object else { return Err(MatchFailure::Unavailable) };

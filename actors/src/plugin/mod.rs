@@ -101,11 +101,6 @@ impl PluginActor {
         self.setup.status.set_state(state);
     }
 
-    /// Its own reference to this generation's context, for work that outlives the borrow.
-    fn context(&self) -> Option<PluginContext> {
-        self.context.clone()
-    }
-
     /// The objects of the running instances that `keep` admits, with their positions.
     fn objects(&self, keep: impl Fn(&Instance) -> bool) -> Vec<(usize, Py<PyAny>)> {
         Python::attach(|py| self.instances.iter().enumerate().filter(|(_, i)| keep(i)).map(|(n, i)| (n, i.object.clone_ref(py))).collect())

@@ -56,14 +56,13 @@ impl Handler<CallRoute> for PluginActor {
     type Result = ResponseFuture<Result<RouteReply, RouteError>>;
 
     fn handle(&mut self, msg: CallRoute, ctx: &mut Self::Context) -> Self::Result {
-        let context = self.context();
-        let (PluginState::Running, Some(context)) = (self.state, context) else {
+        let (PluginState::Running, Some(context)) = (self.state, &self.context) else {
             let state = self.state;
             return Box::pin(async move { Err(RouteError::Unavailable(state)) });
         };
         let route = format!("route {} {}", msg.method, msg.path);
         // No GIL here: the request is made on the loop thread.
-        let served = host().serve(msg, self.setup.settings.timeout, &context);
+        let served = host().serve(msg, self.setup.settings.timeout, context);
         let (status, me, generation) = (self.setup.status.clone(), ctx.address(), self.generation);
         Box::pin(async move {
             let start = Instant::now();
