@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::descriptor::{Descriptor, Dtype, VersionSpec};
+use crate::face_slots::{FaceSlots, Place};
 use crate::kernels::Kernels;
 use crate::store::Op;
 
@@ -414,13 +415,18 @@ impl Accounts {
     }
 }
 
+/// The id of the face at a place of [`Index::slots`].
+fn id_at(versions: &HashMap<u32, VersionIndex>, p: Place) -> Uuid {
+    versions[&p.version].faces[p.slot as usize].face_id
+}
+
 /// The whole in-memory index.
 #[derive(Default)]
 pub struct Index {
     /// Per descriptor version, its faces.
     pub versions: HashMap<u32, VersionIndex>,
     /// Where each face lives: its version and slot.
-    pub slots: HashMap<Uuid, (u32, usize)>,
+    slots: FaceSlots,
     /// Every list kept in memory.
     pub lists: HashMap<Uuid, ListRecord>,
     accounts: Accounts,
@@ -438,13 +444,19 @@ impl Index {
         let vi = self.versions.entry(descriptor.version).or_insert_with(|| VersionIndex::new(spec));
         let face_id = face.face_id;
         let slot = vi.push(&descriptor.payload, account, face);
-        self.slots.insert(face_id, (descriptor.version, slot));
+        let place = Place { version: descriptor.version, slot: slot as u32 };
+        self.slots.insert(&face_id, place, |p| id_at(&self.versions, p));
+    }
+
+    /// Faces held, of every version.
+    pub fn face_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Where a face is, if it is held.
     pub fn face(&self, face_id: &Uuid) -> Option<FaceAt<'_>> {
-        let &(version, slot) = self.slots.get(face_id)?;
-        Some(FaceAt { version, vi: &self.versions[&version], slot })
+        let Place { version, slot } = self.slots.get(face_id, |p| id_at(&self.versions, p))?;
+        Some(FaceAt { version, vi: &self.versions[&version], slot: slot as usize })
     }
 
     /// The small number standing for an account in [`VersionIndex::accounts`];
@@ -455,12 +467,13 @@ impl Index {
 
     /// Remove a face; the last face of its version takes its slot.
     pub fn remove_face(&mut self, face_id: &Uuid) -> Option<FaceRecord> {
-        let (version, slot) = self.slots.remove(face_id)?;
-        let vi = self.versions.get_mut(&version)?;
-        let face = vi.swap_remove(slot);
-        if let Some(moved) = vi.faces.get(slot) {
-            self.slots.insert(moved.face_id, (version, slot));
+        let place = self.slots.remove(face_id, |p| id_at(&self.versions, p))?;
+        let vi = self.versions.get_mut(&place.version)?;
+        let last = Place { version: place.version, slot: vi.faces.len() as u32 - 1 };
+        if last != place {
+            self.slots.moved(&vi.faces[last.slot as usize].face_id, last, place);
         }
+        let face = vi.swap_remove(place.slot as usize);
         for list in &face.lists {
             if let Some(l) = self.lists.get_mut(list) {
                 l.face_count -= 1;
@@ -471,8 +484,8 @@ impl Index {
 
     /// Add or remove a face's membership in a list; true when it changed.
     pub fn set_membership(&mut self, list_id: Uuid, face_id: &Uuid, member: bool) -> bool {
-        let Some(&(version, slot)) = self.slots.get(face_id) else { return false };
-        let changed = self.versions.get_mut(&version).is_some_and(|vi| vi.set_membership(slot, list_id, member));
+        let Some(Place { version, slot }) = self.slots.get(face_id, |p| id_at(&self.versions, p)) else { return false };
+        let changed = self.versions.get_mut(&version).is_some_and(|vi| vi.set_membership(slot as usize, list_id, member));
         // A list this instance does not cache has no record to count in.
         if let Some(list) = self.lists.get_mut(&list_id).filter(|_| changed) {
             if member {
@@ -563,7 +576,7 @@ mod tests {
 
         // The same face again changes nothing; a changed one replaces it.
         index.upsert_face(SPEC, &descriptor(1), face(f1, &[l1], "a"));
-        assert_eq!((index.slots.len(), index.versions[&62].vectors.len()), (2, 2));
+        assert_eq!((index.face_count(), index.versions[&62].vectors.len()), (2, 2));
         index.upsert_face(SPEC, &descriptor(9), face(f1, &[], "a2"));
         let at = index.face(&f1).unwrap();
         assert_eq!((at.record().user_data.as_str(), at.payload()), ("a2", &[9u8; 8][..]));

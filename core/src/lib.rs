@@ -8,6 +8,7 @@ pub mod api;
 pub mod catalog;
 pub mod descriptor;
 pub mod errors;
+mod face_slots;
 pub mod flat;
 pub mod index;
 pub mod kernels;

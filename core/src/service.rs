@@ -119,7 +119,7 @@ impl Core {
         let sync = self.store.sync();
         let (faces, lists) = {
             let index = self.read_index();
-            (index.slots.len(), index.lists.len())
+            (index.face_count(), index.lists.len())
         };
         let scope = sync.as_ref().map(|s| s.scope.clone()).unwrap_or_default();
         CacheReport {
