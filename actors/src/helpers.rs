@@ -4,8 +4,9 @@
 //! wrappers are in `luna_plugins._host`).
 //!
 //! `DescriptorSet.search` is what the engine does for requests: searches
-//! that wait while a set is being scanned are scanned together next, on the
-//! matching threads, each chunk of the set read once for all of them.
+//! made in the same turn of the event loop, or while a set is being scanned,
+//! are scanned together next, on the matching threads, each chunk of the set
+//! read once for all of them.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -17,7 +18,7 @@ use luna_core::time::format_time;
 use luna_core::{Core, ErrorCode};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyCFunction, PyDict};
 use uuid::Uuid;
 
 static CORE: OnceLock<Arc<Core>> = OnceLock::new();
@@ -74,15 +75,26 @@ impl Shared {
             std::mem::take(&mut queue.waiting)
         };
         let queries: Vec<(&Query, usize, f64)> = batch.iter().map(|s| (&s.query, s.limit, s.threshold)).collect();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.index.read().search_many(&queries))) {
-            Ok(hits) => {
-                let answers: Vec<_> = batch.into_iter().map(|s| s.future).zip(hits).collect();
-                crate::calls::on_loop(move |py| answers.into_iter().for_each(|(future, hits)| resolve(py, future.bind(py), hits)));
+        let scanned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.index.read().search_many(&queries)));
+        let outcomes: Vec<Outcome> = match scanned {
+            Ok(hits) => hits.into_iter().map(Ok).collect(),
+            Err(_) => {
+                log::error!("a DescriptorSet scan panicked; its {} searches fail", batch.len());
+                batch.iter().map(|_| Err("the DescriptorSet scan failed")).collect()
             }
-            // Its searches are never answered: their callers' own deadlines end them.
-            Err(_) => log::error!("a DescriptorSet scan panicked; {} searches get no answer", batch.len()),
-        }
+        };
+        let answers: Vec<_> = batch.into_iter().map(|s| s.future).zip(outcomes).collect();
+        crate::calls::on_loop(move |py| answers.into_iter().for_each(|(future, outcome)| resolve(py, future.bind(py), outcome)));
         self.next_turn();
+    }
+
+    /// On a loop thread: start the next scan, or fail the searches waiting
+    /// when the engine is gone.
+    fn kick(self: Arc<Self>, py: Python<'_>) {
+        if !self.clone().next_turn() {
+            let waiting = std::mem::take(&mut self.queue.lock().unwrap_or_else(|p| p.into_inner()).waiting);
+            waiting.into_iter().for_each(|s| resolve(py, s.future.bind(py), Err("the matching engine stopped")));
+        }
     }
 
     /// Queue [`Shared::scan_waiting`] on the matching threads; false when the engine is gone.
@@ -96,32 +108,36 @@ impl Shared {
     }
 }
 
-/// On the service's event loop (scans answer through [`crate::calls`], so
-/// the matching threads never wait for Python): the search's result, unless
-/// it was cancelled meanwhile. A future of another loop (a plugin's own
-/// thread) gets it on that loop.
-fn resolve(py: Python<'_>, future: &Bound<'_, PyAny>, hits: Vec<(String, f64)>) {
-    let outcome = (|| -> PyResult<()> {
+/// What a search gets: its hits, or why the set could not be scanned (a RuntimeError).
+type Outcome = Result<Vec<(String, f64)>, &'static str>;
+
+/// On a loop thread (scans answer through [`crate::calls`], so the matching
+/// threads never wait for Python): the search's outcome, unless it was
+/// cancelled meanwhile. A future of another loop (a plugin's own thread)
+/// gets it on that loop.
+fn resolve(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) {
+    let settled = (|| -> PyResult<()> {
+        let ok = outcome.is_ok();
+        let value = match outcome {
+            Ok(hits) => hits.into_pyobject(py)?.into_any(),
+            Err(why) => PyRuntimeError::new_err(why).into_value(py).into_bound(py).into_any(),
+        };
         let owner = future.call_method0("get_loop")?;
         if crate::calls::event_loop(py).is_some_and(|service| service.is(&owner)) {
-            set_result(future, hits.into_pyobject(py)?.into_any())
+            _settle_search(future, ok, value)
         } else {
-            owner.call_method1("call_soon_threadsafe", (wrap_pyfunction!(_resolve_search, py)?, future, hits)).map(drop)
+            owner.call_method1("call_soon_threadsafe", (wrap_pyfunction!(_settle_search, py)?, future, ok, value)).map(drop)
         }
     })();
     // A closed loop wants no answer.
-    drop(outcome);
+    drop(settled);
 }
 
-/// On the future's own loop: its result, unless it was cancelled.
+/// On the future's own loop: its result (`ok`) or exception, unless it was cancelled.
 #[pyfunction]
-fn _resolve_search(future: &Bound<'_, PyAny>, hits: Bound<'_, PyAny>) -> PyResult<()> {
-    set_result(future, hits)
-}
-
-fn set_result(future: &Bound<'_, PyAny>, hits: Bound<'_, PyAny>) -> PyResult<()> {
+fn _settle_search(future: &Bound<'_, PyAny>, ok: bool, value: Bound<'_, PyAny>) -> PyResult<()> {
     if !future.call_method0("done")?.is_truthy()? {
-        future.call_method1("set_result", (hits,))?;
+        future.call_method1(if ok { "set_result" } else { "set_exception" }, (value,))?;
     }
     Ok(())
 }
@@ -188,15 +204,23 @@ impl DescriptorSet {
     #[pyo3(signature = (descriptor, limit = 3, threshold = 0.0))]
     fn search<'py>(&self, py: Python<'py>, descriptor: &[u8], limit: usize, threshold: f64) -> PyResult<Bound<'py, PyAny>> {
         let query = self.query(descriptor)?;
-        let future = py.import("asyncio")?.call_method0("get_running_loop")?.call_method0("create_future")?;
+        let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
+        let future = event_loop.call_method0("create_future")?;
         let search = Search { query, limit, threshold, future: future.clone().unbind() };
         let start = {
             let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             queue.waiting.push(search);
             !std::mem::replace(&mut queue.scanning, true)
         };
-        if start && !self.shared.clone().next_turn() {
-            return Err(PyRuntimeError::new_err("the matching engine stopped"));
+        if start {
+            // The scan starts when the loop has run what is ready now: the
+            // searches a request's other sub-requests make in this turn join it.
+            let shared = self.shared.clone();
+            let kick = PyCFunction::new_closure(py, None, None, move |args, _| -> PyResult<()> {
+                shared.clone().kick(args.py());
+                Ok(())
+            })?;
+            event_loop.call_method1("call_soon", (kick,))?;
         }
         Ok(future)
     }
