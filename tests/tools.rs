@@ -420,6 +420,28 @@ fn bench_measures_checks_and_compares() {
     }
 }
 
+#[test]
+fn two_services_are_measured_point_by_point_in_turn() {
+    let (a, b) = (Service::spawn(&[], ""), Service::spawn(&[], ""));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut args = bench_args(&url(&a), &out, "0.2");
+    args.extend(["--url".into(), url(&b)]);
+    args.extend(["--synthetic", "u8:300", "--shapes", "one,raw", "--concurrency", "1,2"].map(str::to_owned));
+    let (code, stdout, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout.lines().filter(|l| l.ends_with("x |")).count(), 4, "a comparison row per point: {stdout}");
+    let started = |run: &str| -> Vec<String> {
+        let points = results(&out.join(run))["points"].as_array().unwrap().clone();
+        points.iter().map(|p| p["started"].as_str().unwrap().to_owned()).collect()
+    };
+    let (first, second) = (started("1"), started("2"));
+    assert_eq!((first.len(), second.len()), (4, 4));
+    // A's point, then B's, then A's next: each of B's points between two of A's.
+    let order: Vec<&String> = first.iter().zip(&second).flat_map(|(x, y)| [x, y]).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "measured in turn: {order:?}");
+}
+
 fn bench_through(tamper: Tamper) -> (i32, String, Value) {
     let s = Service::spawn(&[], "");
     let proxy = Proxy::start(&url(&s), tamper);

@@ -139,6 +139,9 @@ pub struct Point {
     pub mode: Mode,
     /// Clients (closed loop) or requests per second asked for (open loop).
     pub level: f64,
+    /// When its warm-up began (UTC, RFC 3339); empty in results of earlier versions.
+    #[serde(default)]
+    pub started: String,
     pub seconds: f64,
     /// Answered with 2xx in the measured window.
     pub requests: u64,
@@ -216,26 +219,18 @@ pub fn main(args: BenchArgs) -> u8 {
             return 2;
         }
     };
-    let mut runs = Vec::new();
-    for (i, api) in apis.iter().enumerate() {
-        let url = api.url();
-        let dir = if apis.len() > 1 { args.out.join((i + 1).to_string()) } else { args.out.clone() };
-        match runtime.block_on(bench(api, &args, &dir, &command)) {
-            Ok(run) => {
-                if let Err(e) = report::write_run(&dir, &run) {
-                    eprintln!("luna-matcher bench: {e}");
-                    return 1;
-                }
-                runs.push(run);
-            }
-            Err(e) if e.starts_with(url) => {
-                eprintln!("luna-matcher bench: {e}");
-                return 1;
-            }
-            Err(e) => {
-                eprintln!("luna-matcher bench: {url}: {e}");
-                return 1;
-            }
+    let dirs: Vec<PathBuf> = (0..apis.len()).map(|i| if apis.len() > 1 { args.out.join((i + 1).to_string()) } else { args.out.clone() }).collect();
+    let runs = match runtime.block_on(sweep(&apis, &args, &dirs, &command)) {
+        Ok(runs) => runs,
+        Err(e) => {
+            eprintln!("luna-matcher bench: {e}");
+            return 1;
+        }
+    };
+    for (dir, run) in dirs.iter().zip(&runs) {
+        if let Err(e) = report::write_run(dir, run) {
+            eprintln!("luna-matcher bench: {e}");
+            return 1;
         }
     }
     let baseline = match args.compare.as_deref().map(report::read_run).transpose() {
@@ -280,13 +275,59 @@ fn validate(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn bench(api: &Api, args: &BenchArgs, dir: &Path, command: &str) -> Result<Run, String> {
+/// Set up every service, then measure their points in turn (A's first
+/// point, B's first, A's second...): a drift of the shared machine during
+/// the sweep then weighs on both runs alike, not on one of them.
+async fn sweep(apis: &[Api], args: &BenchArgs, dirs: &[PathBuf], command: &str) -> Result<Vec<Run>, String> {
+    let mut runs = Vec::new();
+    let mut plans = Vec::new();
+    for (api, dir) in apis.iter().zip(dirs) {
+        let (run, plan) = setup(api, args, dir, command).await.map_err(|e| if e.starts_with(api.url()) { e } else { format!("{}: {e}", api.url()) })?;
+        runs.push(run);
+        plans.push(plan);
+    }
+    let bars = MultiProgress::with_draw_target(draw_target());
+    let overall = bars.add(ProgressBar::new(plans.iter().map(|p| p.len() as u64).sum()));
+    overall.set_style(ProgressStyle::with_template("{pos}/{len} points {wide_bar} {elapsed_precise}").expect("template"));
+    let mode = if args.rate.is_empty() { Mode::Closed } else { Mode::Open };
+    let longest = plans.iter().map(Vec::len).max().unwrap_or(0);
+    'points: for i in 0..longest {
+        for ((api, run), plan) in apis.iter().zip(&mut runs).zip(&plans) {
+            let Some((workload, level)) = plan.get(i) else { continue };
+            let bar = bars.insert_before(&overall, ProgressBar::new(0));
+            bar.set_style(ProgressStyle::with_template("{prefix} {wide_bar} {msg}").expect("template"));
+            bar.set_prefix(format!("{} {} {}", workload.shape.name(), workload.data, level_name(mode, *level)));
+            let point = measure(api, workload, mode, *level, args, &bar).await;
+            bar.finish_and_clear();
+            overall.inc(1);
+            let from = if apis.len() > 1 { format!("{}: ", api.url()) } else { String::new() };
+            bars.suspend(|| println!("{from}{}", describe(&point)));
+            if point.wrong > 0 || point.errors > 0 {
+                run.failures.push(format!("{} {} {}: {}", point.shape.name(), point.data, level_name(mode, *level), point.problems.join("; ")));
+            }
+            let wrong = point.wrong > 0;
+            run.points.push(point);
+            if wrong {
+                break 'points;
+            }
+        }
+    }
+    overall.finish_and_clear();
+    for run in &mut runs {
+        run.passed = run.failures.is_empty();
+    }
+    Ok(runs)
+}
+
+/// A service's run, before its points, and the points to measure: its lists
+/// set up (or found), its workloads made.
+async fn setup(api: &Api, args: &BenchArgs, dir: &Path, command: &str) -> Result<(Run, Vec<(Arc<Workload>, f64)>), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let service = api.get("/1/version").await.ok().filter(|a| a.status == 200).and_then(|a| serde_json::from_slice(&a.body).ok());
     // Raw matching needs no list.
     let (datas, setup) = if args.shapes.iter().all(|s| *s == Shape::Raw) { Default::default() } else { prepare(api, args, dir).await? };
-    let mut run = Run {
+    let run = Run {
         tool: format!("luna-matcher bench {}", env!("CARGO_PKG_VERSION")),
         command: command.to_owned(),
         url: api.url().to_owned(),
@@ -314,31 +355,7 @@ async fn bench(api: &Api, args: &BenchArgs, dir: &Path, command: &str) -> Result
             plan.extend(levels.iter().map(|&l| (w.clone(), l)));
         }
     }
-
-    let bars = MultiProgress::with_draw_target(draw_target());
-    let overall = bars.add(ProgressBar::new(plan.len() as u64));
-    overall.set_style(ProgressStyle::with_template("{pos}/{len} points {wide_bar} {elapsed_precise}").expect("template"));
-    let mode = if args.rate.is_empty() { Mode::Closed } else { Mode::Open };
-    for (workload, level) in plan {
-        let bar = bars.insert_before(&overall, ProgressBar::new(0));
-        bar.set_style(ProgressStyle::with_template("{prefix} {wide_bar} {msg}").expect("template"));
-        bar.set_prefix(format!("{} {} {}", workload.shape.name(), workload.data, level_name(mode, level)));
-        let point = measure(api, &workload, mode, level, args, &bar).await;
-        bar.finish_and_clear();
-        overall.inc(1);
-        bars.suspend(|| println!("{}", describe(&point)));
-        if point.wrong > 0 || point.errors > 0 {
-            run.failures.push(format!("{} {} {}: {}", point.shape.name(), point.data, level_name(mode, level), point.problems.join("; ")));
-        }
-        let wrong = point.wrong > 0;
-        run.points.push(point);
-        if wrong {
-            break;
-        }
-    }
-    overall.finish_and_clear();
-    run.passed = run.failures.is_empty();
-    Ok(run)
+    Ok((run, plan))
 }
 
 fn draw_target() -> ProgressDrawTarget {
@@ -462,6 +479,7 @@ fn raw_dtypes(args: &BenchArgs) -> Result<Vec<Dtype>, String> {
 
 async fn measure(api: &Api, w: &Arc<Workload>, mode: Mode, level: f64, args: &BenchArgs, bar: &ProgressBar) -> Point {
     let warmup = Duration::from_secs_f64(args.warmup.max(0.0));
+    let started = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let start = Instant::now();
     let measure_from = start + warmup;
     let until = match args.requests {
@@ -504,6 +522,7 @@ async fn measure(api: &Api, w: &Arc<Workload>, mode: Mode, level: f64, args: &Be
         candidates_per_request: w.candidates_per_request,
         mode,
         level,
+        started,
         seconds,
         requests,
         errors: tally.errors,
