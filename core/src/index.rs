@@ -191,8 +191,11 @@ pub struct FaceRecord {
     pub user_data: String,
     /// Microseconds since the epoch, UTC.
     pub create_time: i64,
-    /// Inline for the usual one or two lists: the list filter reads it for every candidate.
-    pub lists: SmallVec<[Uuid; 2]>,
+    /// The lists it is in; one is kept inline (a second moves them to the
+    /// heap): lists are scanned by their member slots, so this is read for
+    /// answers and writes, and a face's 40 bytes of two inline ids were 16
+    /// more than one.
+    pub lists: SmallVec<[Uuid; 1]>,
 }
 
 /// Everything about a list.
