@@ -231,7 +231,7 @@ fn face_dict<'py>(py: Python<'py>, f: &StoredFace) -> PyResult<Bound<'py, PyDict
     d.set_item("face_id", f.face.face_id.to_string())?;
     d.set_item("account_id", f.face.account_id.to_string())?;
     d.set_item("external_id", f.face.external_id.as_deref())?;
-    d.set_item("user_data", &f.face.user_data)?;
+    d.set_item("user_data", &*f.face.user_data)?;
     d.set_item("create_time", format_time(f.face.create_time))?;
     d.set_item("lists", f.face.lists.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
     d.set_item("descriptor_version", f.descriptor.version)?;

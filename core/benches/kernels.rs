@@ -76,7 +76,7 @@ fn build_listed(dtype: Dtype, rows: &[u8], listed: impl Fn(usize) -> bool) -> In
             face_id: Uuid::from_u128(i as u128),
             account_id: Uuid::nil(),
             external_id: None,
-            user_data: String::new(),
+            user_data: Box::default(),
             create_time: 0,
             lists: std::iter::once(LIST).filter(|_| listed(i)).collect(),
         };

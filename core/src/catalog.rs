@@ -133,8 +133,8 @@ impl Core {
         Ok(FaceView {
             face_id,
             account_id: f.account_id,
-            external_id: f.external_id,
-            user_data: f.user_data,
+            external_id: f.external_id.map(String::from),
+            user_data: f.user_data.into(),
             create_time: format_time(f.create_time),
             lists: f.lists.to_vec(),
             descriptor_version: descriptor.version,
@@ -203,8 +203,14 @@ fn face_op(owners: &dyn Owners, new: ParsedFace) -> Result<Op> {
             lists.push(list_id);
         }
     }
-    let face =
-        FaceRecord { face_id: Uuid::new_v4(), account_id: new.account_id, external_id: new.external_id, user_data: new.user_data, create_time: now(), lists };
+    let face = FaceRecord {
+        face_id: Uuid::new_v4(),
+        account_id: new.account_id,
+        external_id: new.external_id.map(Into::into),
+        user_data: new.user_data.into(),
+        create_time: now(),
+        lists,
+    };
     Ok(Op::CreateFace { spec: new.spec, descriptor: new.descriptor, face })
 }
 

@@ -207,8 +207,8 @@ impl Filter {
             && self.create_time_lt.is_none_or(|t| f.create_time < t)
             && self.face_id_gte.is_none_or(|id| f.face_id >= id)
             && self.face_id_lt.is_none_or(|id| f.face_id < id)
-            && self.user_data.as_ref().is_none_or(|u| f.user_data == *u)
-            && self.external_ids.as_ref().is_none_or(|ids| f.external_id.as_ref().is_some_and(|e| ids.contains(e)))
+            && self.user_data.as_ref().is_none_or(|u| *f.user_data == **u)
+            && self.external_ids.as_ref().is_none_or(|ids| f.external_id.as_deref().is_some_and(|e| ids.contains(e)))
             && self.face_ids.as_ref().is_none_or(|ids| ids.binary_search(&f.face_id).is_ok())
     }
 

@@ -301,8 +301,8 @@ fn face_match(similarity: f64, face: &FaceRecord, targets: &[Target]) -> FaceMat
         match t {
             Target::FaceId => out.face.face_id = Some(face.face_id),
             Target::Similarity => out.similarity = Some(similarity),
-            Target::UserData => out.face.user_data = Some(face.user_data.clone()),
-            Target::ExternalId => out.face.external_id = Some(face.external_id.clone()),
+            Target::UserData => out.face.user_data = Some(face.user_data.to_string()),
+            Target::ExternalId => out.face.external_id = Some(face.external_id.as_deref().map(String::from)),
             Target::CreateTime => out.face.create_time = Some(format_time(face.create_time)),
             Target::AccountId => out.face.account_id = Some(face.account_id),
             Target::Lists => out.face.lists = Some(face.lists.to_vec()),

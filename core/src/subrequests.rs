@@ -158,8 +158,8 @@ fn face_record(h: RemoteHit) -> FaceRecord {
     FaceRecord {
         face_id: h.face_id,
         account_id: h.account_id,
-        external_id: h.external_id,
-        user_data: h.user_data,
+        external_id: h.external_id.map(Into::into),
+        user_data: h.user_data.into(),
         create_time: h.create_time,
         lists: SmallVec::from_vec(h.lists),
     }
@@ -207,8 +207,8 @@ fn remote_hit(similarity: f64, f: FaceRecord) -> RemoteHit {
         similarity,
         face_id: f.face_id,
         account_id: f.account_id,
-        external_id: f.external_id,
-        user_data: f.user_data,
+        external_id: f.external_id.map(String::from),
+        user_data: f.user_data.into(),
         create_time: f.create_time,
         lists: f.lists.to_vec(),
     }
@@ -223,7 +223,7 @@ mod tests {
             face_id: Uuid::from_u128(id),
             account_id: Uuid::nil(),
             external_id: None,
-            user_data: String::new(),
+            user_data: Box::default(),
             create_time: 0,
             lists: SmallVec::new(),
         };

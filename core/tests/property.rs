@@ -64,7 +64,7 @@ fn check(spec: VersionSpec, n: usize, seed: u64, limit: usize, threshold: f64, w
         let face_id = Uuid::from_u128((seed as u128) << 64 | (i as u128 * 7919 % 100_003));
         let in_list = i % 3 != 0;
         let lists = if in_list { smallvec::smallvec![list] } else { smallvec::SmallVec::new() };
-        let record = FaceRecord { face_id, account_id: Uuid::nil(), external_id: None, user_data: String::new(), create_time: 0, lists };
+        let record = FaceRecord { face_id, account_id: Uuid::nil(), external_id: None, user_data: Box::default(), create_time: 0, lists };
         if !with_list || in_list {
             truth.push((naive_cos(&spec, &query_payload, &p), face_id));
         }
@@ -125,7 +125,7 @@ fn check_batch(spec: VersionSpec, n: usize, seed: u64, queries: usize, limit: us
         let face_id = Uuid::from_u128((i as u128 * 104_729) % 1_000_003);
         let in_list = i % 4 != 1;
         let lists = if in_list { smallvec::smallvec![list] } else { smallvec::SmallVec::new() };
-        let record = FaceRecord { face_id, account_id: Uuid::nil(), external_id: None, user_data: String::new(), create_time: 0, lists };
+        let record = FaceRecord { face_id, account_id: Uuid::nil(), external_id: None, user_data: Box::default(), create_time: 0, lists };
         index.insert_face(spec, &Descriptor { version, payload: p.clone() }, record);
         stored.push((p, face_id, in_list));
     }

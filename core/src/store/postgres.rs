@@ -353,7 +353,7 @@ async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::
         let versions: Vec<i32> = faces.iter().map(|(d, _)| d.version as i32).collect();
         let payloads: Vec<&[u8]> = faces.iter().map(|(d, _)| d.payload.as_slice()).collect();
         let external: Vec<Option<&str>> = faces.iter().map(|(_, f)| f.external_id.as_deref()).collect();
-        let user_data: Vec<&str> = faces.iter().map(|(_, f)| f.user_data.as_str()).collect();
+        let user_data: Vec<&str> = faces.iter().map(|(_, f)| &*f.user_data).collect();
         let times: Vec<SystemTime> = faces.iter().map(|(_, f)| system_time(f.create_time)).collect();
         tx.execute(
             "INSERT INTO faces (face_id, account_id, descriptor_version, descriptor, external_id, user_data, create_time)
