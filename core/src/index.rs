@@ -649,6 +649,7 @@ mod tests {
                 2 if !faces.is_empty() => {
                     let f = faces.swap_remove(next(faces.len()));
                     index.apply(Op::DeleteFace(f));
+                    assert!(index.face(&f).is_none(), "a deleted face is not found");
                 }
                 3..=5 if !faces.is_empty() => {
                     let f = faces[next(faces.len())];
@@ -668,6 +669,9 @@ mod tests {
             }
             if step % 50 == 0 {
                 assert_members_consistent(&index);
+                // The id table finds every face at the slot that holds it.
+                assert_eq!(index.face_count(), faces.len());
+                assert!(faces.iter().all(|f| index.face(f).is_some_and(|at| at.record().face_id == *f)));
             }
         }
         assert_members_consistent(&index);
