@@ -219,8 +219,11 @@ impl DescriptorSet {
             let kick = PyCFunction::new_closure(py, None, None, move |args, _| -> PyResult<()> {
                 shared.clone().kick(args.py());
                 Ok(())
-            })?;
-            event_loop.call_method1("call_soon", (kick,))?;
+            });
+            // A loop that takes no more callbacks (closing) gets the scan at once.
+            if kick.and_then(|kick| event_loop.call_method1("call_soon", (kick,))).is_err() {
+                self.shared.clone().kick(py);
+            }
         }
         Ok(future)
     }
