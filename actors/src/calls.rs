@@ -108,7 +108,7 @@ fn start(py: Python<'_>, Call { make, context, finish }: Call) {
     };
     let started = (|| {
         let coroutine = make(py)?;
-        let create_task = CALLS.get().expect("installed").event_loop.bind(py).getattr("create_task")?;
+        let create_task = event_loop(py).expect("installed").getattr("create_task")?;
         let task = match &context {
             Some(context) => context.bind(py).call_method1("run", (create_task, coroutine))?,
             None => create_task.call1((coroutine,))?,
