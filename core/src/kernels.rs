@@ -10,7 +10,8 @@
 //!
 //! The block kernels score 4 rows against 4 queries (or 1) at once: each row
 //! block loaded from memory serves every query in registers, which makes a
-//! coalesced scan bound by compute, not by memory. A block kernel adds up each
+//! coalesced scan bound by compute, not by memory. AVX2 has 16 registers, not
+//! AVX-512's 32: its blocks go 2 rows x 4 queries (u8) or 2 x 2 (f32) at a time. A block kernel adds up each
 //! pair in the same order as its one-pair kernel, so a similarity does not
 //! depend on whether its query was scanned alone or in a batch. Where the CPU
 //! has AMX, batches of u8 queries use the tile kernel of [`crate::tiles`]
@@ -76,9 +77,16 @@ impl Kernels {
 
     #[cfg(target_arch = "x86_64")]
     fn avx2() -> Kernels {
-        let (block_u8, rows_u8) = pairwise!(x86::dot_u8_i8_avx2, u8, i8, i32);
-        let (block_f32, rows_f32) = pairwise!(x86::dot_f32_avx2, f32, f32, f32);
-        Kernels { name: "avx2", dot_u8_i8: x86::dot_u8_i8_avx2, dot_f32: x86::dot_f32_avx2, block_u8, rows_u8, block_f32, rows_f32, tile_u8: None }
+        Kernels {
+            name: "avx2",
+            dot_u8_i8: x86::dot_u8_i8_avx2,
+            dot_f32: x86::dot_f32_avx2,
+            block_u8: x86::block_u8_avx2,
+            rows_u8: x86::rows_u8_avx2,
+            block_f32: x86::block_f32_avx2,
+            rows_f32: x86::rows_f32_avx2,
+            tile_u8: None,
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -199,24 +207,78 @@ mod x86 {
 
     pub fn dot_u8_i8_avx2(c: &[u8], q: &[i8]) -> i32 {
         assert!(c.len() == q.len() && c.len().is_multiple_of(64));
-        unsafe { avx2_u8(c, q) }
+        unsafe { avx2_u8::<1, 1>(&[c.as_ptr()], &[q.as_ptr()], c.len() / 16)[0][0] }
     }
 
+    pub fn block_u8_avx2(rows: &[&[u8]; 4], queries: &[&[i8]; 4]) -> [[i32; 4]; 4] {
+        let len = rows[0].len();
+        assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len) && queries.iter().all(|q| q.len() == len));
+        // Two rows at a time: 2 x 4 accumulators, four widened queries and a
+        // widened row fit the 16 registers; 4 x 4 would spill.
+        let q = queries.map(|q| q.as_ptr());
+        let [top, bottom] = [[0, 1], [2, 3]].map(|h| unsafe { avx2_u8::<2, 4>(&h.map(|i| rows[i].as_ptr()), &q, len / 16) });
+        [0, 1, 2, 3].map(|qi| [top[qi][0], top[qi][1], bottom[qi][0], bottom[qi][1]])
+    }
+
+    pub fn rows_u8_avx2(rows: &[&[u8]; 4], q: &[i8]) -> [i32; 4] {
+        let len = q.len();
+        assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len));
+        unsafe { avx2_u8::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 16)[0] }
+    }
+
+    /// R rows x Q queries of `steps` 16-byte steps each, one accumulator per
+    /// pair. Both sides are widened to i16 first: `_mm256_maddubs_epi16`
+    /// would saturate on 255 * -128 * 2.
     #[target_feature(enable = "avx2")]
-    unsafe fn avx2_u8(c: &[u8], q: &[i8]) -> i32 {
-        // Widen to i16 first: _mm256_maddubs_epi16 would saturate on 255 * -128 * 2.
-        let mut acc = _mm256_setzero_si256();
-        let mut i = 0;
-        while i < c.len() {
-            let a = _mm256_cvtepu8_epi16(_mm_loadu_si128(c.as_ptr().add(i) as *const __m128i));
-            let b = _mm256_cvtepi8_epi16(_mm_loadu_si128(q.as_ptr().add(i) as *const __m128i));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-            i += 16;
+    unsafe fn avx2_u8<const R: usize, const Q: usize>(rows: &[*const u8; R], queries: &[*const i8; Q], steps: usize) -> [[i32; R]; Q] {
+        let mut acc = [[_mm256_setzero_si256(); R]; Q];
+        if Q == 1 {
+            // One query: row by row, each read front to back, as `vnni`.
+            for ri in 0..R {
+                for s in 0..steps {
+                    acc[0][ri] = _mm256_add_epi32(acc[0][ri], _mm256_madd_epi16(widen_row(rows[ri], s), widen_query(queries[0], s)));
+                }
+            }
+        } else {
+            // Several: each query step is widened once for all R rows.
+            for s in 0..steps {
+                let mut q = [_mm256_setzero_si256(); Q];
+                for qi in 0..Q {
+                    q[qi] = widen_query(queries[qi], s);
+                }
+                for ri in 0..R {
+                    let r = widen_row(rows[ri], s);
+                    for qi in 0..Q {
+                        acc[qi][ri] = _mm256_add_epi32(acc[qi][ri], _mm256_madd_epi16(r, q[qi]));
+                    }
+                }
+            }
         }
-        let s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
+        let mut out = [[0; R]; Q];
+        for qi in 0..Q {
+            for ri in 0..R {
+                let v = acc[qi][ri];
+                let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+                out[qi][ri] = _mm_cvtsi128_si32(s);
+            }
+        }
+        out
+    }
+
+    /// 16 bytes at step `s` of a row, widened to i16.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen_row(p: *const u8, s: usize) -> __m256i {
+        _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(s * 16) as *const __m128i))
+    }
+
+    /// 16 values at step `s` of a shifted query, widened to i16.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn widen_query(p: *const i8, s: usize) -> __m256i {
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(s * 16) as *const __m128i))
     }
 
     pub fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
@@ -261,25 +323,56 @@ mod x86 {
 
     pub fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
-        unsafe { avx2_f32(a, b) }
+        unsafe { avx2_f32::<1, 1>(&[a.as_ptr()], &[b.as_ptr()], a.len() / 16)[0][0] }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_f32(a: &[f32], b: &[f32]) -> f32 {
-        let (ap, bp) = (a.as_ptr(), b.as_ptr());
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i < a.len() {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), _mm256_loadu_ps(bp.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i + 8)), _mm256_loadu_ps(bp.add(i + 8)), acc1);
-            i += 16;
+    pub fn block_f32_avx2(rows: &[&[f32]; 4], queries: &[&[f32]; 4]) -> [[f32; 4]; 4] {
+        let len = rows[0].len();
+        assert!(len.is_multiple_of(16) && rows.iter().all(|r| r.len() == len) && queries.iter().all(|q| q.len() == len));
+        // 2 x 2 at a time: two accumulators a pair, 8 of them, fit beside the loads.
+        let mut out = [[0.0; 4]; 4];
+        for (r0, q0) in [(0, 0), (0, 2), (2, 0), (2, 2)] {
+            let part = unsafe { avx2_f32::<2, 2>(&[rows[r0].as_ptr(), rows[r0 + 1].as_ptr()], &[queries[q0].as_ptr(), queries[q0 + 1].as_ptr()], len / 16) };
+            for (qi, row) in part.iter().enumerate() {
+                out[q0 + qi][r0..r0 + 2].copy_from_slice(row);
+            }
         }
-        let v = _mm256_add_ps(acc0, acc1);
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01));
-        _mm_cvtss_f32(s)
+        out
+    }
+
+    pub fn rows_f32_avx2(rows: &[&[f32]; 4], q: &[f32]) -> [f32; 4] {
+        let len = q.len();
+        assert!(len.is_multiple_of(16) && rows.iter().all(|r| r.len() == len));
+        unsafe { avx2_f32::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 16)[0] }
+    }
+
+    /// R rows x Q queries of `steps` 16-float steps each. Two accumulators a
+    /// pair (the even and the odd 8 floats of a step) hide the latency of
+    /// FMA; every pair is summed in the same order whatever R and Q.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_f32<const R: usize, const Q: usize>(rows: &[*const f32; R], queries: &[*const f32; Q], steps: usize) -> [[f32; R]; Q] {
+        let mut even = [[_mm256_setzero_ps(); R]; Q];
+        let mut odd = [[_mm256_setzero_ps(); R]; Q];
+        for s in 0..steps {
+            for ri in 0..R {
+                let (r0, r1) = (_mm256_loadu_ps(rows[ri].add(s * 16)), _mm256_loadu_ps(rows[ri].add(s * 16 + 8)));
+                for qi in 0..Q {
+                    even[qi][ri] = _mm256_fmadd_ps(r0, _mm256_loadu_ps(queries[qi].add(s * 16)), even[qi][ri]);
+                    odd[qi][ri] = _mm256_fmadd_ps(r1, _mm256_loadu_ps(queries[qi].add(s * 16 + 8)), odd[qi][ri]);
+                }
+            }
+        }
+        let mut out = [[0.0; R]; Q];
+        for qi in 0..Q {
+            for ri in 0..R {
+                let v = _mm256_add_ps(even[qi][ri], odd[qi][ri]);
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0b01));
+                out[qi][ri] = _mm_cvtss_f32(s);
+            }
+        }
+        out
     }
 }
 

@@ -1,0 +1,122 @@
+//! One u8 query against 1M faces through the engine, timed in turn with a
+//! plain read of the same rows on the same threads (each thread summing its
+//! half front to back, as numpy's two-thread read does): the memory
+//! bandwidth of this host moves within minutes, so the ratio is taken per
+//! pair of runs, not between two benchmarks minutes apart.
+//!
+//! `cargo bench -p luna-core --bench scan_read [-- FACES [PAIRS]]`
+//! (1,000,000 faces, 40 pairs). With `LUNA_BENCH_DATA=dir` the rows and the
+//! query come from `scripts/bench-kernels`' files.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use luna_core::descriptor::{Descriptor, Dtype, VersionSpec};
+use luna_core::index::{FaceRecord, Index, Query};
+use luna_core::matching::{run_batch, Filter, SubQuery};
+use rayon::prelude::*;
+use uuid::Uuid;
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse().ok()).collect();
+    let faces = args.first().copied().unwrap_or(1_000_000);
+    let pairs = args.get(1).copied().unwrap_or(40);
+    let spec = VersionSpec { length: 512, dtype: Dtype::U8, a: None, b: None };
+    let (rows, query) = data(faces);
+    let mut index = Index::default();
+    for (i, p) in rows.chunks_exact(512).enumerate() {
+        let face = FaceRecord {
+            face_id: Uuid::from_u128(i as u128),
+            account_id: Uuid::nil(),
+            external_id: None,
+            user_data: Box::default(),
+            create_time: 0,
+            lists: Default::default(),
+        };
+        index.insert_face(spec, &Descriptor { version: 1, payload: p.to_vec() }, face);
+    }
+    drop(rows);
+    let stored = index.versions[&1].vectors.rows.u8_rows(0, faces);
+    let sub = SubQuery { version: 1, query: Arc::new(Query::new(&spec, &query)), filter: Filter::default(), limit: 10, threshold: 0.0 };
+    let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+    let threads = pool.current_num_threads();
+    let read = || pool.install(|| read_all(stored, threads));
+    let scan = || pool.install(|| run_batch(&index, &[&sub]));
+    // Warm both paths (page tables, pool threads) before timing.
+    for _ in 0..3 {
+        black_box(read());
+        black_box(scan());
+    }
+    let (mut reads, mut scans, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..pairs {
+        // Which goes first alternates, so neither always follows the other.
+        let (r, s) = if i % 2 == 0 {
+            let r = timed(read);
+            (r, timed(scan))
+        } else {
+            let s = timed(scan);
+            (timed(read), s)
+        };
+        reads.push(r.as_secs_f64());
+        scans.push(s.as_secs_f64());
+        ratios.push(s.as_secs_f64() / r.as_secs_f64());
+    }
+    let bytes = stored.len() as f64;
+    let (read, scan, ratio) = (median(&mut reads), median(&mut scans), median(&mut ratios));
+    let low = ratios[ratios.len() / 10];
+    let high = ratios[ratios.len() * 9 / 10];
+    println!("{faces} u8 faces ({:.0} MB), {threads} threads, {pairs} pairs, medians:", bytes / 1e6);
+    println!("  read   {:7.2} ms  {:5.1} GB/s", read * 1e3, bytes / read / 1e9);
+    println!("  scan   {:7.2} ms  {:5.1} GB/s", scan * 1e3, bytes / scan / 1e9);
+    println!("  scan / read, per pair: median {ratio:.2}x (10th to 90th percentile {low:.2}x to {high:.2}x)");
+}
+
+/// u8 rows and a query: from `scripts/bench-kernels`' files, or generated.
+fn data(n: usize) -> (Vec<u8>, Vec<u8>) {
+    if let Ok(dir) = std::env::var("LUNA_BENCH_DATA") {
+        let all = std::fs::read(format!("{dir}/candidates_u8.bin")).expect("candidates_u8.bin");
+        let query = std::fs::read(format!("{dir}/query_u8.bin")).expect("query_u8.bin");
+        return (all[..n * 512].to_vec(), query);
+    }
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut bytes: Vec<u8> = (0..(n + 1) * 512)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let query = bytes.split_off(n * 512);
+    (bytes, query)
+}
+
+/// Sum `bytes` as u64 words, each of `threads` threads its own contiguous share.
+fn read_all(bytes: &[u8], threads: usize) -> u64 {
+    let share = bytes.len().div_ceil(threads).next_multiple_of(64);
+    bytes.par_chunks(share).with_max_len(1).map(sum_words).reduce(|| 0, u64::wrapping_add)
+}
+
+/// Eight independent lanes, so the loop is bound by loads, not by one chain of adds.
+fn sum_words(bytes: &[u8]) -> u64 {
+    let mut lanes = [0u64; 8];
+    for block in bytes.chunks_exact(64) {
+        for (lane, word) in lanes.iter_mut().zip(block.chunks_exact(8)) {
+            *lane = lane.wrapping_add(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+    }
+    lanes.into_iter().fold(0, u64::wrapping_add)
+}
+
+fn timed<T>(f: impl Fn() -> T) -> Duration {
+    let start = Instant::now();
+    black_box(f());
+    start.elapsed()
+}
+
+/// Sorts `values`: the median, and the percentiles read off them after.
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
