@@ -16,74 +16,20 @@
 //! files `scripts/bench-kernels` writes for the FAISS peer, so both measure the
 //! same data; otherwise they are generated.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{build_index, build_listed, random_bytes, spec, to_f32, u8_data, LIST};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use luna_core::descriptor::{Descriptor, Dtype, VersionSpec};
-use luna_core::index::{FaceRecord, Index, Query};
+use luna_core::descriptor::Dtype;
+use luna_core::index::Query;
 use luna_core::kernels::{kernels, Kernels};
 use luna_core::matching::{run_batch, run_batch_with, scan, Filter, SubQuery, TopK};
 use uuid::Uuid;
 
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 const LIMIT: usize = 10;
-
-fn spec(dtype: Dtype) -> VersionSpec {
-    VersionSpec { length: 512, dtype, a: None, b: None }
-}
-
-/// u8 descriptors, `n` rows of 512, plus the query: from the shared file or generated.
-fn u8_data(n: usize) -> (Vec<u8>, Vec<u8>) {
-    if let Ok(dir) = std::env::var("LUNA_BENCH_DATA") {
-        let all = std::fs::read(format!("{dir}/candidates_u8.bin")).expect("candidates_u8.bin");
-        let query = std::fs::read(format!("{dir}/query_u8.bin")).expect("query_u8.bin");
-        return (all[..n * 512].to_vec(), query);
-    }
-    let mut bytes = random_bytes((n + 1) * 512, 0x2545_F491_4F6C_DD1D);
-    let query = bytes.split_off(n * 512);
-    (bytes, query)
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect()
-}
-
-/// The f32 version of u8 data, `(q - 128) / 128`, as little-endian bytes: what FAISS gets.
-fn to_f32(bytes: &[u8]) -> Vec<u8> {
-    bytes.iter().flat_map(|&q| ((q as f32 - 128.0) / 128.0).to_le_bytes()).collect()
-}
-
-fn build_index(dtype: Dtype, rows: &[u8]) -> Index {
-    build_listed(dtype, rows, |_| false)
-}
-
-const LIST: Uuid = Uuid::from_u128(0x1157);
-
-/// An index of `rows`, row i in `LIST` when `listed(i)`.
-fn build_listed(dtype: Dtype, rows: &[u8], listed: impl Fn(usize) -> bool) -> Index {
-    let spec = spec(dtype);
-    let mut index = Index::default();
-    for (i, p) in rows.chunks_exact(spec.payload_len()).enumerate() {
-        let face = FaceRecord {
-            face_id: Uuid::from_u128(i as u128),
-            account_id: Uuid::nil(),
-            external_id: None,
-            user_data: Box::default(),
-            create_time: 0,
-            lists: std::iter::once(LIST).filter(|_| listed(i)).collect(),
-        };
-        index.insert_face(spec, &Descriptor { version: 1, payload: p.to_vec() }, face);
-    }
-    index
-}
 
 /// This process's resident memory (Linux), 0 elsewhere.
 fn resident_bytes() -> usize {

@@ -12,30 +12,21 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use luna_core::descriptor::{Descriptor, Dtype, VersionSpec};
-use luna_core::index::{FaceRecord, Index, Query};
+mod common;
+
+use common::{build_index, spec, u8_data};
+use luna_core::descriptor::Dtype;
+use luna_core::index::Query;
 use luna_core::matching::{run_batch, Filter, SubQuery};
 use rayon::prelude::*;
-use uuid::Uuid;
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse().ok()).collect();
     let faces = args.first().copied().unwrap_or(1_000_000);
     let pairs = args.get(1).copied().unwrap_or(40);
-    let spec = VersionSpec { length: 512, dtype: Dtype::U8, a: None, b: None };
-    let (rows, query) = data(faces);
-    let mut index = Index::default();
-    for (i, p) in rows.chunks_exact(512).enumerate() {
-        let face = FaceRecord {
-            face_id: Uuid::from_u128(i as u128),
-            account_id: Uuid::nil(),
-            external_id: None,
-            user_data: Box::default(),
-            create_time: 0,
-            lists: Default::default(),
-        };
-        index.insert_face(spec, &Descriptor { version: 1, payload: p.to_vec() }, face);
-    }
+    let spec = spec(Dtype::U8);
+    let (rows, query) = u8_data(faces);
+    let index = build_index(Dtype::U8, &rows);
     drop(rows);
     let stored = index.versions[&1].vectors.rows.u8_rows(0, faces);
     let sub = SubQuery { version: 1, query: Arc::new(Query::new(&spec, &query)), filter: Filter::default(), limit: 10, threshold: 0.0 };
@@ -70,26 +61,6 @@ fn main() {
     println!("  read   {:7.2} ms  {:5.1} GB/s", read * 1e3, bytes / read / 1e9);
     println!("  scan   {:7.2} ms  {:5.1} GB/s", scan * 1e3, bytes / scan / 1e9);
     println!("  scan / read, per pair: median {ratio:.2}x (10th to 90th percentile {low:.2}x to {high:.2}x)");
-}
-
-/// u8 rows and a query: from `scripts/bench-kernels`' files, or generated.
-fn data(n: usize) -> (Vec<u8>, Vec<u8>) {
-    if let Ok(dir) = std::env::var("LUNA_BENCH_DATA") {
-        let all = std::fs::read(format!("{dir}/candidates_u8.bin")).expect("candidates_u8.bin");
-        let query = std::fs::read(format!("{dir}/query_u8.bin")).expect("query_u8.bin");
-        return (all[..n * 512].to_vec(), query);
-    }
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut bytes: Vec<u8> = (0..(n + 1) * 512)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
-        })
-        .collect();
-    let query = bytes.split_off(n * 512);
-    (bytes, query)
 }
 
 /// Sum `bytes` as u64 words, each of `threads` threads its own contiguous share.
