@@ -184,19 +184,28 @@ on_each_backend! {
 
     fn raw_matching(store: Store) {
         let s = TestServer::start_on(store);
-        let reference = descriptor(0);
-        let cands: Vec<(String, Vec<u8>)> = (0..30).map(|i| (format!("c{:02}", 29 - i), blend(&reference, &descriptor(50 + i as u64), (i / 2) * 30))).collect();
-        let q = json!({"references": [{"id": "r", "data": b64(&reference)}],
-                       "candidates": cands.iter().map(|(id, d)| json!({"id": id, "data": b64(d)})).collect::<Vec<_>>(),
-                       "descriptor_version": 62, "limit": 7, "threshold": 0.05});
-        let body = s.json("POST", "/1/matcher/raw", Some(&q)).json();
-        let mut want: Vec<(String, f64)> = cands.iter().map(|(id, d)| (id.clone(), u8_similarity(&reference, d))).filter(|(_, s)| *s >= 0.05).collect();
-        want.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        want.truncate(7);
-        let got: Vec<(String, f64)> =
-            body[0]["matches"].as_array().unwrap().iter().map(|m| (m["candidate_id"].as_str().unwrap().to_owned(), m["similarity"].as_f64().unwrap())).collect();
-        assert_eq!(body[0]["reference_id"], "r");
-        assert_eq!(got, want);
+        // One reference against 30 candidates, then 30 references against
+        // 150: small requests are scanned where they are parsed, large ones
+        // on the matching threads; both answer alike.
+        for (references, candidates) in [(1, 30), (30, 150)] {
+            let refs: Vec<Vec<u8>> = (0..references).map(|r| blend(&descriptor(0), &descriptor(900 + r as u64), r * 10)).collect();
+            let cands: Vec<(String, Vec<u8>)> =
+                (0..candidates).map(|i| (format!("c{:03}", candidates - 1 - i), blend(&refs[0], &descriptor(50 + i as u64), (i / 2) * 30 % 512))).collect();
+            let q = json!({"references": refs.iter().enumerate().map(|(r, d)| json!({"id": format!("r{r}"), "data": b64(d)})).collect::<Vec<_>>(),
+                           "candidates": cands.iter().map(|(id, d)| json!({"id": id, "data": b64(d)})).collect::<Vec<_>>(),
+                           "descriptor_version": 62, "limit": 7, "threshold": 0.05});
+            let body = s.json("POST", "/1/matcher/raw", Some(&q)).json();
+            assert_eq!(body.as_array().unwrap().len(), references);
+            for (r, reference) in refs.iter().enumerate() {
+                let mut want: Vec<(String, f64)> = cands.iter().map(|(id, d)| (id.clone(), u8_similarity(reference, d))).filter(|(_, s)| *s >= 0.05).collect();
+                want.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                want.truncate(7);
+                let got: Vec<(String, f64)> =
+                    body[r]["matches"].as_array().unwrap().iter().map(|m| (m["candidate_id"].as_str().unwrap().to_owned(), m["similarity"].as_f64().unwrap())).collect();
+                assert_eq!(body[r]["reference_id"], format!("r{r}"));
+                assert_eq!(got, want, "{references} x {candidates}, reference {r}");
+            }
+        }
     }
 
     fn float_descriptors_and_zero_vectors(store: Store) {
