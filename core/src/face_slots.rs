@@ -41,6 +41,12 @@ impl FaceSlots {
         self.table.insert_unique(hasher.hash_one(face_id), place, |&p| hasher.hash_one(id_at(p)));
     }
 
+    /// Room for `additional` more faces without growing.
+    pub fn reserve(&mut self, additional: usize, id_at: impl Fn(Place) -> Uuid) {
+        let hasher = &self.hasher;
+        self.table.reserve(additional, |&p| hasher.hash_one(id_at(p)));
+    }
+
     /// Forget `face_id`, still at its place for `id_at`; where it was.
     pub fn remove(&mut self, face_id: &Uuid, id_at: impl Fn(Place) -> Uuid) -> Option<Place> {
         let entry = self.table.find_entry(self.hasher.hash_one(face_id), |&p| id_at(p) == *face_id).ok()?;

@@ -436,18 +436,25 @@ pub struct Index {
 }
 
 impl Index {
-    /// Add a face with its descriptor, counting it in its lists.
-    pub fn insert_face(&mut self, spec: VersionSpec, descriptor: &Descriptor, face: FaceRecord) {
+    /// Room for `additional` more faces in the id table, so that a load
+    /// that knows its count does not grow it step by step: each step reads
+    /// every face's id back from its record.
+    pub fn reserve_faces(&mut self, additional: usize) {
+        self.slots.reserve(additional, |p| id_at(&self.versions, p));
+    }
+
+    /// Add a face with its descriptor (`payload`, of `version`), counting it in its lists.
+    pub fn insert_face(&mut self, spec: VersionSpec, version: u32, payload: &[u8], face: FaceRecord) {
         for list in &face.lists {
             if let Some(l) = self.lists.get_mut(list) {
                 l.face_count += 1;
             }
         }
         let account = self.accounts.intern(face.account_id);
-        let vi = self.versions.entry(descriptor.version).or_insert_with(|| VersionIndex::new(spec));
+        let vi = self.versions.entry(version).or_insert_with(|| VersionIndex::new(spec));
         let face_id = face.face_id;
-        let slot = vi.push(&descriptor.payload, account, face);
-        let place = Place { version: descriptor.version, slot: slot as u32 };
+        let slot = vi.push(payload, account, face);
+        let place = Place { version, slot: slot as u32 };
         self.slots.insert(&face_id, place, |p| id_at(&self.versions, p));
     }
 
@@ -516,7 +523,7 @@ impl Index {
             Op::DeleteList(list_id) => {
                 self.remove_list(&list_id);
             }
-            Op::CreateFace { spec, descriptor, face } => self.insert_face(spec, &descriptor, face),
+            Op::CreateFace { spec, descriptor, face } => self.insert_face(spec, descriptor.version, &descriptor.payload, face),
             Op::DeleteFace(face_id) => {
                 self.remove_face(&face_id);
             }
@@ -544,7 +551,7 @@ impl Index {
             }
             self.remove_face(&face.face_id);
         }
-        self.insert_face(spec, descriptor, face);
+        self.insert_face(spec, descriptor.version, &descriptor.payload, face);
     }
 }
 
@@ -592,7 +599,7 @@ mod tests {
         let (cached, other, f) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let mut index = Index::default();
         index.upsert_list(list(cached));
-        index.insert_face(SPEC, &descriptor(1), face(f, &[cached], "x"));
+        index.insert_face(SPEC, 62, &[1; 8], face(f, &[cached], "x"));
         assert!(index.set_membership(other, &f, true));
         assert_eq!(index.face(&f).unwrap().record().lists.to_vec(), vec![cached, other]);
         assert_eq!(index.lists[&cached].face_count, 1);

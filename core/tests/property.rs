@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use luna_core::descriptor::{Descriptor, Dtype, VersionSpec};
+use luna_core::descriptor::{Dtype, VersionSpec};
 use luna_core::index::{FaceRecord, Index, Query};
 use luna_core::matching::{run_batch, Filter, SubQuery};
 use proptest::prelude::*;
@@ -68,7 +68,7 @@ fn check(spec: VersionSpec, n: usize, seed: u64, limit: usize, threshold: f64, w
         if !with_list || in_list {
             truth.push((naive_cos(&spec, &query_payload, &p), face_id));
         }
-        index.insert_face(spec, &Descriptor { version, payload: p }, record);
+        index.insert_face(spec, version, &p, record);
     }
     let sub = SubQuery {
         version,
@@ -126,7 +126,7 @@ fn check_batch(spec: VersionSpec, n: usize, seed: u64, queries: usize, limit: us
         let in_list = i % 4 != 1;
         let lists = if in_list { smallvec::smallvec![list] } else { smallvec::SmallVec::new() };
         let record = FaceRecord { face_id, account_id: Uuid::nil(), external_id: None, user_data: Box::default(), create_time: 0, lists };
-        index.insert_face(spec, &Descriptor { version, payload: p.clone() }, record);
+        index.insert_face(spec, version, &p, record);
         stored.push((p, face_id, in_list));
     }
     let subs: Vec<SubQuery> = probes

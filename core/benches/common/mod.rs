@@ -4,7 +4,7 @@
 // Each bench compiles its own copy and uses part of it.
 #![allow(dead_code)]
 
-use luna_core::descriptor::{Descriptor, Dtype, VersionSpec};
+use luna_core::descriptor::{Dtype, VersionSpec};
 use luna_core::index::{FaceRecord, Index};
 use uuid::Uuid;
 
@@ -60,7 +60,7 @@ pub fn build_listed(dtype: Dtype, rows: &[u8], listed: impl Fn(usize) -> bool) -
             create_time: 0,
             lists: std::iter::once(LIST).filter(|_| listed(i)).collect(),
         };
-        index.insert_face(spec, &Descriptor { version: 1, payload: p.to_vec() }, face);
+        index.insert_face(spec, 1, p, face);
     }
     index
 }

@@ -27,7 +27,7 @@ use super::postgres::{checked_spec, describe, describe_error, list_record, micro
 use super::{Position, SyncStatus};
 use crate::api::CacheScope;
 use crate::catalog::StoredFace;
-use crate::descriptor::{Descriptor, VersionSpec, Versions};
+use crate::descriptor::{VersionSpec, Versions};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{FaceRecord, Index, ListRecord};
 
@@ -347,7 +347,7 @@ impl Follower {
                 create_time: micros(row.get(6)),
                 lists: lists.into_iter().map(|(_, l)| l).collect(),
             };
-            index.insert_face(spec, &Descriptor { version, payload: payload.to_vec() }, face);
+            index.insert_face(spec, version, payload, face);
             faces += 1;
         }
         tx.commit().await.map_err(pg_error)?;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{BoxFuture, Op, Position, Prepare, Reads};
 use crate::catalog::{stored, StoredFace};
-use crate::descriptor::{Descriptor, Versions};
+use crate::descriptor::{Descriptor, VersionSpec, Versions};
 use crate::errors::{Error, Result};
 use crate::index::{FaceRecord, Index, ListRecord};
 
@@ -76,6 +76,17 @@ const PROBE_BYTES: usize = 4096;
 /// How much of the file the load reads through a memory mapping: all of
 /// it, up to the limit SQLite is built with (2 GiB by default).
 const LOAD_MMAP_BYTES: i64 = 1 << 40;
+
+/// Faces a load hands to its indexing thread at a time.
+const LOAD_BATCH: usize = 4096;
+
+/// Faces read by a load, with their descriptors side by side in one buffer.
+#[derive(Default)]
+struct LoadBatch {
+    faces: Vec<(VersionSpec, u32, FaceRecord)>,
+    offsets: Vec<usize>,
+    payloads: Vec<u8>,
+}
 /// Size the WAL is cut back to after a checkpoint.
 const WAL_LIMIT_BYTES: i64 = 4 << 20;
 
@@ -128,14 +139,40 @@ impl Store {
             let list = list?;
             index.lists.insert(list.list_id, list);
         }
+        let faces: i64 = self.conn.query_row("SELECT count(*) FROM faces", [], |r| r.get(0))?;
+        index.reserve_faces(faces as usize);
+        // SQLite's stepping and the index's inserts each take about half of a
+        // load: rows are read here and indexed on a second thread, a batch at a time.
+        let (batches, indexed) = crossbeam_channel::bounded::<LoadBatch>(4);
+        std::thread::scope(|scope| {
+            let indexer = std::thread::Builder::new()
+                .name("store-index".into())
+                .spawn_scoped(scope, move || {
+                    for batch in indexed {
+                        for (i, (spec, version, face)) in batch.faces.into_iter().enumerate() {
+                            let width = spec.payload_len();
+                            index.insert_face(spec, version, &batch.payloads[batch.offsets[i]..batch.offsets[i] + width], face);
+                        }
+                    }
+                    index
+                })
+                .map_err(|e| Error::storage(format!("cannot start the loading thread: {e}")))?;
+            let read = self.read_faces(versions, &batches);
+            drop(batches);
+            let index = indexer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            read.map(|()| index)
+        })
+    }
+
+    /// Every stored face in row order, with its lists, sent in batches.
+    fn read_faces(&self, versions: &Versions, batches: &crossbeam_channel::Sender<LoadBatch>) -> Result<()> {
         // Memberships in row order (their index), walked beside the faces.
         let mut stmt = self.conn.prepare("SELECT face_row, list_id FROM list_faces ORDER BY face_row")?;
         let mut memberships = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Uuid>(1)?)))?.peekable();
         let mut stmt =
             self.conn.prepare("SELECT row, face_id, account_id, version, descriptor, external_id, user_data, create_time FROM faces ORDER BY row")?;
         let mut rows = stmt.query([])?;
-        // One buffer for every descriptor: the index copies it.
-        let mut descriptor = Descriptor { version: 0, payload: Vec::new() };
+        let mut batch = LoadBatch::default();
         while let Some(r) = rows.next()? {
             let row: i64 = r.get(0)?;
             let face_id: Uuid = r.get(1)?;
@@ -160,12 +197,16 @@ impl Store {
                 }
             }
             let face = FaceRecord { face_id, account_id: r.get(2)?, external_id: r.get(5)?, user_data: r.get(6)?, create_time: r.get(7)?, lists };
-            descriptor.version = version;
-            descriptor.payload.clear();
-            descriptor.payload.extend_from_slice(payload);
-            index.insert_face(spec, &descriptor, face);
+            batch.offsets.push(batch.payloads.len());
+            batch.payloads.extend_from_slice(payload);
+            batch.faces.push((spec, version, face));
+            if batch.faces.len() == LOAD_BATCH {
+                // The indexer ends only when this thread's sender is dropped.
+                let _ = batches.send(std::mem::take(&mut batch));
+            }
         }
-        Ok(index)
+        let _ = batches.send(batch);
+        Ok(())
     }
 
     /// Run `f` in one transaction: all of it is committed (and synced), or nothing.
