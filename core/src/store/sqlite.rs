@@ -200,9 +200,9 @@ impl Store {
             batch.offsets.push(batch.payloads.len());
             batch.payloads.extend_from_slice(payload);
             batch.faces.push((spec, version, face));
-            if batch.faces.len() == LOAD_BATCH {
-                // The indexer ends only when this thread's sender is dropped.
-                let _ = batches.send(std::mem::take(&mut batch));
+            // A send fails only when the indexer has stopped (panicked): its join says why.
+            if batch.faces.len() == LOAD_BATCH && batches.send(std::mem::take(&mut batch)).is_err() {
+                return Ok(());
             }
         }
         let _ = batches.send(batch);
