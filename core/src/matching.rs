@@ -282,7 +282,7 @@ impl Engine {
     pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.submit(move || {
-            let _ = reply.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| Err(panicked())));
+            let _ = reply.send(guarded(work));
         })?;
         answer.await.map_err(|_| engine_gone())?
     }
@@ -305,6 +305,12 @@ fn engine_gone() -> Error {
 
 fn panicked() -> Error {
     Error::new(ErrorCode::Internal, "matching failed unexpectedly")
+}
+
+/// `work`'s result, or an internal error if it panicked: a bug in a scan
+/// fails its request, never the thread that ran it.
+pub(crate) fn guarded<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| Err(panicked()))
 }
 
 fn batch_loop(rx: Receiver<Job>, index: Arc<RwLock<Index>>, pool: rayon::ThreadPool) {

@@ -4,17 +4,18 @@
 use crate::api::*;
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{Query, Vectors};
-use crate::matching::{scan, TopK};
+use crate::matching::{guarded, scan, TopK};
 use crate::planning::check_threshold;
 use crate::service::Core;
 
-/// Reference x candidate pairs a request may have to be scanned on the
-/// thread that parsed it: about 0.1 ms of scanning, a few times what the
-/// parsing of their descriptors took.
+/// Reference x candidate pairs up to which a request is scanned on the
+/// thread that parsed it (about 0.1 ms of scanning): below that, the
+/// hand-off to the matching threads and back costs more than it spares.
 const INLINE_PAIRS: usize = 4096;
 
 impl Core {
-    /// Match every reference of the request against its candidates, on the matching threads.
+    /// Match every reference of the request against its candidates: on the
+    /// matching threads, or here when the request is small.
     pub async fn match_raw(&self, req: MatchRawRequest) -> Result<Vec<RawReferenceMatches>> {
         self.check_counts(req.references.len(), None)?;
         if req.candidates.len() > self.limits.raw_candidates {
@@ -68,10 +69,8 @@ impl Core {
                 })
                 .collect())
         };
-        // A small request scans in less time than the hand-off to the
-        // matching threads and back takes: it is scanned where it was parsed.
         if inline {
-            return scan_all();
+            return guarded(scan_all);
         }
         self.engine.run(scan_all).await
     }

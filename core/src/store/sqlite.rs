@@ -76,7 +76,8 @@ const PROBE_BYTES: usize = 4096;
 /// How much of the file the load reads through a memory mapping: all of
 /// it, up to the limit SQLite is built with (2 GiB by default).
 const LOAD_MMAP_BYTES: i64 = 1 << 40;
-
+/// Size the WAL is cut back to after a checkpoint.
+const WAL_LIMIT_BYTES: i64 = 4 << 20;
 /// Faces a load hands to its indexing thread at a time.
 const LOAD_BATCH: usize = 4096;
 
@@ -87,8 +88,6 @@ struct LoadBatch {
     offsets: Vec<usize>,
     payloads: Vec<u8>,
 }
-/// Size the WAL is cut back to after a checkpoint.
-const WAL_LIMIT_BYTES: i64 = 4 << 20;
 
 pub struct Store {
     conn: Connection,
@@ -156,7 +155,7 @@ impl Store {
                     }
                     index
                 })
-                .map_err(|e| Error::storage(format!("cannot start the loading thread: {e}")))?;
+                .map_err(|e| Error::storage(format!("cannot start the indexing thread: {e}")))?;
             let read = self.read_faces(versions, &batches);
             drop(batches);
             let index = indexer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
