@@ -11,9 +11,10 @@
 //! The block kernels score 4 rows against 4 queries (or 1) at once: each row
 //! block loaded from memory serves every query in registers, which makes a
 //! coalesced scan bound by compute, not by memory. AVX2 has 16 registers, not
-//! AVX-512's 32: its blocks go 2 rows x 4 queries (u8) or 2 x 2 (f32) at a time. A block kernel adds up each
-//! pair in the same order as its one-pair kernel, so a similarity does not
-//! depend on whether its query was scanned alone or in a batch. Where the CPU
+//! AVX-512's 32: its blocks go 2 rows x 4 queries (u8) or 2 x 2 (f32) at a
+//! time. A block kernel adds up each pair in the same order as its one-pair
+//! kernel, so a similarity does not depend on whether its query was scanned
+//! alone or in a batch. Where the CPU
 //! has AMX, batches of u8 queries use the tile kernel of [`crate::tiles`]
 //! (integer sums: the same scores again).
 
