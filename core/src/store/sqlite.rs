@@ -81,11 +81,11 @@ const WAL_LIMIT_BYTES: i64 = 4 << 20;
 /// Faces a load hands to its indexing thread at a time.
 const LOAD_BATCH: usize = 4096;
 
-/// Faces read by a load, with their descriptors side by side in one buffer.
+/// Faces read by a load, with their descriptors side by side in one buffer
+/// (each as long as its spec says, in the faces' order).
 #[derive(Default)]
 struct LoadBatch {
     faces: Vec<(VersionSpec, u32, FaceRecord)>,
-    offsets: Vec<usize>,
     payloads: Vec<u8>,
 }
 
@@ -148,9 +148,11 @@ impl Store {
                 .name("store-index".into())
                 .spawn_scoped(scope, move || {
                     for batch in indexed {
-                        for (i, (spec, version, face)) in batch.faces.into_iter().enumerate() {
-                            let width = spec.payload_len();
-                            index.insert_face(spec, version, &batch.payloads[batch.offsets[i]..batch.offsets[i] + width], face);
+                        let mut at = 0;
+                        for (spec, version, face) in batch.faces {
+                            let end = at + spec.payload_len();
+                            index.insert_face(spec, version, &batch.payloads[at..end], face);
+                            at = end;
                         }
                     }
                     index
@@ -196,7 +198,6 @@ impl Store {
                 }
             }
             let face = FaceRecord { face_id, account_id: r.get(2)?, external_id: r.get(5)?, user_data: r.get(6)?, create_time: r.get(7)?, lists };
-            batch.offsets.push(batch.payloads.len());
             batch.payloads.extend_from_slice(payload);
             batch.faces.push((spec, version, face));
             // A send fails only when the indexer has stopped (panicked): its join says why.
