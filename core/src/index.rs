@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::descriptor::{Descriptor, Dtype, VersionSpec};
 use crate::face_slots::{FaceSlots, Place};
 use crate::kernels::Kernels;
+use crate::places::Places;
 use crate::store::Op;
 
 #[derive(Clone, Copy)]
@@ -282,12 +283,12 @@ pub struct VersionIndex {
     /// The slots of each list's members in this version, in no particular order.
     members: HashMap<Uuid, Vec<u32>>,
     /// For each slot, where it sits in `members` of each list of its record, in the record's order.
-    places: Vec<SmallVec<[u32; 2]>>,
+    places: Places,
 }
 
 impl VersionIndex {
     fn new(spec: VersionSpec) -> Self {
-        VersionIndex { vectors: Vectors::new(spec), faces: Vec::new(), accounts: Vec::new(), members: HashMap::new(), places: Vec::new() }
+        VersionIndex { vectors: Vectors::new(spec), faces: Vec::new(), accounts: Vec::new(), members: HashMap::new(), places: Places::default() }
     }
 
     /// The faces, slot by slot.
@@ -307,7 +308,7 @@ impl VersionIndex {
 
     fn push(&mut self, payload: &[u8], account: u32, face: FaceRecord) -> usize {
         let slot = self.faces.len();
-        let places = face.lists.iter().map(|l| push_member(self.members.entry(*l).or_default(), slot)).collect();
+        let places: SmallVec<[u32; 2]> = face.lists.iter().map(|l| push_member(self.members.entry(*l).or_default(), slot)).collect();
         self.vectors.push(payload);
         self.faces.push(face);
         self.accounts.push(account);
@@ -317,13 +318,13 @@ impl VersionIndex {
 
     /// Remove a slot; the last slot takes its place.
     fn swap_remove(&mut self, slot: usize) -> FaceRecord {
-        let memberships: SmallVec<[(Uuid, u32); 2]> = self.faces[slot].lists.iter().copied().zip(self.places[slot].iter().copied()).collect();
+        let memberships: SmallVec<[(Uuid, u32); 2]> = self.faces[slot].lists.iter().copied().zip(self.places.of(slot)).collect();
         for (list, place) in memberships {
             self.drop_member(&list, place);
         }
         let last = self.faces.len() - 1;
         if slot != last {
-            for (list, &place) in self.faces[last].lists.iter().zip(&self.places[last]) {
+            for (list, place) in self.faces[last].lists.iter().zip(self.places.of(last)) {
                 self.members.get_mut(list).expect("a member's list")[place as usize] = slot as u32;
             }
         }
@@ -343,7 +344,7 @@ impl VersionIndex {
         }
         if let Some(moved) = moved {
             let at = self.faces[moved as usize].lists.iter().position(|l| l == list).expect("a member is in its list");
-            self.places[moved as usize][at] = place;
+            self.places.set(moved as usize, at, place);
         }
     }
 
@@ -353,12 +354,12 @@ impl VersionIndex {
             (None, true) => {
                 let place = push_member(self.members.entry(list_id).or_default(), slot);
                 self.faces[slot].lists.push(list_id);
-                self.places[slot].push(place);
+                self.places.append(slot, place);
                 true
             }
             (Some(at), false) => {
                 self.faces[slot].lists.remove(at);
-                let place = self.places[slot].remove(at);
+                let place = self.places.remove(slot, at);
                 self.drop_member(&list_id, place);
                 true
             }
@@ -372,7 +373,7 @@ impl VersionIndex {
             let slot = slot as usize;
             let at = self.faces[slot].lists.iter().position(|l| l == list_id).expect("a member is in its list");
             self.faces[slot].lists.remove(at);
-            self.places[slot].remove(at);
+            self.places.remove(slot, at);
         }
     }
 }
@@ -621,8 +622,9 @@ mod tests {
                 let want: Vec<u32> = (0..vi.faces.len() as u32).filter(|&s| vi.faces[s as usize].lists.contains(&list)).collect();
                 assert_eq!(got, want, "members of {list}");
             }
-            for (slot, (face, places)) in vi.faces.iter().zip(&vi.places).enumerate() {
-                for (list, &place) in face.lists.iter().zip(places) {
+            for (slot, face) in vi.faces.iter().enumerate() {
+                assert_eq!(vi.places.of(slot).count(), face.lists.len(), "a place for each list of slot {slot}");
+                for (list, place) in face.lists.iter().zip(vi.places.of(slot)) {
                     assert_eq!(vi.members[list][place as usize] as usize, slot);
                 }
             }

@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod limits;
 pub mod maintenance;
 pub mod matching;
+mod places;
 pub mod planning;
 pub mod raw;
 pub mod service;
