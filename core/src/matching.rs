@@ -506,11 +506,17 @@ fn score_chunk<K: Ord + Copy>(
             // over the whole block, free of branches, says which rows cannot
             // enter the top; only the others are looked at one by one.
             let below = scorer.worst.below_mask(&dots[..block.len()], &norms[..block.len()]);
-            let decided = u64::from(below.count_ones());
-            scorer.top.count(decided, decided);
-            for (i, &slot) in block.iter().enumerate().filter(|&(i, _)| below >> i & 1 == 0) {
-                scorer.offer_exact(dots[i], slot as usize, norms[i], || key(slot as usize));
+            // The rows left, lowest first: one step each, not one a row of the block.
+            let mut open = !below & (u64::MAX >> (64 - block.len()));
+            let mut offered = 0;
+            while open != 0 {
+                let i = open.trailing_zeros() as usize;
+                open &= open - 1;
+                offered += 1;
+                scorer.offer_exact(dots[i], block[i] as usize, norms[i], || key(block[i] as usize));
             }
+            let decided = block.len() as u64 - offered;
+            scorer.top.count(decided, decided);
             return;
         }
         // Counted here and added once: a counter in memory per candidate would chain them.
