@@ -308,11 +308,11 @@ impl VersionIndex {
 
     fn push(&mut self, payload: &[u8], account: u32, face: FaceRecord) -> usize {
         let slot = self.faces.len();
-        let places: SmallVec<[u32; 2]> = face.lists.iter().map(|l| push_member(self.members.entry(*l).or_default(), slot)).collect();
+        let members = &mut self.members;
+        self.places.push(face.lists.iter().map(|l| push_member(members.entry(*l).or_default(), slot)));
         self.vectors.push(payload);
         self.faces.push(face);
         self.accounts.push(account);
-        self.places.push(places);
         slot
     }
 
