@@ -154,7 +154,8 @@ impl Core {
 
     /// Every face of a list with its descriptor.
     pub fn stored_list_faces(&self, list_id: Uuid) -> Result<Vec<StoredFace>> {
-        let index = self.read_index();
+        let guard = self.read_index();
+        let index = &*guard;
         if !index.lists.contains_key(&list_id) {
             return Err(list_not_found(list_id));
         }
@@ -165,7 +166,7 @@ impl Core {
                 let mut slots = vi.members(&list_id).to_vec();
                 // In the order the faces were stored in, as a scan of the version gives them.
                 slots.sort_unstable();
-                slots.into_iter().map(move |slot| stored(&FaceAt { version, vi, slot: slot as usize }))
+                slots.into_iter().map(move |slot| stored(&index.at(version, slot as usize)))
             })
             .collect())
     }
@@ -224,7 +225,7 @@ pub struct StoredFace {
 }
 
 pub(crate) fn stored(at: &FaceAt) -> StoredFace {
-    StoredFace { face: at.record().clone(), descriptor: Descriptor { version: at.version, payload: at.payload().to_vec() } }
+    StoredFace { face: at.record(), descriptor: Descriptor { version: at.version, payload: at.payload().to_vec() } }
 }
 
 fn same_account(request: Option<Uuid>, body: Uuid) -> Result<()> {
@@ -253,5 +254,5 @@ fn face_owner(owners: &dyn Owners, account: Option<Uuid>, face_id: Uuid) -> Resu
 }
 
 pub(crate) fn visible_face(index: &Index, account: Option<Uuid>, face_id: Uuid) -> Result<FaceAt<'_>> {
-    index.face(&face_id).filter(|at| account.is_none_or(|a| a == at.record().account_id)).ok_or_else(|| face_not_found(face_id))
+    index.face(&face_id).filter(|at| account.is_none_or(|a| a == at.account_id())).ok_or_else(|| face_not_found(face_id))
 }

@@ -199,6 +199,34 @@ pub struct FaceRecord {
     pub lists: SmallVec<[Uuid; 1]>,
 }
 
+/// A face as the index holds it: its record without the account, which the
+/// slot's interned key stands for (16 bytes a face less).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceEntry {
+    /// The face's id.
+    pub face_id: Uuid,
+    /// The caller's own id, if given.
+    pub external_id: Option<Box<str>>,
+    /// Free text given at creation.
+    pub user_data: Box<str>,
+    /// Microseconds since the epoch, UTC.
+    pub create_time: i64,
+    /// The lists it is in.
+    pub lists: SmallVec<[Uuid; 1]>,
+}
+
+impl FaceEntry {
+    fn split(face: FaceRecord) -> (Uuid, FaceEntry) {
+        let FaceRecord { face_id, account_id, external_id, user_data, create_time, lists } = face;
+        (account_id, FaceEntry { face_id, external_id, user_data, create_time, lists })
+    }
+
+    fn with_account(&self, account_id: Uuid) -> FaceRecord {
+        let FaceEntry { face_id, external_id, user_data, create_time, lists } = self.clone();
+        FaceRecord { face_id, account_id, external_id, user_data, create_time, lists }
+    }
+}
+
 /// Everything about a list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListRecord {
@@ -277,7 +305,7 @@ impl Vectors {
 pub struct VersionIndex {
     /// The descriptors.
     pub vectors: Vectors,
-    faces: Vec<FaceRecord>,
+    faces: Vec<FaceEntry>,
     /// The interned account of each slot: the account filter reads this, not the record.
     accounts: Vec<u32>,
     /// The slots of each list's members in this version, in no particular order.
@@ -291,9 +319,19 @@ impl VersionIndex {
         VersionIndex { vectors: Vectors::new(spec), faces: Vec::new(), accounts: Vec::new(), members: HashMap::new(), places: Places::default() }
     }
 
-    /// The faces, slot by slot.
-    pub fn faces(&self) -> &[FaceRecord] {
-        &self.faces
+    /// Faces held.
+    pub fn len(&self) -> usize {
+        self.faces.len()
+    }
+
+    /// No face held.
+    pub fn is_empty(&self) -> bool {
+        self.faces.is_empty()
+    }
+
+    /// The face at a slot, without its account.
+    pub fn entry(&self, slot: usize) -> &FaceEntry {
+        &self.faces[slot]
     }
 
     /// The interned accounts, slot by slot (see [`Index::account_key`]).
@@ -306,7 +344,7 @@ impl VersionIndex {
         self.members.get(list_id).map_or(&[], |m| m.as_slice())
     }
 
-    fn push(&mut self, payload: &[u8], account: u32, face: FaceRecord) -> usize {
+    fn push(&mut self, payload: &[u8], account: u32, face: FaceEntry) -> usize {
         let slot = self.faces.len();
         let members = &mut self.members;
         self.places.push(face.lists.iter().map(|l| push_member(members.entry(*l).or_default(), slot)));
@@ -317,7 +355,7 @@ impl VersionIndex {
     }
 
     /// Remove a slot; the last slot takes its place.
-    fn swap_remove(&mut self, slot: usize) -> FaceRecord {
+    fn swap_remove(&mut self, slot: usize) -> FaceEntry {
         let memberships: SmallVec<[(Uuid, u32); 2]> = self.faces[slot].lists.iter().copied().zip(self.places.of(slot)).collect();
         for (list, place) in memberships {
             self.drop_member(&list, place);
@@ -392,12 +430,23 @@ pub struct FaceAt<'a> {
     pub vi: &'a VersionIndex,
     /// The face's slot in it.
     pub slot: usize,
+    accounts: &'a Accounts,
 }
 
 impl FaceAt<'_> {
-    /// The face, without its descriptor.
-    pub fn record(&self) -> &FaceRecord {
+    /// The face, without its account.
+    pub fn entry(&self) -> &FaceEntry {
         &self.vi.faces[self.slot]
+    }
+
+    /// The account that owns it.
+    pub fn account_id(&self) -> Uuid {
+        self.accounts.ids[self.vi.accounts[self.slot] as usize]
+    }
+
+    /// The face, without its descriptor.
+    pub fn record(&self) -> FaceRecord {
+        self.entry().with_account(self.account_id())
     }
 
     /// The face's stored descriptor payload.
@@ -406,16 +455,21 @@ impl FaceAt<'_> {
     }
 }
 
-/// Account ids as small numbers, so that each face carries 4 bytes, not 16, for the account filter.
+/// Account ids as small numbers, so that each face carries 4 bytes, not 16:
+/// the account filter reads the number, an answer the id it stands for.
 #[derive(Default)]
 struct Accounts {
     keys: HashMap<Uuid, u32>,
+    ids: Vec<Uuid>,
 }
 
 impl Accounts {
     fn intern(&mut self, account_id: Uuid) -> u32 {
-        let next = self.keys.len() as u32;
-        *self.keys.entry(account_id).or_insert(next)
+        let next = self.ids.len() as u32;
+        *self.keys.entry(account_id).or_insert_with(|| {
+            self.ids.push(account_id);
+            next
+        })
     }
 }
 
@@ -451,7 +505,8 @@ impl Index {
                 l.face_count += 1;
             }
         }
-        let account = self.accounts.intern(face.account_id);
+        let (account_id, face) = FaceEntry::split(face);
+        let account = self.accounts.intern(account_id);
         let vi = self.versions.entry(version).or_insert_with(|| VersionIndex::new(spec));
         let face_id = face.face_id;
         let slot = vi.push(payload, account, face);
@@ -467,7 +522,12 @@ impl Index {
     /// Where a face is, if it is held.
     pub fn face(&self, face_id: &Uuid) -> Option<FaceAt<'_>> {
         let Place { version, slot } = self.slots.get(face_id, |p| id_at(&self.versions, p))?;
-        Some(FaceAt { version, vi: &self.versions[&version], slot: slot as usize })
+        Some(self.at(version, slot as usize))
+    }
+
+    /// The face at a slot of a version held.
+    pub fn at(&self, version: u32, slot: usize) -> FaceAt<'_> {
+        FaceAt { version, vi: &self.versions[&version], slot, accounts: &self.accounts }
     }
 
     /// The small number standing for an account in [`VersionIndex::accounts`];
@@ -477,7 +537,7 @@ impl Index {
     }
 
     /// Remove a face; the last face of its version takes its slot.
-    pub fn remove_face(&mut self, face_id: &Uuid) -> Option<FaceRecord> {
+    pub fn remove_face(&mut self, face_id: &Uuid) -> Option<FaceEntry> {
         let place = self.slots.remove(face_id, |p| id_at(&self.versions, p))?;
         let vi = self.versions.get_mut(&place.version)?;
         let last = Place { version: place.version, slot: vi.faces.len() as u32 - 1 };
@@ -547,7 +607,7 @@ impl Index {
     /// A face as the store now holds it: unchanged, replaced or added.
     pub fn upsert_face(&mut self, spec: VersionSpec, descriptor: &Descriptor, face: FaceRecord) {
         if let Some(at) = self.face(&face.face_id) {
-            if at.version == descriptor.version && *at.record() == face && at.payload() == descriptor.payload.as_slice() {
+            if at.version == descriptor.version && at.record() == face && at.payload() == descriptor.payload.as_slice() {
                 return;
             }
             self.remove_face(&face.face_id);
@@ -634,6 +694,8 @@ mod tests {
     #[test]
     fn list_members_follow_every_change() {
         let lists: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        // One of three accounts, told by the face's id: a moved slot keeps its face's.
+        let owned = |f: Uuid, on: &[Uuid], user_data: &str| FaceRecord { account_id: Uuid::from_u128(f.as_u128() % 3 + 1), ..face(f, on, user_data) };
         let mut faces: Vec<Uuid> = Vec::new();
         let mut index = Index::default();
         for l in &lists[..3] {
@@ -652,7 +714,7 @@ mod tests {
                     let f = Uuid::new_v4();
                     let on: Vec<Uuid> = lists.iter().copied().filter(|_| next(2) == 0).collect();
                     let version = if next(3) == 0 { 63 } else { 62 };
-                    index.apply(Op::CreateFace { spec: SPEC, descriptor: Descriptor { version, payload: vec![step as u8; 8] }, face: face(f, &on, "") });
+                    index.apply(Op::CreateFace { spec: SPEC, descriptor: Descriptor { version, payload: vec![step as u8; 8] }, face: owned(f, &on, "") });
                     faces.push(f);
                 }
                 2 if !faces.is_empty() => {
@@ -667,7 +729,7 @@ mod tests {
                 6 if !faces.is_empty() => {
                     let f = faces[next(faces.len())];
                     let on: Vec<Uuid> = lists.iter().copied().filter(|_| next(2) == 0).collect();
-                    index.upsert_face(SPEC, &Descriptor { version: 62, payload: vec![1; 8] }, face(f, &on, "u"));
+                    index.upsert_face(SPEC, &Descriptor { version: 62, payload: vec![1; 8] }, owned(f, &on, "u"));
                 }
                 _ if step % 500 == 499 => {
                     let l = lists[next(3)];
@@ -680,7 +742,7 @@ mod tests {
                 assert_members_consistent(&index);
                 // The id table finds every face at the slot that holds it.
                 assert_eq!(index.face_count(), faces.len());
-                assert!(faces.iter().all(|f| index.face(f).is_some_and(|at| at.record().face_id == *f)));
+                assert!(faces.iter().all(|f| index.face(f).is_some_and(|at| at.record() == owned(*f, &at.entry().lists, &at.entry().user_data))));
             }
         }
         assert_members_consistent(&index);

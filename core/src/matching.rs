@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::descriptor::{Dtype, VersionSpec};
 use crate::errors::{Error, ErrorCode, Result};
-use crate::index::{cosine, FaceRecord, Index, Query, Vectors, VersionIndex};
+use crate::index::{cosine, FaceAt, FaceEntry, FaceRecord, Index, Query, Vectors, VersionIndex};
 use crate::kernels::{kernels, Kernels};
 use crate::tiles::{Panels, TILE};
 
@@ -199,17 +199,23 @@ pub struct Filter {
 
 impl Filter {
     /// Whether a face is a candidate.
-    #[inline]
-    pub fn pass(&self, f: &FaceRecord) -> bool {
-        self.account_id.is_none_or(|a| f.account_id == a)
+    pub fn pass(&self, at: &FaceAt) -> bool {
+        let f = at.entry();
+        self.account_id.is_none_or(|a| at.account_id() == a)
             && self.list_id.is_none_or(|l| f.lists.contains(&l))
-            && self.create_time_gte.is_none_or(|t| f.create_time >= t)
+            && self.face_ids.as_ref().is_none_or(|ids| ids.binary_search(&f.face_id).is_ok())
+            && self.pass_entry(f)
+    }
+
+    /// Whether a face passes the filters [`Filter::needs_record`] names.
+    #[inline]
+    pub fn pass_entry(&self, f: &FaceEntry) -> bool {
+        self.create_time_gte.is_none_or(|t| f.create_time >= t)
             && self.create_time_lt.is_none_or(|t| f.create_time < t)
             && self.face_id_gte.is_none_or(|id| f.face_id >= id)
             && self.face_id_lt.is_none_or(|id| f.face_id < id)
             && self.user_data.as_ref().is_none_or(|u| *f.user_data == **u)
             && self.external_ids.as_ref().is_none_or(|ids| f.external_id.as_deref().is_some_and(|e| ids.contains(e)))
-            && self.face_ids.as_ref().is_none_or(|ids| ids.binary_search(&f.face_id).is_ok())
     }
 
     /// Whether a filter other than the account, the list and `face_ids` is set: those read the face's record.
@@ -375,7 +381,7 @@ pub fn run_batch_with(k: &Kernels, index: &Index, subs: &[&SubQuery]) -> Vec<Sub
         match s.filter.face_ids.as_deref() {
             Some(ids) => {
                 for id in ids {
-                    if let Some(at) = index.face(id).filter(|at| at.version == s.version && s.filter.pass(at.record())) {
+                    if let Some(at) = index.face(id).filter(|at| at.version == s.version && s.filter.pass(at)) {
                         scan(k, &vi.vectors, &s.query, at.slot..at.slot + 1, |_| true, |_| *id, &mut tops[i]);
                     }
                 }
@@ -387,7 +393,7 @@ pub fn run_batch_with(k: &Kernels, index: &Index, subs: &[&SubQuery]) -> Vec<Sub
         let vi = &index.versions[&version];
         let candidates = match list {
             Some(list) => Candidates::Slots(vi.members(&list)),
-            None => Candidates::All(vi.faces().len()),
+            None => Candidates::All(vi.len()),
         };
         let group_subs: Vec<&SubQuery> = group.iter().map(|&i| subs[i]).collect();
         for (top, &i) in scan_group(k, index, vi, candidates, &group_subs).into_iter().zip(&group) {
@@ -398,8 +404,7 @@ pub fn run_batch_with(k: &Kernels, index: &Index, subs: &[&SubQuery]) -> Vec<Sub
         .zip(subs)
         .map(|(top, s)| {
             let (total_found, candidates_scanned) = (top.total, top.scanned);
-            let vi = index.versions.get(&s.version);
-            let hits = top.into_sorted().into_iter().map(|h| (h.similarity, vi.expect("hits come from a version").faces()[h.slot].clone())).collect();
+            let hits = top.into_sorted().into_iter().map(|h| (h.similarity, index.at(s.version, h.slot).record())).collect();
             SubResult { hits, total_found, candidates_scanned }
         })
         .collect()
@@ -433,7 +438,7 @@ fn scan_group(k: &Kernels, index: &Index, vi: &VersionIndex, candidates: Candida
     let checks: Vec<RowCheck> = subs.iter().map(|s| RowCheck::new(index, &s.filter)).collect();
     let queries: Vec<(&Query, usize, f64)> = subs.iter().map(|s| (&*s.query, s.limit, s.threshold)).collect();
     let takes_all: Vec<bool> = checks.iter().map(RowCheck::takes_all).collect();
-    scan_many(k, &vi.vectors, candidates, &queries, &takes_all, |q, slot| checks[q].pass(vi, slot), |slot| vi.faces()[slot].face_id)
+    scan_many(k, &vi.vectors, candidates, &queries, &takes_all, |q, slot| checks[q].pass(vi, slot), |slot| vi.entry(slot).face_id)
 }
 
 /// Scan `candidates` of `vectors` for every `(query, limit, threshold)`, in
@@ -628,7 +633,7 @@ impl<'a> RowCheck<'a> {
 
     #[inline]
     fn pass(&self, vi: &VersionIndex, slot: usize) -> bool {
-        self.account.is_none_or(|a| vi.accounts()[slot] == a) && self.record.is_none_or(|f| f.pass(&vi.faces()[slot]))
+        self.account.is_none_or(|a| vi.accounts()[slot] == a) && self.record.is_none_or(|f| f.pass_entry(vi.entry(slot)))
     }
 }
 

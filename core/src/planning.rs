@@ -222,10 +222,10 @@ impl Core {
         let mut checked = Vec::with_capacity(hits.len());
         for (face_id, similarity) in hits {
             let at = index.face(face_id)?;
-            if at.version != sub.reference.descriptor.version || !sub.set.filter.pass(at.record()) || !similarity.is_finite() {
+            if at.version != sub.reference.descriptor.version || !sub.set.filter.pass(&at) || !similarity.is_finite() {
                 return None;
             }
-            checked.push((*similarity, at.record().clone()));
+            checked.push((*similarity, at.record()));
         }
         // Sorted by id first: a face named twice, however far apart, is found.
         checked.sort_by_key(|(_, face)| face.face_id);

@@ -166,7 +166,7 @@ impl Core {
     pub fn stats(&self) -> StoreStats {
         let sync = self.store.sync();
         let index = self.read_index();
-        let mut faces_by_version: Vec<(u32, usize)> = index.versions.iter().map(|(v, vi)| (*v, vi.faces().len())).collect();
+        let mut faces_by_version: Vec<(u32, usize)> = index.versions.iter().map(|(v, vi)| (*v, vi.len())).collect();
         faces_by_version.sort_unstable();
         StoreStats { lists: index.lists.len(), faces_by_version, sync }
     }

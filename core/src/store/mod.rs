@@ -80,7 +80,7 @@ impl Owners for Index {
     }
 
     fn face_owner(&self, face_id: &Uuid) -> Option<Uuid> {
-        self.face(face_id).map(|at| at.record().account_id)
+        self.face(face_id).map(|at| at.account_id())
     }
 }
 

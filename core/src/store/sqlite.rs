@@ -465,7 +465,7 @@ impl super::Store for SqliteStore {
 
 /// One operation in SQL; a face it names is found through `index`, where it is.
 fn write_op(tx: &Transaction, index: &Index, op: &Op) -> Result<()> {
-    let key = |face_id: &Uuid| index.face(face_id).map(|at| FaceKey { create_time: at.record().create_time, face_id: *face_id });
+    let key = |face_id: &Uuid| index.face(face_id).map(|at| FaceKey { create_time: at.entry().create_time, face_id: *face_id });
     match op {
         Op::CreateList(list) => insert_list(tx, list),
         Op::DeleteList(list_id) => delete_list(tx, list_id),
