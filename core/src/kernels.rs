@@ -187,13 +187,28 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn vnni<const R: usize, const Q: usize>(rows: &[*const u8; R], queries: &[*const i8; Q], blocks: usize) -> [[i32; R]; Q] {
         let mut acc = [[_mm512_setzero_si512(); R]; Q];
-        // Row by row, each read front to back: interleaving the rows' blocks
-        // defeats the hardware prefetcher. The queries stay in L1.
-        for ri in 0..R {
+        if Q == 1 {
+            // One query: row by row, each read front to back: interleaving the
+            // rows' blocks defeats the hardware prefetcher.
+            for ri in 0..R {
+                for b in 0..blocks {
+                    let r = _mm512_loadu_si512(rows[ri].add(b * 64) as *const __m512i);
+                    acc[0][ri] = _mm512_dpbusd_epi32(acc[0][ri], r, _mm512_loadu_si512(queries[0].add(b * 64) as *const __m512i));
+                }
+            }
+        } else {
+            // A block: each query block loaded once for all rows, and R x Q
+            // sums in flight, enough to cover the multiply's latency.
             for b in 0..blocks {
-                let r = _mm512_loadu_si512(rows[ri].add(b * 64) as *const __m512i);
+                let mut q = [_mm512_setzero_si512(); Q];
                 for qi in 0..Q {
-                    acc[qi][ri] = _mm512_dpbusd_epi32(acc[qi][ri], r, _mm512_loadu_si512(queries[qi].add(b * 64) as *const __m512i));
+                    q[qi] = _mm512_loadu_si512(queries[qi].add(b * 64) as *const __m512i);
+                }
+                for ri in 0..R {
+                    let r = _mm512_loadu_si512(rows[ri].add(b * 64) as *const __m512i);
+                    for qi in 0..Q {
+                        acc[qi][ri] = _mm512_dpbusd_epi32(acc[qi][ri], r, q[qi]);
+                    }
                 }
             }
         }
@@ -304,12 +319,26 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_f32<const R: usize, const Q: usize>(rows: &[*const f32; R], queries: &[*const f32; Q], blocks: usize) -> [[f32; R]; Q] {
         let mut acc = [[_mm512_setzero_ps(); R]; Q];
-        // Row by row, as `vnni`.
-        for ri in 0..R {
+        if Q == 1 {
+            // One query: row by row, as `vnni`.
+            for ri in 0..R {
+                for b in 0..blocks {
+                    acc[0][ri] = _mm512_fmadd_ps(_mm512_loadu_ps(rows[ri].add(b * 16)), _mm512_loadu_ps(queries[0].add(b * 16)), acc[0][ri]);
+                }
+            }
+        } else {
+            // A block: each query block loaded once for all rows, and R x Q
+            // sums in flight, enough to cover the FMA latency.
             for b in 0..blocks {
-                let r = _mm512_loadu_ps(rows[ri].add(b * 16));
+                let mut q = [_mm512_setzero_ps(); Q];
                 for qi in 0..Q {
-                    acc[qi][ri] = _mm512_fmadd_ps(r, _mm512_loadu_ps(queries[qi].add(b * 16)), acc[qi][ri]);
+                    q[qi] = _mm512_loadu_ps(queries[qi].add(b * 16));
+                }
+                for ri in 0..R {
+                    let r = _mm512_loadu_ps(rows[ri].add(b * 16));
+                    for qi in 0..Q {
+                        acc[qi][ri] = _mm512_fmadd_ps(r, q[qi], acc[qi][ri]);
+                    }
                 }
             }
         }
