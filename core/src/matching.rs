@@ -26,6 +26,9 @@ use crate::tiles::{Panels, TILE};
 
 /// Candidates scanned per chunk: small enough to stay in L2 across a batch.
 const CHUNK_BYTES: usize = 256 * 1024;
+/// How many groups of four rows ahead one u8 query's scan fetches (4 KiB of
+/// 512-byte rows): far enough to cover the memory's latency, within a chunk.
+const FETCH_AHEAD: usize = 2;
 /// Most sub-queries scanned in one pass.
 const MAX_BATCH: usize = 256;
 /// Fewest u8 queries scanned with the tile kernel, where the CPU has one:
@@ -573,7 +576,7 @@ fn score_chunk<K: Ord + Copy>(
         }
         return;
     }
-    for four in slots.chunks(4) {
+    for (g, four) in slots.chunks(4).enumerate() {
         // A short tail repeats its last row; the repeats are not offered.
         let at = |i: usize| four[i.min(four.len() - 1)] as usize;
         let norms = [0, 1, 2, 3].map(|i| vectors.norms2[at(i)]);
@@ -581,7 +584,9 @@ fn score_chunk<K: Ord + Copy>(
             Queries::U8(qs, _) => {
                 let r = [0, 1, 2, 3].map(|i| rows.u8_row(at(i)));
                 if let [(q, sum)] = qs[..] {
-                    let dots = (k.rows_u8)(&r, q);
+                    // Meanwhile the rows FETCH_AHEAD groups on are fetched (near the chunk's end, these again).
+                    let next = [0, 1, 2, 3].map(|i| rows.u8_row(slots.get((g + FETCH_AHEAD) * 4 + i).map_or(at(i), |&s| s as usize)));
+                    let dots = (k.rows_u8)(&r, q, &next);
                     offer(&mut scorers[0], 0, four, &norms, &dots.map(|d| f64::from(d - 128 * sum)));
                     continue;
                 }
