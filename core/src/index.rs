@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::descriptor::{Descriptor, Dtype, VersionSpec};
 use crate::face_slots::{FaceSlots, Place};
 use crate::kernels::Kernels;
-use crate::places::Places;
+use crate::memberships::{MemberLists, Membership, Memberships};
 use crate::store::Op;
 
 #[derive(Clone, Copy)]
@@ -199,31 +199,54 @@ pub struct FaceRecord {
     pub lists: SmallVec<[Uuid; 1]>,
 }
 
-/// A face as the index holds it: its record without the account, which the
-/// slot's interned key stands for (16 bytes a face less).
+/// A face as the index holds it, 48 bytes: its record without the account,
+/// which the slot's interned key stands for, and without its lists, which
+/// the version's memberships hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaceEntry {
     /// The face's id.
     pub face_id: Uuid,
-    /// The caller's own id, if given.
-    pub external_id: Option<Box<str>>,
-    /// Free text given at creation.
-    pub user_data: Box<str>,
     /// Microseconds since the epoch, UTC.
     pub create_time: i64,
-    /// The lists it is in.
-    pub lists: SmallVec<[Uuid; 1]>,
+    texts: Texts,
 }
 
+/// A face's external id and user data in one boxed string, the external id
+/// first: 20 bytes where two boxed strings took 32, and one allocation.
+#[derive(Debug, Clone, PartialEq)]
+struct Texts {
+    both: Box<str>,
+    /// The external id's length in bytes, or [`NO_EXTERNAL_ID`].
+    external_len: u32,
+}
+
+const NO_EXTERNAL_ID: u32 = u32::MAX;
+
 impl FaceEntry {
-    fn split(face: FaceRecord) -> (Uuid, FaceEntry) {
+    /// The entry, the account and the lists of a record.
+    fn split(face: FaceRecord) -> (FaceEntry, Uuid, SmallVec<[Uuid; 1]>) {
         let FaceRecord { face_id, account_id, external_id, user_data, create_time, lists } = face;
-        (account_id, FaceEntry { face_id, external_id, user_data, create_time, lists })
+        let external = external_id.as_deref().unwrap_or_default();
+        let external_len = external_id.as_ref().map_or(NO_EXTERNAL_ID, |e| u32::try_from(e.len()).expect("an external id under 4 GiB"));
+        let both = if external.is_empty() { user_data } else { [external, &user_data].concat().into_boxed_str() };
+        (FaceEntry { face_id, create_time, texts: Texts { both, external_len } }, account_id, lists)
     }
 
-    fn with_account(&self, account_id: Uuid) -> FaceRecord {
-        let FaceEntry { face_id, external_id, user_data, create_time, lists } = self.clone();
-        FaceRecord { face_id, account_id, external_id, user_data, create_time, lists }
+    /// The caller's own id, if given.
+    pub fn external_id(&self) -> Option<&str> {
+        let Texts { both, external_len } = &self.texts;
+        (*external_len != NO_EXTERNAL_ID).then(|| &both[..*external_len as usize])
+    }
+
+    /// Free text given at creation.
+    pub fn user_data(&self) -> &str {
+        let Texts { both, external_len } = &self.texts;
+        &both[if *external_len == NO_EXTERNAL_ID { 0 } else { *external_len as usize }..]
+    }
+
+    fn record(&self, account_id: Uuid, lists: SmallVec<[Uuid; 1]>) -> FaceRecord {
+        let (face_id, create_time) = (self.face_id, self.create_time);
+        FaceRecord { face_id, account_id, external_id: self.external_id().map(Box::from), user_data: self.user_data().into(), create_time, lists }
     }
 }
 
@@ -308,15 +331,21 @@ pub struct VersionIndex {
     faces: Vec<FaceEntry>,
     /// The interned account of each slot: the account filter reads this, not the record.
     accounts: Vec<u32>,
-    /// The slots of each list's members in this version, in no particular order.
-    members: HashMap<Uuid, Vec<u32>>,
-    /// For each slot, where it sits in `members` of each list of its record, in the record's order.
-    places: Places,
+    /// The lists with members in this version, and their members' slots.
+    lists: MemberLists,
+    /// For each slot, its lists and where it sits in their members, in the record's order.
+    memberships: Memberships,
 }
 
 impl VersionIndex {
     fn new(spec: VersionSpec) -> Self {
-        VersionIndex { vectors: Vectors::new(spec), faces: Vec::new(), accounts: Vec::new(), members: HashMap::new(), places: Places::default() }
+        VersionIndex {
+            vectors: Vectors::new(spec),
+            faces: Vec::new(),
+            accounts: Vec::new(),
+            lists: MemberLists::default(),
+            memberships: Memberships::default(),
+        }
     }
 
     /// Faces held.
@@ -341,64 +370,78 @@ impl VersionIndex {
 
     /// The slots of a list's members in this version, in no particular order.
     pub fn members(&self, list_id: &Uuid) -> &[u32] {
-        self.members.get(list_id).map_or(&[], |m| m.as_slice())
+        self.lists.number(list_id).map_or(&[], |n| self.lists.members(n))
     }
 
-    fn push(&mut self, payload: &[u8], account: u32, face: FaceEntry) -> usize {
+    /// The lists of the face at a slot, in the order it joined them.
+    pub fn lists_of(&self, slot: usize) -> SmallVec<[Uuid; 1]> {
+        self.memberships.of(slot).map(|m| self.lists.id(m.list)).collect()
+    }
+
+    /// Whether the face at a slot is in a list.
+    pub fn in_list(&self, slot: usize, list_id: &Uuid) -> bool {
+        self.lists.number(list_id).is_some_and(|n| self.memberships.position(slot, n).is_some())
+    }
+
+    fn push(&mut self, payload: &[u8], account: u32, face: FaceEntry, lists: &[Uuid]) -> usize {
         let slot = self.faces.len();
-        let members = &mut self.members;
-        self.places.push(face.lists.iter().map(|l| push_member(members.entry(*l).or_default(), slot)));
+        let members = &mut self.lists;
+        self.memberships.push(lists.iter().map(|l| {
+            let list = members.number_or_add(*l);
+            Membership { list, place: push_member(members.members_mut(list), slot) }
+        }));
         self.vectors.push(payload);
         self.faces.push(face);
         self.accounts.push(account);
         slot
     }
 
-    /// Remove a slot; the last slot takes its place.
-    fn swap_remove(&mut self, slot: usize) -> FaceEntry {
-        let memberships: SmallVec<[(Uuid, u32); 2]> = self.faces[slot].lists.iter().copied().zip(self.places.of(slot)).collect();
-        for (list, place) in memberships {
-            self.drop_member(&list, place);
+    /// Remove a slot, and give its entry and lists; the last slot takes its place.
+    fn swap_remove(&mut self, slot: usize) -> (FaceEntry, SmallVec<[Uuid; 1]>) {
+        let lists = self.lists_of(slot);
+        let memberships: SmallVec<[Membership; 2]> = self.memberships.of(slot).collect();
+        for m in memberships {
+            self.drop_member(m);
         }
         let last = self.faces.len() - 1;
         if slot != last {
-            for (list, place) in self.faces[last].lists.iter().zip(self.places.of(last)) {
-                self.members.get_mut(list).expect("a member's list")[place as usize] = slot as u32;
+            for m in self.memberships.of(last) {
+                self.lists.members_mut(m.list)[m.place as usize] = slot as u32;
             }
         }
         self.vectors.swap_remove(slot);
         self.accounts.swap_remove(slot);
-        self.places.swap_remove(slot);
-        self.faces.swap_remove(slot)
+        self.memberships.swap_remove(slot);
+        (self.faces.swap_remove(slot), lists)
     }
 
-    /// Take the member at `place` out of a list's members; the last member takes its place.
-    fn drop_member(&mut self, list: &Uuid, place: u32) {
-        let members = self.members.get_mut(list).expect("a member's list");
-        members.swap_remove(place as usize);
-        let moved = members.get(place as usize).copied();
+    /// Take a membership's slot out of its list's members; the last member takes its place.
+    fn drop_member(&mut self, m: Membership) {
+        let members = self.lists.members_mut(m.list);
+        members.swap_remove(m.place as usize);
+        let moved = members.get(m.place as usize).copied();
         if members.is_empty() {
-            self.members.remove(list);
+            self.lists.release(m.list);
         }
         if let Some(moved) = moved {
-            let at = self.faces[moved as usize].lists.iter().position(|l| l == list).expect("a member is in its list");
-            self.places.set(moved as usize, at, place);
+            let at = self.memberships.position(moved as usize, m.list).expect("a member is in its list");
+            self.memberships.set_place(moved as usize, at, m.place);
         }
     }
 
     /// Make a slot a member of a list, or not; true when that changed.
     fn set_membership(&mut self, slot: usize, list_id: Uuid, member: bool) -> bool {
-        match (self.faces[slot].lists.iter().position(|l| *l == list_id), member) {
+        let at = self.lists.number(&list_id).and_then(|n| self.memberships.position(slot, n));
+        match (at, member) {
             (None, true) => {
-                let place = push_member(self.members.entry(list_id).or_default(), slot);
-                self.faces[slot].lists.push(list_id);
-                self.places.append(slot, place);
+                let list = self.lists.number_or_add(list_id);
+                let place = push_member(self.lists.members_mut(list), slot);
+                self.memberships.append(slot, Membership { list, place });
                 true
             }
             (Some(at), false) => {
-                self.faces[slot].lists.remove(at);
-                let place = self.places.remove(slot, at);
-                self.drop_member(&list_id, place);
+                let m = self.memberships.remove(slot, at);
+                self.drop_member(m);
                 true
             }
             _ => false,
@@ -407,12 +450,12 @@ impl VersionIndex {
 
     /// Forget a list: no face of this version is a member any more.
     fn remove_list(&mut self, list_id: &Uuid) {
-        for slot in self.members.remove(list_id).unwrap_or_default() {
-            let slot = slot as usize;
-            let at = self.faces[slot].lists.iter().position(|l| l == list_id).expect("a member is in its list");
-            self.faces[slot].lists.remove(at);
-            self.places.remove(slot, at);
+        let Some(n) = self.lists.number(list_id) else { return };
+        for slot in std::mem::take(self.lists.members_mut(n)) {
+            let at = self.memberships.position(slot as usize, n).expect("a member is in its list");
+            self.memberships.remove(slot as usize, at);
         }
+        self.lists.release(n);
     }
 }
 
@@ -446,7 +489,12 @@ impl FaceAt<'_> {
 
     /// The face, without its descriptor.
     pub fn record(&self) -> FaceRecord {
-        self.entry().with_account(self.account_id())
+        self.entry().record(self.account_id(), self.vi.lists_of(self.slot))
+    }
+
+    /// Whether the face is in a list.
+    pub fn in_list(&self, list_id: &Uuid) -> bool {
+        self.vi.in_list(self.slot, list_id)
     }
 
     /// The face's stored descriptor payload.
@@ -500,16 +548,16 @@ impl Index {
 
     /// Add a face with its descriptor (`payload`, of `version`), counting it in its lists.
     pub fn insert_face(&mut self, spec: VersionSpec, version: u32, payload: &[u8], face: FaceRecord) {
-        for list in &face.lists {
+        let (face, account_id, lists) = FaceEntry::split(face);
+        for list in &lists {
             if let Some(l) = self.lists.get_mut(list) {
                 l.face_count += 1;
             }
         }
-        let (account_id, face) = FaceEntry::split(face);
         let account = self.accounts.intern(account_id);
         let vi = self.versions.entry(version).or_insert_with(|| VersionIndex::new(spec));
         let face_id = face.face_id;
-        let slot = vi.push(payload, account, face);
+        let slot = vi.push(payload, account, face, &lists);
         let place = Place { version, slot: slot as u32 };
         self.slots.insert(&face_id, place, |p| id_at(&self.versions, p));
     }
@@ -537,20 +585,19 @@ impl Index {
     }
 
     /// Remove a face; the last face of its version takes its slot.
-    pub fn remove_face(&mut self, face_id: &Uuid) -> Option<FaceEntry> {
-        let place = self.slots.remove(face_id, |p| id_at(&self.versions, p))?;
-        let vi = self.versions.get_mut(&place.version)?;
+    pub fn remove_face(&mut self, face_id: &Uuid) {
+        let Some(place) = self.slots.remove(face_id, |p| id_at(&self.versions, p)) else { return };
+        let Some(vi) = self.versions.get_mut(&place.version) else { return };
         let last = Place { version: place.version, slot: vi.faces.len() as u32 - 1 };
         if last != place {
             self.slots.moved(&vi.faces[last.slot as usize].face_id, last, place);
         }
-        let face = vi.swap_remove(place.slot as usize);
-        for list in &face.lists {
+        let (_, lists) = vi.swap_remove(place.slot as usize);
+        for list in &lists {
             if let Some(l) = self.lists.get_mut(list) {
                 l.face_count -= 1;
             }
         }
-        Some(face)
     }
 
     /// Add or remove a face's membership in a list; true when it changed.
@@ -585,9 +632,7 @@ impl Index {
                 self.remove_list(&list_id);
             }
             Op::CreateFace { spec, descriptor, face } => self.insert_face(spec, descriptor.version, &descriptor.payload, face),
-            Op::DeleteFace(face_id) => {
-                self.remove_face(&face_id);
-            }
+            Op::DeleteFace(face_id) => self.remove_face(&face_id),
             Op::SetMembership { list_id, face_id, member } => {
                 self.set_membership(list_id, &face_id, member);
             }
@@ -656,6 +701,20 @@ mod tests {
     }
 
     #[test]
+    fn a_record_comes_back_as_it_went_in() {
+        let l = Uuid::new_v4();
+        for (external_id, user_data) in [(None, ""), (None, "Zoë"), (Some(""), "x"), (Some("ext-é"), ""), (Some("ext"), "data")] {
+            let face = FaceRecord { external_id: external_id.map(Box::from), ..face(Uuid::new_v4(), &[l], user_data) };
+            let mut index = Index::default();
+            index.insert_face(SPEC, 62, &[1; 8], face.clone());
+            let at = index.face(&face.face_id).unwrap();
+            assert_eq!((at.record(), at.entry().external_id(), at.entry().user_data()), (face, external_id, user_data));
+        }
+        // What a face in one list costs the index besides its row, norm and account.
+        assert_eq!(std::mem::size_of::<FaceEntry>() + std::mem::size_of::<Membership>(), 56);
+    }
+
+    #[test]
     fn membership_of_a_list_not_in_memory_is_kept_on_the_face() {
         let (cached, other, f) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let mut index = Index::default();
@@ -672,20 +731,19 @@ mod tests {
     /// Every version's member vectors hold exactly the slots whose records name the list.
     fn assert_members_consistent(index: &Index) {
         for vi in index.versions.values() {
-            let mut lists: Vec<Uuid> = vi.faces.iter().flat_map(|f| f.lists.iter().copied()).collect();
+            let mut lists: Vec<Uuid> = (0..vi.len()).flat_map(|slot| vi.lists_of(slot)).collect();
             lists.sort_unstable();
             lists.dedup();
-            assert_eq!(vi.members.len(), lists.len(), "no member vector for a list without members");
+            assert_eq!(vi.lists.len(), lists.len(), "no number for a list without members");
             for list in lists {
                 let mut got = vi.members(&list).to_vec();
                 got.sort_unstable();
-                let want: Vec<u32> = (0..vi.faces.len() as u32).filter(|&s| vi.faces[s as usize].lists.contains(&list)).collect();
+                let want: Vec<u32> = (0..vi.len() as u32).filter(|&s| vi.lists_of(s as usize).contains(&list)).collect();
                 assert_eq!(got, want, "members of {list}");
             }
-            for (slot, face) in vi.faces.iter().enumerate() {
-                assert_eq!(vi.places.of(slot).count(), face.lists.len(), "a place for each list of slot {slot}");
-                for (list, place) in face.lists.iter().zip(vi.places.of(slot)) {
-                    assert_eq!(vi.members[list][place as usize] as usize, slot);
+            for slot in 0..vi.len() {
+                for m in vi.memberships.of(slot) {
+                    assert_eq!(vi.lists.members(m.list)[m.place as usize] as usize, slot, "slot {slot} where its membership says");
                 }
             }
         }
@@ -742,7 +800,7 @@ mod tests {
                 assert_members_consistent(&index);
                 // The id table finds every face at the slot that holds it.
                 assert_eq!(index.face_count(), faces.len());
-                assert!(faces.iter().all(|f| index.face(f).is_some_and(|at| at.record() == owned(*f, &at.entry().lists, &at.entry().user_data))));
+                assert!(faces.iter().all(|f| index.face(f).is_some_and(|at| at.record() == owned(*f, &at.record().lists, at.entry().user_data()))));
             }
         }
         assert_members_consistent(&index);

@@ -15,7 +15,7 @@ pub mod kernels;
 pub mod limits;
 pub mod maintenance;
 pub mod matching;
-mod places;
+mod memberships;
 pub mod planning;
 pub mod raw;
 pub mod service;

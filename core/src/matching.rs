@@ -205,7 +205,7 @@ impl Filter {
     pub fn pass(&self, at: &FaceAt) -> bool {
         let f = at.entry();
         self.account_id.is_none_or(|a| at.account_id() == a)
-            && self.list_id.is_none_or(|l| f.lists.contains(&l))
+            && self.list_id.is_none_or(|l| at.in_list(&l))
             && self.face_ids.as_ref().is_none_or(|ids| ids.binary_search(&f.face_id).is_ok())
             && self.pass_entry(f)
     }
@@ -217,8 +217,8 @@ impl Filter {
             && self.create_time_lt.is_none_or(|t| f.create_time < t)
             && self.face_id_gte.is_none_or(|id| f.face_id >= id)
             && self.face_id_lt.is_none_or(|id| f.face_id < id)
-            && self.user_data.as_ref().is_none_or(|u| *f.user_data == **u)
-            && self.external_ids.as_ref().is_none_or(|ids| f.external_id.as_deref().is_some_and(|e| ids.contains(e)))
+            && self.user_data.as_ref().is_none_or(|u| f.user_data() == u)
+            && self.external_ids.as_ref().is_none_or(|ids| f.external_id().is_some_and(|e| ids.contains(e)))
     }
 
     /// Whether a filter other than the account, the list and `face_ids` is set: those read the face's record.
