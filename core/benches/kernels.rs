@@ -128,14 +128,19 @@ fn bench_scans(c: &mut Criterion) {
     }
 }
 
+/// The kernels alone, on data in the L1 cache: one pair, and the 4 x 4 block a batch scores per step.
 fn bench_dots(c: &mut Criterion) {
-    let (rows, query) = u8_data(1);
+    let (rows, query) = u8_data(4);
     let shifted: Vec<i8> = query.iter().map(|&q| (q as i16 - 128) as i8).collect();
-    let (fa, fb): (Vec<f32>, Vec<f32>) = rows.iter().zip(&query).map(|(&a, &b)| (a as f32 / 128.0, b as f32 / 128.0)).unzip();
+    let (fa, fb): (Vec<f32>, Vec<f32>) = rows[..512].iter().zip(&query).map(|(&a, &b)| (a as f32 / 128.0, b as f32 / 128.0)).unzip();
+    let four: [&[u8]; 4] = std::array::from_fn(|i| &rows[i * 512..(i + 1) * 512]);
+    let queries: Vec<Vec<i8>> = (0..4).map(|i| shifted.iter().map(|&q| q.wrapping_add(i)).collect()).collect();
+    let queries: [&[i8]; 4] = std::array::from_fn(|i| &queries[i][..]);
     let mut group = c.benchmark_group("dot");
     for k in Kernels::available() {
-        group.bench_function(BenchmarkId::new("u8_512", k.name), |b| b.iter(|| (k.dot_u8_i8)(std::hint::black_box(&rows), &shifted)));
+        group.bench_function(BenchmarkId::new("u8_512", k.name), |b| b.iter(|| (k.dot_u8_i8)(std::hint::black_box(four[0]), &shifted)));
         group.bench_function(BenchmarkId::new("f32_512", k.name), |b| b.iter(|| (k.dot_f32)(std::hint::black_box(&fa), &fb)));
+        group.bench_function(BenchmarkId::new("u8_512_4x4", k.name), |b| b.iter(|| (k.block_u8)(std::hint::black_box(&four), &queries)));
     }
     group.finish();
 }
