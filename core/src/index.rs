@@ -212,7 +212,8 @@ pub struct FaceEntry {
 }
 
 /// A face's external id and user data in one boxed string, the external id
-/// first: 20 bytes where two boxed strings took 32, and one allocation.
+/// first, and the external id's length: 24 bytes and one allocation, where
+/// two boxed strings took 32 and two.
 #[derive(Debug, Clone, PartialEq)]
 struct Texts {
     both: Box<str>,
@@ -396,8 +397,8 @@ impl VersionIndex {
         slot
     }
 
-    /// Remove a slot, and give its entry and lists; the last slot takes its place.
-    fn swap_remove(&mut self, slot: usize) -> (FaceEntry, SmallVec<[Uuid; 1]>) {
+    /// Remove a slot, and give its lists; the last slot takes its place.
+    fn swap_remove(&mut self, slot: usize) -> SmallVec<[Uuid; 1]> {
         let lists = self.lists_of(slot);
         let memberships: SmallVec<[Membership; 2]> = self.memberships.of(slot).collect();
         for m in memberships {
@@ -412,7 +413,8 @@ impl VersionIndex {
         self.vectors.swap_remove(slot);
         self.accounts.swap_remove(slot);
         self.memberships.swap_remove(slot);
-        (self.faces.swap_remove(slot), lists)
+        self.faces.swap_remove(slot);
+        lists
     }
 
     /// Take a membership's slot out of its list's members; the last member takes its place.
@@ -592,7 +594,7 @@ impl Index {
         if last != place {
             self.slots.moved(&vi.faces[last.slot as usize].face_id, last, place);
         }
-        let (_, lists) = vi.swap_remove(place.slot as usize);
+        let lists = vi.swap_remove(place.slot as usize);
         for list in &lists {
             if let Some(l) = self.lists.get_mut(list) {
                 l.face_count -= 1;
