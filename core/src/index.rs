@@ -399,8 +399,9 @@ impl VersionIndex {
 
     /// Remove a slot, and give its lists; the last slot takes its place.
     fn swap_remove(&mut self, slot: usize) -> SmallVec<[Uuid; 1]> {
-        let lists = self.lists_of(slot);
         let memberships: SmallVec<[Membership; 2]> = self.memberships.of(slot).collect();
+        // Read before the members go: a list left without any gives its number back.
+        let lists = memberships.iter().map(|m| self.lists.id(m.list)).collect();
         for m in memberships {
             self.drop_member(m);
         }
