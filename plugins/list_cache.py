@@ -16,7 +16,8 @@ default matcher's 100). It declines, so that the default matcher answers:
 Lists are loaded at start, after writes, and all of them every
 `refresh_interval` seconds (writes through other instances of a shared store
 are seen then). Face count and account come from the service's API
-(`GET /1/lists/{id}`), the faces and descriptors from `luna_matcher.store`.
+(`GET /1/lists/{id}`), the sets from `luna_matcher.store.list_sets`, built
+natively, so a reload holds the event loop for no time per face.
 
 [plugins.config.list_cache]
 lists = ["<list id>", ...]
@@ -202,20 +203,16 @@ class ListCacheLoader(BaseBackgroundPlugin):
                 info = await response.json()
             if info["face_count"] > self.max_size:
                 return self.drop(list_id, "too_large")
-            faces = await luna_matcher.store.list_faces(list_id)
+            sets = await luna_matcher.store.list_sets(list_id)
         except (ClientError, TimeoutError) as error:
             self.logger.warning("list %s: cannot load: %s", list_id, error)
             return self.drop(list_id, "failed")
-        if faces is None:
+        if sets is None:
             return self.drop(list_id, "missing")
-        if len(faces) > self.max_size:
+        faces = sum(len(descriptors) for descriptors in sets.values())
+        if faces > self.max_size:
             return self.drop(list_id, "too_large")
-        sets = {}
-        for face in faces:
-            version = face["descriptor_version"]
-            descriptors = sets.get(version) or sets.setdefault(version, luna_matcher.DescriptorSet(version))
-            descriptors.add(face["face_id"], face["descriptor"])
-        state.held[list_id] = Held(info["account_id"], sets, len(faces), writes)
+        state.held[list_id] = Held(info["account_id"], sets, faces, writes)
         state.states.pop(list_id, None)
 
     def drop(self, list_id, why):

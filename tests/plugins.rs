@@ -376,6 +376,7 @@ class ListCache(BaseBackgroundPlugin):
         self.addRoute("/cache-match", self.match, methods={"post"})
         self.addRoute("/cache-search", self.search, methods={"post"})
         self.addRoute("/cache-face/{face_id}", self.face, methods={"get", "delete"})
+        self.addRoute("/cache-sets/{list_id}", self.sets, methods={"post"})
 
     async def load(self, request):
         faces = await luna_matcher.store.list_faces(request.match_info["list_id"])
@@ -394,6 +395,13 @@ class ListCache(BaseBackgroundPlugin):
         found = await asyncio.gather(*(self.set.search(data, limit) for limit in limits))
         same = all(f == self.set.match(data, limit) for f, limit in zip(found, limits))
         return {"same": same, "hits": [[i, s] for i, s in found[4]]}
+
+    async def sets(self, request):
+        sets = await luna_matcher.store.list_sets(request.match_info["list_id"])
+        if sets is None:
+            return {"sizes": None}
+        hits = sets[62].match(base64.b64decode(request.json()["data"]), 5)
+        return {"sizes": {str(v): len(s) for v, s in sets.items()}, "hits": [[i, s] for i, s in hits]}
 
     async def face(self, request):
         face_id = request.match_info["face_id"]
@@ -426,6 +434,14 @@ class ListCache(BaseBackgroundPlugin):
     let searched = s.call("POST", "/cache-search", Some(&json!({"data": probe}))).json();
     assert_eq!(searched["same"], true, "a search answers what match answers, alone or scanned with others");
     assert_eq!(searched["hits"], json!(from_service));
+    // The list as sets built natively, one per version: a face of version 1000 joins it.
+    let f32: Vec<u8> = (0..512u16).flat_map(|i| f32::from(i % 17).to_le_bytes()).collect();
+    let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&f32), "version": 1000}, "lists": [list]});
+    assert_eq!(s.call("POST", "/1/faces", Some(&body)).status, 201);
+    let sets = s.call("POST", &format!("/cache-sets/{list}"), Some(&json!({"data": probe}))).json();
+    assert_eq!((&sets["sizes"], &sets["hits"]), (&json!({"62": 20, "1000": 1}), &json!(from_service)));
+    let unknown = s.call("POST", &format!("/cache-sets/{}", uuid::Uuid::new_v4()), Some(&json!({"data": probe}))).json();
+    assert_eq!(unknown, json!({"sizes": null}));
 
     let f = s.call("GET", &format!("/cache-face/{}", faces[3]), None).json();
     assert_eq!((f["user_data"].as_str(), f["version"].as_u64()), (Some("u3"), Some(62)));

@@ -8,6 +8,8 @@
 //! are scanned together next, on the matching threads, each chunk of the set
 //! read once for all of them.
 
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use luna_core::catalog::StoredFace;
@@ -62,6 +64,10 @@ struct Search {
 }
 
 impl Shared {
+    fn holding(index: FlatIndex<String>) -> Arc<Self> {
+        Arc::new(Shared { index: parking_lot::RwLock::new(index), queue: Mutex::default() })
+    }
+
     /// On a matching thread: scan the searches waiting now, together, then
     /// queue the next turn behind the engine's other work, so that a set
     /// searched without pause never holds the engine from requests.
@@ -108,6 +114,22 @@ impl Shared {
     }
 }
 
+/// Sets of more rows than this are freed on a thread of their own.
+const FREE_ASIDE: usize = 10_000;
+
+impl Drop for DescriptorSet {
+    /// Freeing a large set's rows takes milliseconds, and a plugin lets go of
+    /// one (a reloaded copy of a list) on the event loop: a thread of its own
+    /// frees it, not the loop, nor the matching threads requests wait for.
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.shared) == 1 && self.shared.index.read().len() > FREE_ASIDE {
+            let shared = std::mem::replace(&mut self.shared, Shared::holding(FlatIndex::new(self.spec)));
+            // A thread that cannot start frees it here.
+            let _ = std::thread::Builder::new().name("set-free".into()).spawn(move || drop(shared));
+        }
+    }
+}
+
 /// What a search gets: its hits, or why the set could not be scanned (a RuntimeError).
 type Outcome = Result<Vec<(String, f64)>, &'static str>;
 
@@ -143,6 +165,12 @@ fn _settle_search(future: &Bound<'_, PyAny>, ok: bool, value: Bound<'_, PyAny>) 
 }
 
 impl DescriptorSet {
+    /// A set of version `version` holding `index`.
+    fn holding(version: u32, index: FlatIndex<String>) -> Self {
+        let spec = *index.spec();
+        DescriptorSet { version, spec, shared: Shared::holding(index) }
+    }
+
     fn parse(&self, descriptor: &[u8]) -> PyResult<Vec<u8>> {
         let d = core()?
             .versions()
@@ -161,8 +189,7 @@ impl DescriptorSet {
     #[new]
     fn new(version: u32) -> PyResult<Self> {
         let spec = *core()?.versions().get(version).map_err(|e| PyValueError::new_err(e.detail))?;
-        let shared = Shared { index: parking_lot::RwLock::new(FlatIndex::new(spec)), queue: Mutex::default() };
-        Ok(DescriptorSet { version, spec, shared: Arc::new(shared) })
+        Ok(DescriptorSet::holding(version, FlatIndex::new(spec)))
     }
 
     #[getter]
@@ -265,6 +292,31 @@ pub fn _store_list_faces(py: Python<'_>, list_id: &str) -> PyResult<Option<Vec<P
     let core = core()?;
     match py.detach(|| core.stored_list_faces(id)) {
         Ok(faces) => Ok(Some(faces.iter().map(|f| face_dict(py, f).map(Bound::unbind)).collect::<PyResult<_>>()?)),
+        Err(e) if e.code == ErrorCode::ListNotFound => Ok(None),
+        Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
+    }
+}
+
+/// The faces of a list as one DescriptorSet per descriptor version, each face
+/// under its id, or None for an unknown list. Built without the GIL: a
+/// plugin loads a large list without holding Python up face by face.
+#[pyfunction]
+pub fn _store_list_sets(py: Python<'_>, list_id: &str) -> PyResult<Option<BTreeMap<u32, DescriptorSet>>> {
+    let id = parse_id(list_id)?;
+    let core = core()?;
+    let built = py.detach(|| -> luna_core::Result<BTreeMap<u32, FlatIndex<String>>> {
+        let mut sets = BTreeMap::new();
+        for f in core.stored_list_faces(id)? {
+            let set = match sets.entry(f.descriptor.version) {
+                Entry::Occupied(set) => set.into_mut(),
+                Entry::Vacant(new) => new.insert(FlatIndex::new(*core.versions().get(f.descriptor.version)?)),
+            };
+            set.insert(f.face.face_id.to_string(), &f.descriptor.payload);
+        }
+        Ok(sets)
+    });
+    match built {
+        Ok(sets) => Ok(Some(sets.into_iter().map(|(version, index)| (version, DescriptorSet::holding(version, index))).collect())),
         Err(e) if e.code == ErrorCode::ListNotFound => Ok(None),
         Err(e) => Err(PyRuntimeError::new_err(e.to_string())),
     }

@@ -70,8 +70,14 @@ def _store_module():
         """The faces of a list with their descriptors, or None for an unknown list."""
         return await asyncio.get_running_loop().run_in_executor(None, luna_matcher._store_list_faces, str(list_id))
 
+    async def list_sets(list_id):
+        """The faces of a list as {descriptor version: DescriptorSet} (each face
+        under its id), built natively; None for an unknown list."""
+        return await asyncio.get_running_loop().run_in_executor(None, luna_matcher._store_list_sets, str(list_id))
+
     store.get_face = get_face
     store.list_faces = list_faces
+    store.list_sets = list_sets
     return store
 
 
@@ -203,10 +209,27 @@ async def _call(method, *args):
     return result
 
 
+async def _outcomes(awaitables):
+    """Their outcomes (results or exceptions), run concurrently, as
+    `gather(..., return_exceptions=True)` gives them. One alone, the usual
+    case, is awaited without gather: a task fewer, and events are delivered
+    per request."""
+    if len(awaitables) != 1:
+        return await asyncio.gather(*awaitables, return_exceptions=True)
+    try:
+        return [await awaitables[0]]
+    except asyncio.CancelledError as error:
+        if asyncio.current_task().cancelling():
+            raise  # the caller itself is cancelled, as gather would be
+        return [error]
+    except Exception as error:
+        return [error]
+
+
 async def _each(instances, method, timeout, *args):
     """`method` of every instance, concurrently, each within `timeout`: their outcomes."""
     calls = [_tasks.within(_call(getattr(i, method), *args), timeout, f"{_describe(i)}.{method}") for i in instances]
-    return await asyncio.gather(*calls, return_exceptions=True)
+    return await _outcomes(calls)
 
 
 def _errors(outcomes, prefixes):
@@ -236,7 +259,7 @@ async def deliver(instances, event_name, points, timeout):
         logger = instance.app.ctx.logger if getattr(instance, "app", None) else logging.getLogger("plugins")
         return _tasks.within(_call(instance.handleEvent, objects, logger), timeout, f"{_describe(instance)}.handleEvent on {event_name}")
 
-    outcomes = await asyncio.gather(*[handle(i) for i in instances], return_exceptions=True)
+    outcomes = await _outcomes([handle(i) for i in instances])
     for outcome in outcomes:
         if isinstance(outcome, HostTimeout):
             raise outcome
