@@ -3,6 +3,9 @@
 //!
 //! - `scan_*/1core`: the scan loop on one core (kernel, norms, heap).
 //! - `scan_*/engine`: the same query through the matching engine, split over all cores.
+//! - `scan_u8/descriptor_set`: the same query through `FlatIndex`, what
+//!   `luna_matcher.DescriptorSet` scans, built outside luna-core (as in the
+//!   plugin helper), so its inlining across crates is measured too.
 //! - `dot_*`: one dot product, for every kernel this CPU runs (scalar included).
 //! - `list_1000/{in_1M_store,alone}`: one query against a 1,000-face list,
 //!   the list spread over a 1M-face store, then the same faces as the whole store.
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use common::{build_index, build_listed, random_bytes, spec, to_f32, u8_data, LIST};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use luna_core::descriptor::Dtype;
+use luna_core::flat::FlatIndex;
 use luna_core::index::Query;
 use luna_core::kernels::{kernels, Kernels};
 use luna_core::matching::{run_batch, run_batch_with, scan, Filter, SubQuery, TopK};
@@ -110,6 +114,11 @@ fn bench_scans(c: &mut Criterion) {
                 Dtype::F32 => (to_f32(&rows), to_f32(&query)),
             };
             let index = build_index(dtype, &rows);
+            let set = (dtype == Dtype::U8).then(|| {
+                let mut set = FlatIndex::new(spec(dtype));
+                rows.chunks_exact(512).enumerate().for_each(|(i, row)| set.insert(i.to_string(), row));
+                set
+            });
             drop(rows);
             let vectors = &index.versions[&1].vectors;
             let q = Query::new(&spec(dtype), &query);
@@ -123,6 +132,9 @@ fn bench_scans(c: &mut Criterion) {
             });
             let sub = SubQuery { version: 1, query: Arc::new(Query::new(&spec(dtype), &query)), filter: Filter::default(), limit: LIMIT, threshold: 0.0 };
             group.bench_with_input(BenchmarkId::new("engine", n), &n, |b, _| b.iter(|| pool.install(|| run_batch(&index, &[&sub]))));
+            if let Some(set) = &set {
+                group.bench_with_input(BenchmarkId::new("descriptor_set", n), &n, |b, _| b.iter(|| pool.install(|| set.search(&q, LIMIT, 0.0))));
+            }
         }
         group.finish();
     }

@@ -29,6 +29,7 @@ impl Rows {
     }
 
     /// Bytes a row takes, padding included.
+    #[inline]
     pub fn row_bytes(&self) -> usize {
         self.row_blocks * 64
     }
@@ -55,17 +56,22 @@ impl Rows {
     }
 
     /// Rows `first..first + n` as one run of bytes, padding included.
+    /// Inlined, as the row accessors below, into scans built in other crates
+    /// too (the plugin helper's `FlatIndex<String>`), which read rows one by one.
+    #[inline]
     pub fn u8_rows(&self, first: usize, n: usize) -> &[u8] {
         let blocks = &self.blocks[first * self.row_blocks..(first + n) * self.row_blocks];
         unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, blocks.len() * 64) }
     }
 
     /// A row's bytes, padding included.
+    #[inline]
     pub fn u8_row(&self, row: usize) -> &[u8] {
         self.u8_rows(row, 1)
     }
 
     /// A row as f32 elements, padding included.
+    #[inline]
     pub fn f32_row(&self, row: usize) -> &[f32] {
         let bytes = self.u8_row(row);
         // 64-byte aligned and a multiple of 4 long; every bit pattern is an f32.
