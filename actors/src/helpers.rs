@@ -8,7 +8,6 @@
 //! are scanned together next, on the matching threads, each chunk of the set
 //! read once for all of them.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -304,16 +303,13 @@ pub fn _store_list_faces(py: Python<'_>, list_id: &str) -> PyResult<Option<Vec<P
 pub fn _store_list_sets(py: Python<'_>, list_id: &str) -> PyResult<Option<BTreeMap<u32, DescriptorSet>>> {
     let id = parse_id(list_id)?;
     let core = core()?;
-    let built = py.detach(|| -> luna_core::Result<BTreeMap<u32, FlatIndex<String>>> {
-        let mut sets = BTreeMap::new();
-        for f in core.stored_list_faces(id)? {
-            let set = match sets.entry(f.descriptor.version) {
-                Entry::Occupied(set) => set.into_mut(),
-                Entry::Vacant(new) => new.insert(FlatIndex::new(*core.versions().get(f.descriptor.version)?)),
-            };
-            set.insert(f.face.face_id.to_string(), &f.descriptor.payload);
-        }
-        Ok(sets)
+    let built = py.detach(|| {
+        let mut sets: BTreeMap<u32, FlatIndex<String>> = BTreeMap::new();
+        core.each_list_face(id, |at| {
+            let set = sets.entry(at.version).or_insert_with(|| FlatIndex::new(at.vi.vectors.spec));
+            set.insert(at.entry().face_id.to_string(), at.payload());
+        })
+        .map(|()| sets)
     });
     match built {
         Ok(sets) => Ok(Some(sets.into_iter().map(|(version, index)| (version, DescriptorSet::holding(version, index))).collect())),

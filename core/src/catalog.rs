@@ -154,21 +154,25 @@ impl Core {
 
     /// Every face of a list with its descriptor.
     pub fn stored_list_faces(&self, list_id: Uuid) -> Result<Vec<StoredFace>> {
-        let guard = self.read_index();
-        let index = &*guard;
+        let mut faces = Vec::new();
+        self.each_list_face(list_id, |at| faces.push(stored(at)))?;
+        Ok(faces)
+    }
+
+    /// Hand `each` every face of a list, under the index's read lock: version
+    /// by version, in the order the faces were stored in, as a scan of the
+    /// version gives them.
+    pub fn each_list_face(&self, list_id: Uuid, mut each: impl FnMut(&FaceAt)) -> Result<()> {
+        let index = self.read_index();
         if !index.lists.contains_key(&list_id) {
             return Err(list_not_found(list_id));
         }
-        Ok(index
-            .versions
-            .iter()
-            .flat_map(|(&version, vi)| {
-                let mut slots = vi.members(&list_id).to_vec();
-                // In the order the faces were stored in, as a scan of the version gives them.
-                slots.sort_unstable();
-                slots.into_iter().map(move |slot| stored(&index.at(version, slot as usize)))
-            })
-            .collect())
+        for (&version, vi) in &index.versions {
+            let mut slots = vi.members(&list_id).to_vec();
+            slots.sort_unstable();
+            slots.into_iter().for_each(|slot| each(&index.at(version, slot as usize)));
+        }
+        Ok(())
     }
 
     /// Delete a face and its memberships.
