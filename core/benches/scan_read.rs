@@ -1,12 +1,13 @@
-//! One u8 query against 1M faces through the engine, timed in turn with a
-//! plain read of the same rows on the same threads (each thread summing its
-//! half front to back, as numpy's two-thread read does): the memory
-//! bandwidth of this host moves within minutes, so the ratio is taken per
-//! pair of runs, not between two benchmarks minutes apart.
+//! One query against 1M faces through the engine, u8 then f32, each timed in
+//! turn with a plain read of the same rows on the same threads (each thread
+//! summing its half front to back, as numpy's two-thread read does): the
+//! memory bandwidth of this host moves within minutes, so the ratio is taken
+//! per pair of runs, not between two benchmarks minutes apart.
 //!
 //! `cargo bench -p luna-core --bench scan_read [-- FACES [PAIRS]]`
 //! (1,000,000 faces, 40 pairs). With `LUNA_BENCH_DATA=dir` the rows and the
-//! query come from `scripts/bench-kernels`' files.
+//! query come from `scripts/bench-kernels`' files; the f32 rows are the same
+//! faces as `(q - 128) / 128`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{build_index, spec, u8_data};
+use common::{build_index, spec, to_f32, u8_data};
 use luna_core::descriptor::Dtype;
 use luna_core::index::Query;
 use luna_core::matching::{run_batch, Filter, SubQuery};
@@ -24,13 +25,20 @@ fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.replace('_', "").parse().ok()).collect();
     let faces = args.first().copied().unwrap_or(1_000_000);
     let pairs = args.get(1).copied().unwrap_or(40);
-    let spec = spec(Dtype::U8);
-    let (rows, query) = u8_data(faces);
-    let index = build_index(Dtype::U8, &rows);
-    drop(rows);
-    let stored = index.versions[&1].vectors.rows.u8_rows(0, faces);
-    let sub = SubQuery { version: 1, query: Arc::new(Query::new(&spec, &query)), filter: Filter::default(), limit: 10, threshold: 0.0 };
     let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
+    let (rows, query) = u8_data(faces);
+    measure(&pool, Dtype::U8, &rows, &query, pairs);
+    let (rows, query) = (to_f32(&rows), to_f32(&query));
+    measure(&pool, Dtype::F32, &rows, &query, pairs);
+}
+
+/// `pairs` pairs of (read, scan) over `rows` of `dtype`, printed as medians.
+fn measure(pool: &rayon::ThreadPool, dtype: Dtype, rows: &[u8], query: &[u8], pairs: usize) {
+    let spec = spec(dtype);
+    let faces = rows.len() / spec.payload_len();
+    let index = build_index(dtype, rows);
+    let stored = index.versions[&1].vectors.rows.u8_rows(0, faces);
+    let sub = SubQuery { version: 1, query: Arc::new(Query::new(&spec, query)), filter: Filter::default(), limit: 10, threshold: 0.0 };
     let threads = pool.current_num_threads();
     let read = || pool.install(|| read_all(stored, threads));
     let scan = || pool.install(|| run_batch(&index, &[&sub]));
@@ -57,7 +65,7 @@ fn main() {
     let (read, scan, ratio) = (median(&mut reads), median(&mut scans), median(&mut ratios));
     let low = ratios[ratios.len() / 10];
     let high = ratios[ratios.len() * 9 / 10];
-    println!("{faces} u8 faces ({:.0} MB), {threads} threads, {pairs} pairs, medians:", bytes / 1e6);
+    println!("{faces} {dtype:?} faces ({:.0} MB), {threads} threads, {pairs} pairs, medians:", bytes / 1e6);
     println!("  read   {:7.2} ms  {:5.1} GB/s", read * 1e3, bytes / read / 1e9);
     println!("  scan   {:7.2} ms  {:5.1} GB/s", scan * 1e3, bytes / scan / 1e9);
     println!("  scan / read, per pair: median {ratio:.2}x (10th to 90th percentile {low:.2}x to {high:.2}x)");
