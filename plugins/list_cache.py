@@ -7,27 +7,28 @@ default matcher's 100). It declines, so that the default matcher answers:
 
 - a list it does not hold: not configured, unknown, still loading, or with
   more than `max_list_size` faces (never loaded);
-- a list written to since it was loaded, until it is loaded again: any
-  successful face or list write through this service marks every list stale
-  and wakes the reloader;
+- a list whose members changed since it was loaded (its revision,
+  `luna_matcher.store.list_revision`, moved), until it is loaded again;
 - any filter other than `origin`, `list_id` and `account_id` (empty values
   do not count), or an account that is not the list's.
 
-Lists are loaded at start, after writes, and all of them every
-`refresh_interval` seconds (writes through other instances of a shared store
-are seen then). Face count and account come from the service's API
+Lists are loaded at start, and again when their revision moves (checked
+every `check_interval` seconds): a write to the list through this service
+or, on a shared store, through another instance once this one has applied
+it. Face count and account come from the service's API
 (`GET /1/lists/{id}`), the sets from `luna_matcher.store.list_sets`, built
-natively, so a reload holds the event loop for no time per face.
+natively, so a load holds the event loop for no time per face.
 
 [plugins.config.list_cache]
 lists = ["<list id>", ...]
 max_list_size = 100000
-refresh_interval = 60.0
+check_interval = 0.5
 cost = 10.0
 
-GET /list-cache  {"lists": {"<list id>": {"state", "faces", "loaded_at"}}, "writes": n}
-with state "held", "stale" (written to since loaded), "loading", "too_large",
-"missing" or "failed" (the service could not be asked; tried again later).
+GET /list-cache  {"lists": {"<list id>": {"state", "faces", "loaded_at"}}}
+with state "held", "stale" (its members changed since loaded), "loading",
+"too_large", "missing" or "failed" (the service could not be asked; tried
+again later).
 """
 
 import asyncio
@@ -37,52 +38,49 @@ import uuid
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
 import luna_matcher
-from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, BaseEventPlugin, pluginHTTPResponse
+from luna_plugins.base.plugins_meta.base_plugins import BaseBackgroundPlugin, pluginHTTPResponse
 from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
 from luna_plugins.matcher_plugins.base_struct import DescriptorType, Face, FaceMatchResult, MatchResult, MatchUnitType
 from luna_plugins.matcher_plugins.exceptions import Rematch
 
-# Routes whose success may change a list's members or their descriptors.
-WRITES = frozenset(
-    {
-        "POST:/1/faces",
-        "POST:/1/faces/bulk",
-        "DELETE:/1/faces/{face_id}",
-        "PATCH:/1/lists/{list_id}/faces",
-        "DELETE:/1/lists/{list_id}",
-    }
-)
 # Filters that do not narrow a held list.
 PLAIN_FILTERS = frozenset({"origin", "list_id", "account_id"})
+# Seconds before a list the service could not be asked about is tried again.
+RETRY_FAILED = 10.0
 
 
 class Held:
-    """One loaded list: a DescriptorSet per version, and the write count its load started at."""
+    """One loaded list: a DescriptorSet per version, and the revision its load started at."""
 
-    def __init__(self, account_id, sets, faces, writes):
+    def __init__(self, account_id, sets, faces, revision):
         self.account_id = account_id
         self.sets = sets
         self.faces = faces
-        self.writes = writes
+        self.revision = revision
         self.loaded_at = time.time()
+
+    def current(self, list_id):
+        """Whether no face joined or left the list since its load began."""
+        return luna_matcher.store.list_revision(list_id) == self.revision
 
 
 class State:
-    """What the three plugin classes of this module share."""
+    """What the plugin classes of this module share."""
 
     def __init__(self):
         self.held = {}  # list id -> Held
         self.states = {}  # list id -> why it is not held: "too_large", "missing", "failed"
-        self.writes = 0  # successful writes seen so far
-        self.wake = asyncio.Event()
+        self.tried = {}  # list id -> the revision its last load started at
+        self.retry = {}  # list id -> when a failed load is tried again (monotonic seconds)
 
     def answerable(self, request):
         """The held list a sub-request can be answered from, or None."""
         filters = request.filters
         if any(filters.get(k) not in (None, "", []) for k in set(filters) - PLAIN_FILTERS):
             return None
-        held = self.held.get(str(filters.get("list_id")))
-        if held is None or held.writes != self.writes:
+        list_id = str(filters.get("list_id"))
+        held = self.held.get(list_id)
+        if held is None or not held.current(list_id):
             return None
         accounts = {str(a) for a in (request.account_id, filters.get("account_id")) if a is not None}
         return held if accounts <= {held.account_id} else None
@@ -93,7 +91,7 @@ state = State()
 
 def _settings(config):
     lists = [str(uuid.UUID(str(list_id))) for list_id in config.get("lists", [])]
-    return lists, int(config.get("max_list_size", 100000)), float(config.get("refresh_interval", 60.0))
+    return lists, int(config.get("max_list_size", 100000)), float(config.get("check_interval", 0.5))
 
 
 class ListCacheMatcher(BaseMatcherPlugin):
@@ -129,24 +127,12 @@ class ListCacheMatcher(BaseMatcherPlugin):
         return MatchResult([FaceMatchResult(Face(face_id), similarity) for face_id, similarity in hits], totalFound=total)
 
 
-class ListCacheWrites(BaseEventPlugin):
-    """Marks every held list stale on a successful write, and wakes the loader."""
-
-    eventName = "monitoring_event"
-
-    async def handleEvent(self, points, logger):
-        for point in points:
-            if point.series == "request" and point.tags.get("route") in WRITES and int(point.tags.get("status_code", 500)) < 400:
-                state.writes += 1
-                state.wake.set()
-
-
 class ListCacheLoader(BaseBackgroundPlugin):
-    """Loads the configured lists, reloads them after writes and periodically; reports them."""
+    """Loads the configured lists, loads again those whose members changed; reports them."""
 
     def __init__(self, app):
         super().__init__(app)
-        self.lists, self.max_size, self.refresh_interval = _settings(app.ctx.config)
+        self.lists, self.max_size, self.check_interval = _settings(app.ctx.config)
         self.service_url = app.ctx.serviceUrl.rstrip("/")
         self.logger = app.ctx.logger
         self.session = None
@@ -170,31 +156,25 @@ class ListCacheLoader(BaseBackgroundPlugin):
             if held is None:
                 lists[list_id] = {"state": state.states.get(list_id, "loading"), "faces": None, "loaded_at": None}
             else:
-                fresh = held.writes == state.writes
-                lists[list_id] = {"state": "held" if fresh else "stale", "faces": held.faces, "loaded_at": held.loaded_at}
-        return pluginHTTPResponse(body={"lists": lists, "writes": state.writes})
+                lists[list_id] = {"state": "held" if held.current(list_id) else "stale", "faces": held.faces, "loaded_at": held.loaded_at}
+        return pluginHTTPResponse(body={"lists": lists})
 
     async def keep(self):
-        """Load every list, then reload stale ones when woken and all of them every refresh_interval."""
-        next_full = 0.0
+        """Load every list, then again each one whose revision moved since its
+        last load began, and a failed one after RETRY_FAILED seconds."""
         while True:
-            full = time.monotonic() >= next_full
-            if full:
-                next_full = time.monotonic() + self.refresh_interval
-            # Cleared before loading: a write during the loads wakes the next round.
-            state.wake.clear()
             for list_id in self.lists:
-                held = state.held.get(list_id)
-                if full or held is None or held.writes != state.writes:
-                    await self.load(list_id)
-            try:
-                await asyncio.wait_for(state.wake.wait(), max(0.0, next_full - time.monotonic()))
-            except TimeoutError:
-                pass
+                revision = luna_matcher.store.list_revision(list_id)
+                moved = list_id not in state.tried or state.tried[list_id] != revision
+                if moved or time.monotonic() >= state.retry.get(list_id, float("inf")):
+                    await self.load(list_id, revision)
+            await asyncio.sleep(self.check_interval)
 
-    async def load(self, list_id):
-        """Load one list, or drop it: unknown, too large, or unreadable (tried again later)."""
-        writes = state.writes
+    async def load(self, list_id, revision):
+        """Load one list as it is at `revision` or later, or drop it: unknown,
+        too large, or unreadable (tried again later)."""
+        state.tried[list_id] = revision
+        state.retry.pop(list_id, None)
         try:
             async with self.session.get(f"{self.service_url}/1/lists/{list_id}") as response:
                 if response.status == 404:
@@ -206,13 +186,14 @@ class ListCacheLoader(BaseBackgroundPlugin):
             sets = await luna_matcher.store.list_sets(list_id)
         except (ClientError, TimeoutError) as error:
             self.logger.warning("list %s: cannot load: %s", list_id, error)
+            state.retry[list_id] = time.monotonic() + RETRY_FAILED
             return self.drop(list_id, "failed")
         if sets is None:
             return self.drop(list_id, "missing")
         faces = sum(len(descriptors) for descriptors in sets.values())
         if faces > self.max_size:
             return self.drop(list_id, "too_large")
-        state.held[list_id] = Held(info["account_id"], sets, faces, writes)
+        state.held[list_id] = Held(info["account_id"], sets, faces, revision)
         state.states.pop(list_id, None)
 
     def drop(self, list_id, why):

@@ -244,7 +244,7 @@ fn list_cache_answers_as_the_built_in_matcher_and_declines_lists_it_does_not_hol
     let plugins: Vec<(&str, &str)> = plugins.iter().map(|(n, p)| (*n, p.as_str())).collect();
     let s = Service::launch(&plugins, &config, &[], Some(data.path()));
     s.ready();
-    assert_eq!(s.plugin("list_cache")["kind"], "matching+event+background");
+    assert_eq!(s.plugin("list_cache")["kind"], "matching+background");
     s.wait_for(|| held(&s, &cached)["state"] == "held" && held(&s, &big)["state"] == "too_large", "the lists are loaded or declined");
     assert_eq!(held(&s, &cached)["faces"], 8);
 
@@ -273,12 +273,31 @@ fn list_cache_answers_as_the_built_in_matcher_and_declines_lists_it_does_not_hol
     let above = check(0.6);
     assert!(above[0] < 5, "the threshold cuts the answer: {above:?}");
 
-    // A write marks the list stale; once reloaded, the new face is in the plugin's answers.
-    let newcomer = face(&s, &[&cached, &copy], 500, 480);
-    s.wait_for(|| held(&s, &cached)["state"] == "held" && held(&s, &cached)["faces"] == 9, "the list is reloaded after the write");
+    // A write to another list leaves the held copy current.
+    let loaded_at = held(&s, &cached)["loaded_at"].clone();
+    let elsewhere = face(&s, &[&big], 501, 490);
+    assert_eq!((&held(&s, &cached)["state"], &held(&s, &cached)["loaded_at"]), (&json!("held"), &loaded_at), "a write to another list");
     let sets = &ask(0.0)[0];
-    assert_eq!((&sets[0]["result"], &sets[0]["total_found"]), (&sets[1]["result"], &sets[1]["total_found"]), "{sets}");
-    assert_eq!(sets[0]["total_found"], 9);
-    assert_eq!(sets[0]["result"][0]["face"]["face_id"], newcomer.as_str(), "the newcomer is the best: {sets}");
+    assert_eq!(sets[2]["result"][0]["face"]["face_id"], elsewhere.as_str(), "the other list has the new face: {sets}");
+    assert_eq!((&sets[0]["result"], &sets[0]["total_found"]), (&sets[1]["result"], &json!(8)), "{sets}");
+    // Three asks of six sub-requests so far, the held list's two each by the plugin.
+    s.wait_for(|| count("list_cache") + count("default") == 18, "every sub-request is reported");
+    assert_eq!(count("list_cache"), 6, "the plugin answers on the held list after a write to another");
+
+    // A write to the held list: the very next match has the new face (the
+    // copy is stale at once, so the default matcher answers); once the list
+    // is loaded again, the plugin answers with it.
+    let newcomer = face(&s, &[&cached, &copy], 500, 480);
+    let fresh = |sets: &Value| {
+        assert_eq!((&sets[0]["result"], &sets[0]["total_found"]), (&sets[1]["result"], &sets[1]["total_found"]), "{sets}");
+        assert_eq!(sets[0]["total_found"], 9);
+        assert_eq!(sets[0]["result"][0]["face"]["face_id"], newcomer.as_str(), "the newcomer is the best: {sets}");
+    };
+    fresh(&ask(0.0)[0]);
+    s.wait_for(|| held(&s, &cached)["state"] == "held" && held(&s, &cached)["faces"] == 9, "the list is loaded again after the write");
+    fresh(&ask(0.0)[0]);
+    s.wait_for(|| count("list_cache") + count("default") == 30, "every sub-request is reported");
+    // The first ask after the write may or may not have found the list loaded again; the last did.
+    assert!(count("list_cache") >= 8, "the plugin answers from the list loaded again: {}", count("list_cache"));
     assert_eq!(s.plugin("list_cache")["errors"], 0, "{}", s.plugin("list_cache"));
 }

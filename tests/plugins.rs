@@ -377,6 +377,7 @@ class ListCache(BaseBackgroundPlugin):
         self.addRoute("/cache-search", self.search, methods={"post"})
         self.addRoute("/cache-face/{face_id}", self.face, methods={"get", "delete"})
         self.addRoute("/cache-sets/{list_id}", self.sets, methods={"post"})
+        self.addRoute("/cache-revision/{list_id}", self.revision, methods={"get"})
 
     async def load(self, request):
         faces = await luna_matcher.store.list_faces(request.match_info["list_id"])
@@ -402,6 +403,9 @@ class ListCache(BaseBackgroundPlugin):
             return {"sizes": None}
         hits = sets[62].match(base64.b64decode(request.json()["data"]), 5)
         return {"sizes": {str(v): len(s) for v, s in sets.items()}, "hits": [[i, s] for i, s in hits]}
+
+    async def revision(self, request):
+        return {"revision": luna_matcher.store.list_revision(request.match_info["list_id"])}
 
     async def face(self, request):
         face_id = request.match_info["face_id"]
@@ -434,10 +438,20 @@ class ListCache(BaseBackgroundPlugin):
     let searched = s.call("POST", "/cache-search", Some(&json!({"data": probe}))).json();
     assert_eq!(searched["same"], true, "a search answers what match answers, alone or scanned with others");
     assert_eq!(searched["hits"], json!(from_service));
-    // The list as sets built natively, one per version: a face of version 1000 joins it.
+    // The list as sets built natively, one per version: a face of version 1000
+    // joins it, which moves the list's revision; a face outside it does not.
+    let revision = || s.call("GET", &format!("/cache-revision/{list}"), None).json()["revision"].clone();
+    let before = revision();
+    assert!(before.is_u64(), "{before}");
+    let outside = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&descriptor(7))}});
+    assert_eq!(s.call("POST", "/1/faces", Some(&outside)).status, 201);
+    assert_eq!(revision(), before, "a face in no list");
     let f32: Vec<u8> = (0..512u16).flat_map(|i| f32::from(i % 17).to_le_bytes()).collect();
     let body = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&f32), "version": 1000}, "lists": [list]});
     assert_eq!(s.call("POST", "/1/faces", Some(&body)).status, 201);
+    assert!(revision().is_u64() && revision() != before, "a face joined: {before} -> {}", revision());
+    let unknown = s.call("GET", &format!("/cache-revision/{}", uuid::Uuid::new_v4()), None).json();
+    assert_eq!(unknown, json!({"revision": null}));
     let sets = s.call("POST", &format!("/cache-sets/{list}"), Some(&json!({"data": probe}))).json();
     assert_eq!((&sets["sizes"], &sets["hits"]), (&json!({"62": 20, "1000": 1}), &json!(from_service)));
     let unknown = s.call("POST", &format!("/cache-sets/{}", uuid::Uuid::new_v4()), Some(&json!({"data": probe}))).json();

@@ -296,6 +296,18 @@ pub fn _store_list_faces(py: Python<'_>, list_id: &str) -> PyResult<Option<Vec<P
     }
 }
 
+/// The revision of a list's members, or None for an unknown list: a copy of
+/// the list taken after reading it is current while it stays the same.
+#[pyfunction]
+pub fn _store_list_revision(py: Python<'_>, list_id: &str) -> PyResult<Option<u64>> {
+    let id = parse_id(list_id)?;
+    let core = core()?;
+    // Read at once, with the GIL: it is asked per sub-request, twice. While a
+    // write holds the index, waited for without the GIL, which must not hold
+    // Python up.
+    Ok(core.try_list_revision(id).unwrap_or_else(|| py.detach(|| core.list_revision(id))))
+}
+
 /// The faces of a list as one DescriptorSet per descriptor version, each face
 /// under its id, or None for an unknown list. Built without the GIL: a
 /// plugin loads a large list without holding Python up face by face.

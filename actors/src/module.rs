@@ -56,6 +56,7 @@ pub fn luna_matcher(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(crate::helpers::_store_get_face, m)?)?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_list_faces, m)?)?;
     m.add_function(wrap_pyfunction!(crate::helpers::_store_list_sets, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::helpers::_store_list_revision, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // What a Rust panic inside a native extension surfaces as in Python; a
     // plugin that lets one escape has its actor restarted.

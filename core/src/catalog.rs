@@ -159,6 +159,16 @@ impl Core {
         Ok(faces)
     }
 
+    /// The revision of a list's members ([`Index::list_revision`]), None for an unknown list.
+    pub fn list_revision(&self, list_id: Uuid) -> Option<u64> {
+        self.read_index().list_revision(&list_id)
+    }
+
+    /// [`Core::list_revision`] at once, or None while a write holds the index.
+    pub fn try_list_revision(&self, list_id: Uuid) -> Option<Option<u64>> {
+        self.try_read_index().map(|index| index.list_revision(&list_id))
+    }
+
     /// Hand `each` every face of a list, under the index's read lock: version
     /// by version, in the order the faces were stored in, as a scan of the
     /// version gives them.

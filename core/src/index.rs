@@ -3,6 +3,7 @@
 //! norms and the face attributes the filters and targets need, slot by slot.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use smallvec::SmallVec;
 use uuid::Uuid;
@@ -535,8 +536,15 @@ fn id_at(versions: &HashMap<u32, VersionIndex>, p: Place) -> Uuid {
     versions[&p.version].faces[p.slot as usize].face_id
 }
 
+/// The source of list revisions: one counter for the process, so that no two
+/// states of a list, in this index or one that replaced it, share a revision.
+static REVISIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_revision() -> u64 {
+    REVISIONS.fetch_add(1, Ordering::Relaxed)
+}
+
 /// The whole in-memory index.
-#[derive(Default)]
 pub struct Index {
     /// Per descriptor version, its faces.
     pub versions: HashMap<u32, VersionIndex>,
@@ -545,9 +553,47 @@ pub struct Index {
     /// Every list kept in memory.
     pub lists: HashMap<Uuid, ListRecord>,
     accounts: Accounts,
+    /// The revision of each list whose members changed in this index, or
+    /// that it created; the other lists are at `made`.
+    revisions: HashMap<Uuid, u64>,
+    /// The revision taken when this index was made.
+    made: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            versions: HashMap::new(),
+            slots: FaceSlots::default(),
+            lists: HashMap::new(),
+            accounts: Accounts::default(),
+            revisions: HashMap::new(),
+            made: next_revision(),
+        }
+    }
 }
 
 impl Index {
+    /// The revision of a list's members, None for a list not held. It
+    /// changes whenever a face joins or leaves the list (a face's descriptor
+    /// never changes in place), and never comes back: a copy of the list
+    /// taken after reading a revision is current while the revision is.
+    pub fn list_revision(&self, list_id: &Uuid) -> Option<u64> {
+        self.lists.contains_key(list_id).then(|| self.revisions.get(list_id).copied().unwrap_or(self.made))
+    }
+
+    /// A face joined (`joined`) or left a list: its count and revision follow.
+    /// A list this instance does not cache has neither.
+    fn member_changed(&mut self, list_id: &Uuid, joined: bool) {
+        let Some(list) = self.lists.get_mut(list_id) else { return };
+        if joined {
+            list.face_count += 1;
+        } else {
+            list.face_count -= 1;
+        }
+        self.revisions.insert(*list_id, next_revision());
+    }
+
     /// Room for `additional` more faces in the id table, so that a load
     /// that knows its count does not grow it step by step: each step reads
     /// every face's id back from its record.
@@ -559,9 +605,7 @@ impl Index {
     pub fn insert_face(&mut self, spec: VersionSpec, version: u32, payload: &[u8], face: FaceRecord) {
         let (face, account_id, lists) = FaceEntry::split(face);
         for list in &lists {
-            if let Some(l) = self.lists.get_mut(list) {
-                l.face_count += 1;
-            }
+            self.member_changed(list, true);
         }
         let account = self.accounts.intern(account_id);
         let vi = self.versions.entry(version).or_insert_with(|| VersionIndex::new(spec));
@@ -601,11 +645,8 @@ impl Index {
         if last != place {
             self.slots.moved(&vi.faces[last.slot as usize].face_id, last, place);
         }
-        let lists = vi.swap_remove(place.slot as usize);
-        for list in &lists {
-            if let Some(l) = self.lists.get_mut(list) {
-                l.face_count -= 1;
-            }
+        for list in &vi.swap_remove(place.slot as usize) {
+            self.member_changed(list, false);
         }
     }
 
@@ -613,13 +654,8 @@ impl Index {
     pub fn set_membership(&mut self, list_id: Uuid, face_id: &Uuid, member: bool) -> bool {
         let Some(Place { version, slot }) = self.slots.get(face_id, |p| id_at(&self.versions, p)) else { return false };
         let changed = self.versions.get_mut(&version).is_some_and(|vi| vi.set_membership(slot as usize, list_id, member));
-        // A list this instance does not cache has no record to count in.
-        if let Some(list) = self.lists.get_mut(&list_id).filter(|_| changed) {
-            if member {
-                list.face_count += 1;
-            } else {
-                list.face_count -= 1;
-            }
+        if changed {
+            self.member_changed(&list_id, member);
         }
         changed
     }
@@ -627,6 +663,7 @@ impl Index {
     /// Remove a list and every face's membership of it; the faces stay.
     pub fn remove_list(&mut self, list_id: &Uuid) -> Option<ListRecord> {
         let list = self.lists.remove(list_id)?;
+        self.revisions.remove(list_id);
         for vi in self.versions.values_mut() {
             vi.remove_list(list_id);
         }
@@ -653,6 +690,8 @@ impl Index {
         match self.lists.get_mut(&list.list_id) {
             Some(known) => *known = ListRecord { face_count: known.face_count, ..list },
             None => {
+                // A list deleted and made again under its id starts at a new revision.
+                self.revisions.insert(list.list_id, next_revision());
                 self.lists.insert(list.list_id, list);
             }
         }
@@ -707,6 +746,43 @@ mod tests {
         assert_eq!((&*at.record().user_data, at.payload()), ("a2", &[9u8; 8][..]));
         assert_eq!((index.versions[&62].vectors.len(), index.lists[&l1].face_count), (2, 1));
         assert_eq!(index.face(&f2).unwrap().payload(), &[2u8; 8][..], "the other face kept its row");
+    }
+
+    #[test]
+    fn a_list_revision_changes_with_its_members_only_and_never_comes_back() {
+        let (l1, l2, f1, f2) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let mut index = Index::default();
+        assert_eq!(index.list_revision(&l1), None, "a list not held");
+        index.apply(Op::CreateList(list(l1)));
+        index.apply(Op::CreateList(list(l2)));
+        let mut seen = vec![index.list_revision(&l1).unwrap()];
+        let mut step = |index: &mut Index, op: Op, changes: bool, what: &str| {
+            let before = index.list_revision(&l1).unwrap();
+            index.apply(op);
+            let after = index.list_revision(&l1).unwrap();
+            if changes {
+                assert!(!seen.contains(&after), "{what}: a new revision, not one seen before ({after} in {seen:?})");
+                seen.push(after);
+            } else {
+                assert_eq!(after, before, "{what}: the list's members did not change");
+            }
+        };
+        step(&mut index, Op::CreateFace { spec: SPEC, descriptor: descriptor(1), face: face(f1, &[l1], "a") }, true, "a face created in it");
+        step(&mut index, Op::CreateFace { spec: SPEC, descriptor: descriptor(2), face: face(f2, &[l2], "b") }, false, "a face created in another list");
+        step(&mut index, Op::SetMembership { list_id: l1, face_id: f2, member: true }, true, "a face attached");
+        step(&mut index, Op::SetMembership { list_id: l1, face_id: f2, member: true }, false, "attached again");
+        step(&mut index, Op::SetMembership { list_id: l2, face_id: f1, member: true }, false, "its face attached to another list");
+        step(&mut index, Op::DeleteFace(f2), true, "a member deleted");
+        step(&mut index, Op::SetMembership { list_id: l1, face_id: f1, member: false }, true, "a face detached");
+        index.apply(Op::DeleteList(l1));
+        assert_eq!(index.list_revision(&l1), None, "a deleted list");
+        index.apply(Op::CreateList(list(l1)));
+        let again = index.list_revision(&l1).unwrap();
+        assert!(!seen.contains(&again), "made again under its id: a new revision");
+        assert_ne!(Index::default().list_revision(&l1), Some(again));
+        let mut reloaded = Index::default();
+        reloaded.lists.insert(l1, list(l1));
+        assert!(!seen.contains(&reloaded.list_revision(&l1).unwrap()), "a list loaded into a new index: a new revision");
     }
 
     #[test]

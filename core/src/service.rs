@@ -141,6 +141,11 @@ impl Core {
         self.index.read_recursive()
     }
 
+    /// [`Core::read_index`] without waiting: None while a write holds the index.
+    pub(crate) fn try_read_index(&self) -> Option<parking_lot::RwLockReadGuard<'_, Index>> {
+        self.index.try_read_recursive()
+    }
+
     /// The `[limits]` it checks requests against.
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -58,8 +58,9 @@ def install(loop, plugins_dir, service_paths, log_level, active):
 
 
 def _store_module():
-    """`luna_matcher.store`: async reads of the store. The reads run on the
-    default executor's threads, with the GIL released while they copy."""
+    """`luna_matcher.store`: async reads of the store, which run on the
+    default executor's threads with the GIL released while they copy, and
+    the revision of a list, read at once."""
     store = types.ModuleType("luna_matcher.store")
 
     async def get_face(face_id):
@@ -75,9 +76,15 @@ def _store_module():
         under its id), built natively; None for an unknown list."""
         return await asyncio.get_running_loop().run_in_executor(None, luna_matcher._store_list_sets, str(list_id))
 
+    def list_revision(list_id):
+        """The revision of a list's members (an int), or None for an unknown
+        list. Not a coroutine: a lookup, cheap enough for getMatchingCost."""
+        return luna_matcher._store_list_revision(str(list_id))
+
     store.get_face = get_face
     store.list_faces = list_faces
     store.list_sets = list_sets
+    store.list_revision = list_revision
     return store
 
 
