@@ -2,7 +2,7 @@
 //! matched by the others, whatever writes them (an instance, psql) and
 //! whatever happens meanwhile (kill -9, lost connections, commits out of
 //! order, a trimmed change log); start-up refusals; cache scopes and store
-//! positions.
+//! positions; a matching plugin's copy of a list.
 
 mod common;
 
@@ -452,4 +452,29 @@ fn an_instance_behind_the_trimmed_log_reloads() {
     found.sort();
     assert_eq!(found, all);
     assert!(b.metric("luna_matcher_store_lag_seconds") < 1.0);
+}
+
+#[test]
+fn a_plugins_copy_of_a_list_follows_writes_through_another_instance() {
+    let db = TestDb::create();
+    let a = Instance::start(&db, &[]);
+    let list = a.create_list();
+    a.create_face(1, &[&list]);
+    let mut env = db.env();
+    env.push(("LUNA_MATCHER__STORAGE__POLL_INTERVAL".into(), "100ms".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let config =
+        format!("[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"list_cache\"]\n[plugins.config.list_cache]\nlists = [\"{list}\"]\ncheck_interval = 0.1\n");
+    let b = Service::spawn_with_env(&[("list_cache.py", &shipped_plugin("list_cache.py"))], &config, &env);
+    b.ready();
+    let held = || b.call("GET", "/list-cache", None).json()["lists"][&list].clone();
+    b.wait_for(|| held()["state"] == "held" && held()["faces"] == 1, "B's plugin holds the list");
+
+    // Written through A: B's answer at the write's position has the face, the
+    // plugin's copy being stale from the moment B applied the write.
+    let (second, position) = a.create_face(2, &[&list]);
+    let r = b.call("POST", &format!("/1/matcher/faces?store_position={position}"), Some(&match_query(2, Some(&list))));
+    assert_eq!(r.json()[0]["matches"][0]["result"][0]["face"]["face_id"], second.as_str(), "{}", r.json());
+    b.wait_for(|| held()["state"] == "held" && held()["faces"] == 2, "B's plugin loads the list again");
+    assert_eq!(b.plugin("list_cache")["errors"], 0);
 }
