@@ -4,13 +4,16 @@
 //! else's. The schema is created and migrated here at start-up.
 
 use std::collections::HashMap;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime as PoolRuntime};
 use parking_lot::RwLock;
 use tokio::runtime::{Handle, Runtime};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Config as PgConfig, NoTls, Row};
 use uuid::Uuid;
 
@@ -312,10 +315,9 @@ async fn migrate(pg: &PgConfig) -> Result<()> {
     Ok(())
 }
 
-/// Execute a write's operations kind by kind, each kind in one statement (a
-/// bulk import is one INSERT): lists, faces, attachments, detachments, face
-/// deletes, list deletes. A write holds operations of one kind, so the order
-/// is theirs.
+/// Execute a write's operations kind by kind, each kind in one statement:
+/// lists, faces, attachments, detachments, face deletes, list deletes. A
+/// write holds operations of one kind, so the order is theirs.
 async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::result::Result<(), tokio_postgres::Error> {
     let mut lists: Vec<&ListRecord> = Vec::new();
     let mut faces: Vec<(&Descriptor, &FaceRecord)> = Vec::new();
@@ -326,10 +328,7 @@ async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::
     for op in ops {
         match op {
             Op::CreateList(list) => lists.push(list),
-            Op::CreateFace { descriptor, face, .. } => {
-                faces.push((descriptor, face));
-                attach.extend(face.lists.iter().map(|l| (*l, face.face_id)));
-            }
+            Op::CreateFace { descriptor, face, .. } => faces.push((descriptor, face)),
             Op::SetMembership { list_id, face_id, member: true } => attach.push((*list_id, *face_id)),
             Op::SetMembership { list_id, face_id, member: false } => detach.push((*list_id, *face_id)),
             Op::DeleteFace(face_id) => gone_faces.push(*face_id),
@@ -348,19 +347,7 @@ async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::
         .await?;
     }
     if !faces.is_empty() {
-        let ids: Vec<Uuid> = faces.iter().map(|(_, f)| f.face_id).collect();
-        let accounts: Vec<Uuid> = faces.iter().map(|(_, f)| f.account_id).collect();
-        let versions: Vec<i32> = faces.iter().map(|(d, _)| d.version as i32).collect();
-        let payloads: Vec<&[u8]> = faces.iter().map(|(d, _)| d.payload.as_slice()).collect();
-        let external: Vec<Option<&str>> = faces.iter().map(|(_, f)| f.external_id.as_deref()).collect();
-        let user_data: Vec<&str> = faces.iter().map(|(_, f)| &*f.user_data).collect();
-        let times: Vec<SystemTime> = faces.iter().map(|(_, f)| system_time(f.create_time)).collect();
-        tx.execute(
-            "INSERT INTO faces (face_id, account_id, descriptor_version, descriptor, external_id, user_data, create_time)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::bytea[], $5::text[], $6::text[], $7::timestamptz[])",
-            &[&ids, &accounts, &versions, &payloads, &external, &user_data, &times],
-        )
-        .await?;
+        copy_faces(tx, &faces).await?;
     }
     if !attach.is_empty() {
         let (lists, faces): (Vec<Uuid>, Vec<Uuid>) = attach.into_iter().unzip();
@@ -375,6 +362,34 @@ async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::
     }
     if !gone_lists.is_empty() {
         tx.execute("DELETE FROM lists WHERE list_id = ANY($1)", &[&gone_lists]).await?;
+    }
+    Ok(())
+}
+
+/// New faces and their lists by binary COPY, a bulk import's rows streamed
+/// rather than bound as arrays and unnested. COPY fires the tables' statement
+/// triggers as INSERT does, so the change log sees them. A new face's id is
+/// new and its lists distinct: its memberships cannot conflict.
+async fn copy_faces(tx: &deadpool_postgres::Transaction<'_>, faces: &[(&Descriptor, &FaceRecord)]) -> std::result::Result<(), tokio_postgres::Error> {
+    let sink =
+        tx.copy_in("COPY faces (face_id, account_id, descriptor_version, descriptor, external_id, user_data, create_time) FROM STDIN (FORMAT binary)").await?;
+    let types = [Type::UUID, Type::UUID, Type::INT4, Type::BYTEA, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
+    let mut rows = pin!(BinaryCopyInWriter::new(sink, &types));
+    for (d, f) in faces {
+        let row: [&(dyn ToSql + Sync); 7] =
+            [&f.face_id, &f.account_id, &(d.version as i32), &d.payload.as_slice(), &f.external_id.as_deref(), &&*f.user_data, &system_time(f.create_time)];
+        rows.as_mut().write(&row).await?;
+    }
+    rows.finish().await?;
+    if faces.iter().any(|(_, f)| !f.lists.is_empty()) {
+        let sink = tx.copy_in("COPY list_faces (list_id, face_id) FROM STDIN (FORMAT binary)").await?;
+        let mut rows = pin!(BinaryCopyInWriter::new(sink, &[Type::UUID, Type::UUID]));
+        for (_, f) in faces {
+            for list_id in &f.lists {
+                rows.as_mut().write(&[list_id, &f.face_id]).await?;
+            }
+        }
+        rows.finish().await?;
     }
     Ok(())
 }
