@@ -34,8 +34,7 @@ fn main() {
 
 /// `pairs` pairs of (read, scan) over `rows` of `dtype`, printed as medians.
 /// The rows are freed once the index holds them, as in the service (kept,
-/// the u8 ratio read 1.46x to 1.61x on the AMD machine, against 1.15x to
-/// 1.24x freed).
+/// the u8 ratio read a median 1.55x on the AMD machine, against 1.32x freed).
 fn measure(pool: &rayon::ThreadPool, dtype: Dtype, rows: Vec<u8>, query: &[u8], pairs: usize) {
     let spec = spec(dtype);
     let faces = rows.len() / spec.payload_len();
