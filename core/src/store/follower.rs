@@ -23,7 +23,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Config as PgConfig, IsolationLevel, NoTls};
 use uuid::Uuid;
 
-use super::postgres::{checked_spec, describe, describe_error, list_record, micros, pg_error, stored_face, FACE_COLUMNS, LIST_COLUMNS};
+use super::postgres::{
+    checked_spec, describe, describe_error, list_record, micros, pg_error, stored_face, FACE_COLUMNS, FACE_ROW, FACE_ROW_TYPES, LIST_COLUMNS,
+};
 use super::{Position, SyncStatus};
 use crate::api::CacheScope;
 use crate::catalog::StoredFace;
@@ -318,11 +320,10 @@ impl Follower {
         }
 
         let sql = format!(
-            "COPY (SELECT face_id, account_id, descriptor_version, descriptor, external_id, user_data, create_time FROM faces {faces_in_scope}) \
+            "COPY (SELECT {FACE_ROW} FROM faces {faces_in_scope}) \
              TO STDOUT (FORMAT binary)"
         );
-        let types = [Type::UUID, Type::UUID, Type::INT4, Type::BYTEA, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
-        let mut rows = pin!(BinaryCopyOutStream::new(tx.copy_out(&sql).await.map_err(pg_error)?, &types));
+        let mut rows = pin!(BinaryCopyOutStream::new(tx.copy_out(&sql).await.map_err(pg_error)?, &FACE_ROW_TYPES));
         let (mut faces, mut unreadable) = (0u64, 0u64);
         while let Some(row) = rows.next().await {
             let row = row.map_err(pg_error)?;

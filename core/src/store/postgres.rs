@@ -37,6 +37,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) const FACE_COLUMNS: &str = "f.face_id, f.account_id, f.descriptor_version, f.descriptor, f.external_id, f.user_data, f.create_time, \
      ARRAY(SELECT lf.list_id FROM list_faces lf WHERE lf.face_id = f.face_id ORDER BY lf.attached)";
 pub(super) const LIST_COLUMNS: &str = "l.list_id, l.account_id, l.user_data, l.create_time";
+/// A face row in binary COPY, written by writes and read by the follower's load, and its types.
+pub(super) const FACE_ROW: &str = "face_id, account_id, descriptor_version, descriptor, external_id, user_data, create_time";
+pub(super) const FACE_ROW_TYPES: [Type; 7] = [Type::UUID, Type::UUID, Type::INT4, Type::BYTEA, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
 
 /// How to reach and follow the shared PostgreSQL store.
 pub struct PostgresConfig {
@@ -315,9 +318,10 @@ async fn migrate(pg: &PgConfig) -> Result<()> {
     Ok(())
 }
 
-/// Execute a write's operations kind by kind, each kind in one statement:
-/// lists, faces, attachments, detachments, face deletes, list deletes. A
-/// write holds operations of one kind, so the order is theirs.
+/// Execute a write's operations kind by kind, each kind in one statement (new
+/// faces: one COPY for the faces, one for their memberships): lists, faces,
+/// attachments, detachments, face deletes, list deletes. A write holds
+/// operations of one kind, so the order is theirs.
 async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::result::Result<(), tokio_postgres::Error> {
     let mut lists: Vec<&ListRecord> = Vec::new();
     let mut faces: Vec<(&Descriptor, &FaceRecord)> = Vec::new();
@@ -371,10 +375,8 @@ async fn write_ops(tx: &deadpool_postgres::Transaction<'_>, ops: &[Op]) -> std::
 /// triggers as INSERT does, so the change log sees them. A new face's id is
 /// new and its lists distinct: its memberships cannot conflict.
 async fn copy_faces(tx: &deadpool_postgres::Transaction<'_>, faces: &[(&Descriptor, &FaceRecord)]) -> std::result::Result<(), tokio_postgres::Error> {
-    let sink =
-        tx.copy_in("COPY faces (face_id, account_id, descriptor_version, descriptor, external_id, user_data, create_time) FROM STDIN (FORMAT binary)").await?;
-    let types = [Type::UUID, Type::UUID, Type::INT4, Type::BYTEA, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ];
-    let mut rows = pin!(BinaryCopyInWriter::new(sink, &types));
+    let sink = tx.copy_in(&format!("COPY faces ({FACE_ROW}) FROM STDIN (FORMAT binary)")).await?;
+    let mut rows = pin!(BinaryCopyInWriter::new(sink, &FACE_ROW_TYPES));
     for (d, f) in faces {
         let row: [&(dyn ToSql + Sync); 7] =
             [&f.face_id, &f.account_id, &(d.version as i32), &d.payload.as_slice(), &f.external_id.as_deref(), &&*f.user_data, &system_time(f.create_time)];
