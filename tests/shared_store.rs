@@ -199,6 +199,9 @@ fn commits_out_of_order_are_not_missed() {
     t2.commit().unwrap();
     // Several polls pass with the later sequence committed and the earlier one open.
     std::thread::sleep(Duration::from_millis(600));
+    // Held back by t1, A reports the age of what waits: t2's change.
+    let lag = a.metric("luna_matcher_store_lag_seconds");
+    assert!((0.3..10.0).contains(&lag), "lag while held back: {lag}");
     t1.commit().unwrap();
     let seqs: Vec<i64> = db
         .client()
@@ -209,6 +212,7 @@ fn commits_out_of_order_are_not_missed() {
         .collect();
     assert!(seqs[0] < seqs[1], "the face committed last has the lower sequence: {seqs:?}");
     within("both faces are matched", || a.matched(1, Some(&list)).contains(&x) && a.matched(2, Some(&list)).contains(&y));
+    assert_eq!(a.metric("luna_matcher_store_lag_seconds"), 0.0, "nothing waits");
     let b = Instance::start(&db, &[]);
     assert_eq!(b.cache()["faces"], 2);
 }
