@@ -218,6 +218,28 @@ fn commits_out_of_order_are_not_missed() {
 }
 
 #[test]
+fn a_load_of_many_faces_holds_each_with_its_lists() {
+    let db = TestDb::create();
+    let a = Instance::start(&db, &[]);
+    let list = a.create_list();
+    let mut psql = db.client();
+    // More faces than a load hands its index builder at a time (1,024).
+    psql.execute(
+        "WITH f AS (INSERT INTO faces (account_id, descriptor_version, descriptor)
+             SELECT $1::text::uuid, 62, decode(repeat(lpad(to_hex(i % 251), 2, '0'), 512), 'hex') FROM generate_series(1, 2500) i
+             RETURNING face_id)
+         INSERT INTO list_faces (list_id, face_id) SELECT $2::text::uuid, face_id FROM f",
+        &[&ACCOUNT, &list],
+    )
+    .unwrap();
+    let last = insert_face(&mut psql, 7, &list, "last");
+    let b = Instance::start(&db, &[]);
+    assert_eq!(b.metric("luna_matcher_store_loaded_faces"), 2501.0);
+    assert_eq!(b.call("GET", &format!("/1/lists/{list}"), None).json()["face_count"], 2501);
+    assert!(b.matched(7, Some(&list)).contains(&last));
+}
+
+#[test]
 fn a_transaction_open_in_another_database_holds_no_instance_back() {
     let db = TestDb::create();
     let (a, b) = (Instance::start(&db, &[]), Instance::start(&db, &[]));

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::binary_copy::BinaryCopyOutStream;
+use tokio_postgres::binary_copy::{BinaryCopyOutRow, BinaryCopyOutStream};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, Config as PgConfig, IsolationLevel, NoTls};
 use uuid::Uuid;
@@ -44,6 +44,9 @@ const HORIZON: &str = "SELECT coalesce(min(x), pg_snapshot_xmax(pg_current_snaps
 const CHANNEL: &str = "luna_matcher_changes";
 /// Changes read per round trip.
 const BATCH: i64 = 10_000;
+/// Face rows a load hands to its index builder at a time, and chunks in flight.
+const LOAD_CHUNK: usize = 1024;
+const LOAD_CHUNKS_AHEAD: usize = 8;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -324,33 +327,52 @@ impl Follower {
              TO STDOUT (FORMAT binary)"
         );
         let mut rows = pin!(BinaryCopyOutStream::new(tx.copy_out(&sql).await.map_err(pg_error)?, &FACE_ROW_TYPES));
-        let (mut faces, mut unreadable) = (0u64, 0u64);
-        while let Some(row) = rows.next().await {
-            let row = row.map_err(pg_error)?;
-            let face_id: Uuid = row.get(0);
-            let version = row.get::<i32>(2) as u32;
-            let payload: &[u8] = row.get(3);
-            let spec = match checked_spec(&self.versions, face_id, version, payload.len()) {
-                Ok(spec) => spec,
-                Err(e) => {
-                    log::error!("store: {}: left out of memory", e.detail);
-                    unreadable += 1;
-                    continue;
+        // Read here, decoded and put in the index on a thread of its own: the
+        // two halves each took about half of a load that kept one core busy.
+        let (chunks, mut received) = mpsc::channel::<Vec<BinaryCopyOutRow>>(LOAD_CHUNKS_AHEAD);
+        let versions = self.versions.clone();
+        let build = tokio::task::spawn_blocking(move || {
+            let (mut faces, mut unreadable) = (0u64, 0u64);
+            while let Some(chunk) = received.blocking_recv() {
+                for row in chunk {
+                    let face_id: Uuid = row.get(0);
+                    let version = row.get::<i32>(2) as u32;
+                    let payload: &[u8] = row.get(3);
+                    let spec = match checked_spec(&versions, face_id, version, payload.len()) {
+                        Ok(spec) => spec,
+                        Err(e) => {
+                            log::error!("store: {}: left out of memory", e.detail);
+                            unreadable += 1;
+                            continue;
+                        }
+                    };
+                    let mut lists = memberships.remove(&face_id).unwrap_or_default();
+                    lists.sort_unstable();
+                    let face = FaceRecord {
+                        face_id,
+                        account_id: row.get(1),
+                        external_id: row.get(4),
+                        user_data: row.get(5),
+                        create_time: micros(row.get(6)),
+                        lists: lists.into_iter().map(|(_, l)| l).collect(),
+                    };
+                    index.insert_face(spec, version, payload, face);
+                    faces += 1;
                 }
-            };
-            let mut lists = memberships.remove(&face_id).unwrap_or_default();
-            lists.sort_unstable();
-            let face = FaceRecord {
-                face_id,
-                account_id: row.get(1),
-                external_id: row.get(4),
-                user_data: row.get(5),
-                create_time: micros(row.get(6)),
-                lists: lists.into_iter().map(|(_, l)| l).collect(),
-            };
-            index.insert_face(spec, version, payload, face);
-            faces += 1;
+            }
+            (index, faces, unreadable)
+        });
+        let mut chunk = Vec::with_capacity(LOAD_CHUNK);
+        while let Some(row) = rows.next().await {
+            chunk.push(row.map_err(pg_error)?);
+            if chunk.len() == LOAD_CHUNK && chunks.send(std::mem::replace(&mut chunk, Vec::with_capacity(LOAD_CHUNK))).await.is_err() {
+                break;
+            }
         }
+        // A chunk the builder cannot take any more (it panicked) is reported by the join.
+        let _ = chunks.send(chunk).await;
+        drop(chunks);
+        let (index, faces, unreadable) = build.await.map_err(|_| Error::storage("building the index from the load failed"))?;
         tx.commit().await.map_err(pg_error)?;
         self.state.lock().unreadable_faces += unreadable;
         Ok((index, Position { xid: horizon as u64, seq: 0 }, faces))
