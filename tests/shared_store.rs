@@ -269,9 +269,15 @@ fn a_stored_face_the_version_table_cannot_read_is_left_out_and_counted() {
     within("the readable face is matched", || a.matched(1, Some(&list)) == vec![good.clone()]);
     assert_eq!(a.metric("luna_matcher_store_unreadable_faces"), 1.0);
     assert!(a.log().contains(&format!("stored face {bad}")), "{}", a.log());
+    // Re-read after an update, it is still one face left out.
+    psql.execute("UPDATE faces SET user_data = 'edited' WHERE face_id = $1::text::uuid", &[&bad]).unwrap();
+    let later = insert_face(&mut psql, 2, &list, "later");
+    within("the face written after the update is matched", || a.matched(2, Some(&list)).contains(&later));
+    assert_eq!(a.metric("luna_matcher_store_unreadable_faces"), 1.0);
     // A load leaves it out the same way.
     let b = Instance::start(&db, &[]);
-    assert_eq!((b.matched(1, Some(&list)), b.metric("luna_matcher_store_unreadable_faces")), (vec![good], 1.0));
+    assert_eq!(b.metric("luna_matcher_store_unreadable_faces"), 1.0);
+    assert!(b.matched(1, Some(&list)).contains(&good));
     let r = b.call("GET", &format!("/1/faces/{bad}"), None);
     assert_eq!((r.status, r.code()), (500, 10002));
 }

@@ -76,7 +76,9 @@ struct State {
     lag_seconds: f64,
     loaded_faces: u64,
     loads: u64,
-    unreadable_faces: u64,
+    /// Stored faces left out of memory because their descriptors cannot be
+    /// read: a set, so a face re-read (a load's catch-up, an update) counts once.
+    unreadable: HashSet<Uuid>,
 }
 
 /// Why the log cannot be applied from where this instance stands.
@@ -95,7 +97,8 @@ struct Batch {
     /// The batch hit its size limit: more changes wait.
     full: bool,
     lag_seconds: f64,
-    unreadable_faces: u64,
+    /// Faces of `faces` left out because they cannot be read.
+    unreadable: HashSet<Uuid>,
 }
 
 impl Batch {
@@ -131,7 +134,7 @@ impl Follower {
             retention,
             position: watch::Sender::new(Position::default()),
             own_creations: Mutex::new(HashSet::new()),
-            state: Mutex::new(State { loading: Some("loading".into()), lag_seconds: 0.0, loaded_faces: 0, loads: 0, unreadable_faces: 0 }),
+            state: Mutex::new(State { loading: Some("loading".into()), lag_seconds: 0.0, loaded_faces: 0, loads: 0, unreadable: HashSet::new() }),
         }
     }
 
@@ -158,7 +161,7 @@ impl Follower {
             lag_seconds: s.lag_seconds,
             loaded_faces: s.loaded_faces,
             loads: s.loads,
-            unreadable_faces: s.unreadable_faces,
+            unreadable_faces: s.unreadable.len() as u64,
             scope: self.scope.clone(),
         }
     }
@@ -251,7 +254,13 @@ impl Follower {
     fn note(&self, batch: &Batch) {
         let mut s = self.state.lock();
         s.lag_seconds = batch.lag_seconds;
-        s.unreadable_faces += batch.unreadable_faces;
+        for (id, _) in &batch.faces {
+            if batch.unreadable.contains(id) {
+                s.unreadable.insert(*id);
+            } else {
+                s.unreadable.remove(id);
+            }
+        }
     }
 
     /// Load the whole store (the lists in scope) from one snapshot, bring in
@@ -332,7 +341,7 @@ impl Follower {
         let (chunks, mut received) = mpsc::channel::<Vec<BinaryCopyOutRow>>(LOAD_CHUNKS_AHEAD);
         let versions = self.versions.clone();
         let build = tokio::task::spawn_blocking(move || {
-            let (mut faces, mut unreadable) = (0u64, 0u64);
+            let (mut faces, mut unreadable) = (0u64, HashSet::new());
             while let Some(chunk) = received.blocking_recv() {
                 for row in chunk {
                     let face_id: Uuid = row.get(0);
@@ -342,7 +351,7 @@ impl Follower {
                         Ok(spec) => spec,
                         Err(e) => {
                             log::error!("store: {}: left out of memory", e.detail);
-                            unreadable += 1;
+                            unreadable.insert(face_id);
                             continue;
                         }
                     };
@@ -374,7 +383,8 @@ impl Follower {
         drop(chunks);
         let (index, faces, unreadable) = build.await.map_err(|_| Error::storage("building the index from the load failed"))?;
         tx.commit().await.map_err(pg_error)?;
-        self.state.lock().unreadable_faces += unreadable;
+        // A new index: what it leaves out replaces what the old one did.
+        self.state.lock().unreadable = unreadable;
         Ok((index, Position { xid: horizon as u64, seq: 0 }, faces))
     }
 
@@ -415,7 +425,7 @@ impl Follower {
         }
         face_ids.sort_unstable();
         face_ids.dedup();
-        let mut unreadable = 0;
+        let mut unreadable = HashSet::new();
         let mut faces = Vec::with_capacity(face_ids.len());
         if !face_ids.is_empty() {
             let rows = tx.query(&format!("SELECT {FACE_COLUMNS} FROM faces f WHERE f.face_id = ANY($1)"), &[&face_ids]).await.map_err(pg_error)?;
@@ -429,7 +439,7 @@ impl Follower {
                     }
                     Err(e) => {
                         log::error!("store: {}: left out of memory", e.detail);
-                        unreadable += 1;
+                        unreadable.insert(row.get(0));
                     }
                 }
             }
@@ -456,7 +466,7 @@ impl Follower {
             .map_err(pg_error)?
             .map(|r| r.get(0));
         tx.commit().await.map_err(pg_error)?;
-        Ok(Ok(Batch { lists, faces, position, full, lag_seconds: lag.unwrap_or(0.0).max(0.0), unreadable_faces: unreadable }))
+        Ok(Ok(Batch { lists, faces, position, full, lag_seconds: lag.unwrap_or(0.0).max(0.0), unreadable }))
     }
 
     /// Trim the log rows older than the retention, and raise the watermark
