@@ -336,8 +336,8 @@ impl Follower {
              TO STDOUT (FORMAT binary)"
         );
         let mut rows = pin!(BinaryCopyOutStream::new(tx.copy_out(&sql).await.map_err(pg_error)?, &FACE_ROW_TYPES));
-        // Read here, decoded and put in the index on a thread of its own: the
-        // two halves each took about half of a load that kept one core busy.
+        // Read here, decoded and put in the index on a thread of its own: a
+        // load done on one thread kept that thread busy while PostgreSQL idled.
         let (chunks, mut received) = mpsc::channel::<Vec<BinaryCopyOutRow>>(LOAD_CHUNKS_AHEAD);
         let versions = self.versions.clone();
         let build = tokio::task::spawn_blocking(move || {
