@@ -4,7 +4,8 @@
 //! job: it starts a coroutine as a task and converts its outcome there, into
 //! a Rust value sent back on a channel. So the caller's thread never waits
 //! for the GIL to hand work over or to learn its answer, and a burst costs
-//! the loop one wake-up.
+//! the loop one wake-up. The outcome is sent from the task's last step, not
+//! from a done callback a loop turn later.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -34,6 +35,8 @@ type Job = Box<dyn for<'py> FnOnce(Python<'py>) + Send>;
 
 struct Calls {
     event_loop: Py<PyAny>,
+    /// `_tasks.reporting`: runs a call's coroutine and reports its outcome.
+    reporting: Py<PyAny>,
     queue: Mutex<Vec<Job>>,
     /// A wake-up byte is on its way: later calls need not send another.
     pending: AtomicBool,
@@ -49,7 +52,8 @@ pub fn install(py: Python<'_>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
     wake.set_nonblocking(true)?;
     woken.set_nonblocking(true)?;
     let fd = woken.as_raw_fd();
-    let calls = Calls { event_loop: event_loop.clone().unbind(), queue: Mutex::new(Vec::new()), pending: AtomicBool::new(false), wake, woken };
+    let reporting = py.import("luna_plugins._tasks")?.getattr("reporting")?.unbind();
+    let calls = Calls { event_loop: event_loop.clone().unbind(), reporting, queue: Mutex::new(Vec::new()), pending: AtomicBool::new(false), wake, woken };
     if CALLS.set(calls).is_err() {
         return Ok(());
     }
@@ -84,8 +88,9 @@ pub fn event_loop(py: Python<'_>) -> Option<&Bound<'_, PyAny>> {
 #[pyfunction]
 fn _take_calls(py: Python<'_>) {
     let Some(calls) = CALLS.get() else { return };
-    let mut bytes = [0u8; 256];
-    while matches!((&calls.woken).read(&mut bytes), Ok(n) if n > 0) {}
+    // One read takes the wake-up: a caller sends one per reset of `pending`
+    // below. A byte left over would only wake the loop once more.
+    let _ = (&calls.woken).read(&mut [0u8; 256]);
     // Before taking the queue: a call pushed from now on sends a new wake-up.
     calls.pending.store(false, Ordering::Release);
     let batch = std::mem::take(&mut *calls.queue.lock().unwrap_or_else(|p| p.into_inner()));
@@ -99,7 +104,9 @@ fn _take_calls(py: Python<'_>) {
 }
 
 /// Run the call's coroutine as a task (in a copy of its Context, as any
-/// task made there would be) whose end hands its outcome to `finish`.
+/// task made there would be) that hands its outcome to `finish` as it ends;
+/// the task's done callback hands over what it did not (a cancellation
+/// before it ran, an exit).
 fn start(py: Python<'_>, Call { make, context, finish }: Call) {
     let done = match Bound::new(py, Done(Mutex::new(Some(finish)))) {
         Ok(done) => done,
@@ -107,8 +114,9 @@ fn start(py: Python<'_>, Call { make, context, finish }: Call) {
         Err(e) => return log::error!("a call's completion could not be made: {e}"),
     };
     let started = (|| {
-        let coroutine = make(py)?;
-        let create_task = event_loop(py).expect("installed").getattr("create_task")?;
+        let calls = CALLS.get().expect("installed");
+        let coroutine = calls.reporting.bind(py).call1((make(py)?, done.getattr("report")?))?;
+        let create_task = calls.event_loop.bind(py).getattr("create_task")?;
         let task = match &context {
             Some(context) => context.bind(py).call_method1("run", (create_task, coroutine))?,
             None => create_task.call1((coroutine,))?,
@@ -122,7 +130,8 @@ fn start(py: Python<'_>, Call { make, context, finish }: Call) {
     }
 }
 
-/// A task's done callback: its outcome to the call's `finish`, once.
+/// Where a call's outcome goes, once: from its coroutine's end, or else
+/// from its task's done callback.
 #[pyclass]
 struct Done(Mutex<Option<Finish>>);
 
@@ -134,6 +143,14 @@ impl Done {
 
 #[pymethods]
 impl Done {
+    /// The coroutine's result (`ok`) or the exception it raised.
+    fn report(&self, ok: bool, value: Bound<'_, PyAny>) {
+        if let Some(finish) = self.take() {
+            finish(value.py(), if ok { Ok(value) } else { Err(PyErr::from_value(value)) });
+        }
+    }
+
+    /// The done callback.
     fn __call__(&self, task: &Bound<'_, PyAny>) {
         if let Some(finish) = self.take() {
             finish(task.py(), task.call_method0("result"));

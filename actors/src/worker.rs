@@ -10,8 +10,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
@@ -64,30 +64,40 @@ impl Worker {
         what: &'static str,
         call: impl FnOnce() -> Result<T, Failure> + Send + 'static,
     ) -> impl std::future::Future<Output = Result<T, Failure>> + 'static {
-        let (started_tx, started) = oneshot::channel::<()>();
-        let (done_tx, done) = oneshot::channel();
+        // When the call starts, written by the worker: the caller reads it only
+        // when a wait runs out, so starting costs the caller no wake-up.
+        let started = Arc::new(OnceLock::new());
+        let (done_tx, mut done) = oneshot::channel();
         let shared = self.shared.clone();
         let serial = shared.serial.fetch_add(1, Ordering::Relaxed) + 1;
+        let start = started.clone();
         let job: Job = Box::new(move || {
-            let _ = started_tx.send(());
+            let _ = start.set(Instant::now());
             let _ = done_tx.send(call());
         });
         let sent = self.jobs.send((serial, job)).is_ok();
         async move {
             let cancelled = || Failure::NoAnswer("the call was cancelled".into());
-            if !sent || started.await.is_err() {
+            if !sent {
                 return Err(cancelled());
             }
-            match tokio::time::timeout(limit, done).await {
-                Ok(outcome) => outcome.unwrap_or_else(|_| Err(cancelled())),
-                Err(_) => {
-                    // Retired at once; the GIL is taken on a thread of its own,
-                    // as the caller may be one that never calls into Python.
-                    shared.retired.store(true, Ordering::Release);
-                    let _ = std::thread::Builder::new().name("plugin-interrupt".into()).spawn(move || interrupt(&shared, serial));
-                    Err(Failure::TimedOut(format!("{what} took longer than {}s", limit.as_secs_f64())))
+            let mut deadline = Instant::now() + limit;
+            loop {
+                if let Ok(outcome) = tokio::time::timeout_at(deadline.into(), &mut done).await {
+                    return outcome.unwrap_or_else(|_| Err(cancelled()));
+                }
+                match started.get() {
+                    // Still queued behind another call: its own time has not begun.
+                    None => deadline = Instant::now() + limit,
+                    Some(&at) if at + limit > Instant::now() => deadline = at + limit,
+                    Some(_) => break,
                 }
             }
+            // Retired at once; the GIL is taken on a thread of its own, as the
+            // caller may be one that never calls into Python.
+            shared.retired.store(true, Ordering::Release);
+            let _ = std::thread::Builder::new().name("plugin-interrupt".into()).spawn(move || interrupt(&shared, serial));
+            Err(Failure::TimedOut(format!("{what} took longer than {}s", limit.as_secs_f64())))
         }
     }
 }

@@ -214,3 +214,15 @@ async def bounded(coroutine, timeout, what):
         task.uncancel()
         raise _overrun(what, timeout)
     return result
+
+
+async def reporting(coroutine, report):
+    """Await a host call's `coroutine` and hand its outcome to `report(ok,
+    value)` in the task's last step, a loop turn before a done callback
+    would. A cancellation goes on to the task, whose done callback reports it."""
+    try:
+        result = await coroutine
+    except Exception as error:
+        report(False, error)
+    else:
+        report(True, result)
