@@ -49,11 +49,12 @@ pub async fn match_faces(
         let calls: Arc<Vec<MatchCall>> = Arc::new(plan.subs().map(|sub| match_call(&sub, account, request_id)).collect());
         let chosen = plugins.choose(&calls).await;
         let runs = chosen.into_iter().enumerate().filter_map(|(i, choice)| {
-            let (plugin, instance) = choice?;
+            let choice = choice?;
+            let plugin = choice.plugin().to_owned();
             let calls = calls.clone();
             Some(async move {
                 let start = Instant::now();
-                let outcome = plugins.run_match(&plugin, calls, i, instance).await;
+                let outcome = plugins.run_match(choice, calls, i).await;
                 (i, plugin, outcome, start.elapsed())
             })
         });

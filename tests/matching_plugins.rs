@@ -301,3 +301,51 @@ fn list_cache_answers_as_the_built_in_matcher_and_declines_lists_it_does_not_hol
     assert!(count("list_cache") >= 8, "the plugin answers from the list loaded again: {}", count("list_cache"));
     assert_eq!(s.plugin("list_cache")["errors"], 0, "{}", s.plugin("list_cache"));
 }
+
+/// A matching plugin stating `{cost}` for every sub-request and answering no faces.
+fn priced(cost: f64) -> String {
+    format!(
+        r#"
+from luna_plugins.matcher_plugins.base_plugin import BaseMatcherPlugin
+from luna_plugins.matcher_plugins.base_struct import MatchResult, MatchUnitType
+
+
+class Priced(BaseMatcherPlugin):
+    availableReferenceTypes = frozenset([MatchUnitType.descriptor])
+    availableCandidateTypes = frozenset([MatchUnitType.face])
+
+    def getAvailableTargets(self, origin):
+        return frozenset(["face_id", "similarity"])
+
+    def getMatchingCost(self, request):
+        return {cost:?}
+
+    async def match(self, request):
+        return MatchResult([], totalFound=0)
+"#
+    )
+}
+
+#[test]
+fn the_cheapest_matcher_answers_and_the_others_are_not_asked_to_match() {
+    // Two plugins below the default matcher's cost (100): the cheaper answers.
+    let (cheaper, dearer) = (priced(5.0), priced(10.0));
+    let s = Service::spawn(&[("cheaper.py", &cheaper), ("dearer.py", &dearer)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"dearer\", \"cheaper\"]\n");
+    s.ready();
+    let (list, _) = list_of(&s, 6, 300);
+    let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(0))}],
+                   "candidates": [{"filters": {"origin": "faces", "list_id": list}, "limit": 3}]});
+    assert_eq!(matched(&s, &q)[0]["matches"][0]["result"], json!([]), "a plugin answers");
+    assert_eq!(s.plugin("cheaper")["calls"], 1);
+    assert_eq!(s.plugin("dearer")["calls"], 0);
+
+    // One plugin above it: the default matcher answers, the plugin's match is not called.
+    let pricey = priced(1000.0);
+    let s = Service::spawn(&[("pricey.py", &pricey)], "[plugins]\nLUNA_MATCHER_PROXY_ACTIVE_PLUGINS = [\"pricey\"]\n");
+    s.ready();
+    let (list, _) = list_of(&s, 6, 300);
+    let q = json!({"references": [{"type": "descriptor", "data": b64(&descriptor(0))}],
+                   "candidates": [{"filters": {"origin": "faces", "list_id": list}, "limit": 3}]});
+    assert_eq!(matched(&s, &q)[0]["matches"][0]["result"].as_array().unwrap().len(), 3, "the default matcher answers");
+    assert_eq!(s.plugin("pricey")["calls"], 0);
+}

@@ -12,7 +12,8 @@ use actix::prelude::*;
 use crate::events::{Barrier, Event, EventBroker, EventQueue, Publish};
 use crate::host::MatchAnswer;
 use crate::plugin::{
-    CallRoute, Close, CountError, Fault, MatchCall, MatchFailure, MatchingPath, MatchingSlot, PluginActor, PluginSetup, RouteError, RouteReply, ServiceInfo,
+    CallRoute, Close, CountError, Fault, MatchCall, MatchFailure, MatchingPath, MatchingSlot, Offer, PluginActor, PluginSetup, RouteError, RouteReply,
+    ServiceInfo, Started,
 };
 use crate::routes::{Resolved, RouteTable};
 use crate::settings::PluginsConfig;
@@ -36,6 +37,20 @@ pub(crate) struct PluginSupervisor {
 
 impl Actor for PluginSupervisor {
     type Context = Context<Self>;
+}
+
+/// The matching plugin chosen for a sub-request, and its match if started already.
+pub struct Choice {
+    plugin: String,
+    instance: usize,
+    started: Option<Started>,
+}
+
+impl Choice {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
 }
 
 /// Stop every plugin: flush event queues for at most `flush`, then `close()` each.
@@ -161,29 +176,37 @@ impl PluginHost {
     }
 
     /// For each sub-request, the cheapest matching plugin below the default
-    /// matcher's cost: (plugin, instance); None goes to the default matcher.
-    /// Asked on this thread through each plugin's matching path, not its actor. A
-    /// plugin that does not state its costs within its matching timeout is left out.
-    pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<(String, usize)>> {
-        let asks = self.matchers().into_iter().filter_map(|name| {
-            let ask = self.matching_path(name)?.costs(calls.clone());
+    /// matcher's cost; None goes to the default matcher. Asked on this
+    /// thread through each plugin's matching path, not its actor. A plugin
+    /// that does not state its costs within its matching timeout is left
+    /// out. When one plugin is asked, its winning matches start as soon as
+    /// it has stated their costs.
+    pub async fn choose(&self, calls: &Arc<Vec<MatchCall>>) -> Vec<Option<Choice>> {
+        let matchers = self.matchers();
+        let sole = (matchers.len() == 1).then_some(self.default_cost);
+        let asks = matchers.into_iter().filter_map(|name| {
+            let ask = self.matching_path(name)?.costs(calls.clone(), sole);
             Some(async move { (name, ask.await) })
         });
-        let mut best: Vec<Option<(f64, String, usize)>> = vec![None; calls.len()];
+        let mut best: Vec<Option<(f64, Choice)>> = (0..calls.len()).map(|_| None).collect();
         for (name, offers) in futures_util::future::join_all(asks).await {
             for (slot, offer) in best.iter_mut().zip(offers) {
-                if let Some((cost, instance)) = offer.filter(|(c, _)| *c < self.default_cost && slot.as_ref().is_none_or(|(b, _, _)| c < b)) {
-                    *slot = Some((cost, name.to_owned(), instance));
+                let Some(Offer { cost, instance, started }) = offer else { continue };
+                if cost < self.default_cost && slot.as_ref().is_none_or(|(b, _)| cost < *b) {
+                    *slot = Some((cost, Choice { plugin: name.to_owned(), instance, started }));
                 }
             }
         }
-        best.into_iter().map(|b| b.map(|(_, name, instance)| (name, instance))).collect()
+        best.into_iter().map(|b| b.map(|(_, choice)| choice)).collect()
     }
 
-    /// Have `plugin` answer sub-request `index`, within its matching timeout.
-    pub async fn run_match(&self, plugin: &str, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<MatchAnswer, MatchFailure> {
-        let path = self.matching_path(plugin).ok_or(MatchFailure::Unavailable)?;
-        path.answer(calls, index, instance).await
+    /// Have the chosen plugin answer sub-request `index`, within its matching timeout.
+    pub async fn run_match(&self, choice: Choice, calls: Arc<Vec<MatchCall>>, index: usize) -> Result<MatchAnswer, MatchFailure> {
+        if let Some(started) = choice.started {
+            return started.answer().await;
+        }
+        let path = self.matching_path(&choice.plugin).ok_or(MatchFailure::Unavailable)?;
+        path.answer(calls, index, choice.instance).await
     }
 
     /// How `plugin`'s matching classes are reached while it runs.

@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use super::{bridge, Fault, Instance, PluginActor};
 use crate::failure::Failure;
-use crate::host::{MatchAnswer, PluginContext, Wait, GRACE};
+use crate::host::{Hosted, MatchAnswer, PlainAnswer, PluginContext, Wait, GRACE};
 use crate::python::host;
 use crate::status::{PluginKind, PluginStatus};
 use crate::worker::Worker;
@@ -79,46 +79,98 @@ pub(crate) struct MatchingPath {
 /// Where a plugin's actor publishes its [`MatchingPath`]; empty while it does not run.
 pub(crate) type MatchingSlot = Mutex<Option<MatchingPath>>;
 
+/// A plugin's offer for one sub-request: its cost and the instance that
+/// stated it, and the match already started when the offer won at once.
+pub(crate) struct Offer {
+    pub cost: f64,
+    pub instance: usize,
+    pub started: Option<Started>,
+}
+
+/// A match started on the worker thread right after its cost: the path
+/// (the generation) that answers for it, and when it started.
+pub(crate) struct Started {
+    path: MatchingPath,
+    at: Instant,
+    answer: Hosted<PlainAnswer>,
+}
+
+impl Started {
+    /// Its answer, as [`MatchingPath::answer`] gives one.
+    pub async fn answer(self) -> Result<MatchAnswer, MatchFailure> {
+        self.path.settle(self.at, self.answer).await
+    }
+}
+
 impl MatchingPath {
-    /// The plugin's cheapest offer for each sub-request: (cost, instance), or
-    /// None where no matching class of it takes the sub-request.
+    /// The plugin's cheapest offer for each sub-request, or None where no
+    /// matching class of it takes the sub-request. An offer below
+    /// `start_below` (the default matcher's cost, when this plugin is the
+    /// only one asked) wins at once: its match starts from the worker
+    /// thread, a hand-over fewer than through the caller.
     /// `getMatchingCost` runs on the plugin's worker thread, under the
     /// plugin's matching timeout: one that blocks holds neither the caller,
     /// the actor nor the event loop, and its plugin is restarted. Queued
     /// behind other calls, the caller waits at most the timeout and [`GRACE`].
-    pub async fn costs(self, calls: Arc<Vec<MatchCall>>) -> Vec<Option<(f64, usize)>> {
-        let none = vec![None; calls.len()];
+    pub async fn costs(self, calls: Arc<Vec<MatchCall>>, start_below: Option<f64>) -> Vec<Option<Offer>> {
+        let count = calls.len();
+        let none = || -> Vec<Option<Offer>> { (0..count).map(|_| None).collect() };
         // A call past its deadline retired the worker; the restart brings another.
         if self.worker.retired() {
-            return none;
+            return none();
         }
-        let instances = self.instances.clone();
+        // Not the path itself: a job queued on the worker keeps no hold on it.
+        let (instances, context, limit) = (self.instances.clone(), self.context.clone(), self.limit);
         let asked = self.worker.call(self.limit, "getMatchingCost", move || {
-            bridge(|py| {
+            let offers = bridge(|py| {
                 let matchers = instances.iter().enumerate().filter(|(_, i)| i.kind == PluginKind::Matching).map(|(n, i)| (n, i.object.bind(py)));
                 let requests = calls.iter().map(|c| c.to_python(py)).collect::<PyResult<Vec<_>>>()?;
                 host().matching_costs(py, matchers, requests)
-            })
+            })?;
+            let wins = |cost: f64| start_below.is_some_and(|default| cost < default);
+            let offers = offers.into_iter().enumerate().map(|(index, offer)| {
+                offer.map(|(cost, instance)| (cost, instance, wins(cost).then(|| start_match(&instances, &context, limit, &calls, index, instance)).flatten()))
+            });
+            Ok(offers.collect::<Vec<_>>())
         });
-        let Ok(asked) = tokio::time::timeout(self.limit + GRACE, asked).await else { return none };
+        let Ok(asked) = tokio::time::timeout(self.limit + GRACE, asked).await else { return none() };
         match asked {
-            Ok(offers) if offers.len() == none.len() => offers,
-            Ok(_) | Err(Failure::NoAnswer(_)) => none,
+            Ok(offers) if offers.len() == count => offers
+                .into_iter()
+                .map(|offer| {
+                    offer.map(|(cost, instance, started)| Offer {
+                        cost,
+                        instance,
+                        started: started.map(|(at, answer)| Started { path: self.clone(), at, answer }),
+                    })
+                })
+                .collect(),
+            Ok(_) | Err(Failure::NoAnswer(_)) => none(),
             Err(e) => {
                 let what = if matches!(e, Failure::TimedOut(_)) { "getMatchingCost timed out" } else { "getMatchingCost raised" };
                 self.fail(what, &e);
-                none
+                none()
             }
         }
     }
 
     /// Sub-request `index` of `calls` answered by instance `instance`, within
-    /// the matching timeout (and [`GRACE`]). The request is made on the loop thread: no GIL here.
+    /// the matching timeout (and [`GRACE`]).
     pub async fn answer(self, calls: Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Result<MatchAnswer, MatchFailure> {
-        let object = self.instances.get(instance).filter(|i| i.kind == PluginKind::Matching).map(|i| i.object.clone());
-        let Some(object) = object else { return Err(MatchFailure::Unavailable) };
-        let start = Instant::now();
-        let outcome = host().match_(object, calls, index, self.limit, &self.context).answer(Wait::Caller).await;
+        match self.start(&calls, index, instance) {
+            Some(started) => started.answer().await,
+            None => Err(MatchFailure::Unavailable),
+        }
+    }
+
+    fn start(&self, calls: &Arc<Vec<MatchCall>>, index: usize, instance: usize) -> Option<Started> {
+        let (at, answer) = start_match(&self.instances, &self.context, self.limit, calls, index, instance)?;
+        Some(Started { path: self.clone(), at, answer })
+    }
+
+    /// A started match's answer, or why there is none; counted in the plugin's status.
+    async fn settle(self, start: Instant, answer: Hosted<PlainAnswer>) -> Result<MatchAnswer, MatchFailure> {
+        let outcome = answer.answer(Wait::Caller).await;
         self.status.call(start.elapsed());
         match outcome {
             Ok(answer) => Ok(MatchAnswer::from(answer)),
@@ -146,6 +198,21 @@ impl MatchingPath {
         let error = format!("{what}: {}", e.summary());
         self.actor.do_send(Fault { generation: self.generation, error, traceback: e.traceback().map(str::to_owned) });
     }
+}
+
+/// Hand `match()` of `instance` for sub-request `index` to the event loop,
+/// where the request is made: no GIL needed. When, and its answer to come;
+/// None when `instance` is not a matching class (gone after a restart).
+fn start_match(
+    instances: &[Instance],
+    context: &PluginContext,
+    limit: Duration,
+    calls: &Arc<Vec<MatchCall>>,
+    index: usize,
+    instance: usize,
+) -> Option<(Instant, Hosted<PlainAnswer>)> {
+    let object = instances.get(instance).filter(|i| i.kind == PluginKind::Matching)?.object.clone();
+    Some((Instant::now(), host().match_(object, calls.clone(), index, limit, context)))
 }
 
 impl PluginActor {

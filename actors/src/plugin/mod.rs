@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 
 pub(crate) use lifecycle::{Close, CountError, Fault};
 pub use matching::{MatchCall, MatchFailure};
-pub(crate) use matching::{MatchingPath, MatchingSlot};
+pub(crate) use matching::{MatchingPath, MatchingSlot, Offer, Started};
 pub use routes::{CallRoute, RouteError, RouteReply};
 
 use crate::events::{EventBroker, EventQueue};
