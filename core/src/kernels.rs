@@ -33,8 +33,9 @@ pub type BlockU8 = fn(&[&[u8]; 4], &[&[i8]; 4]) -> [[i32; 4]; 4];
 pub type RowsU8 = fn(&[&[u8]; 4], &[i8], &[&[u8]; 4]) -> [i32; 4];
 /// Four f32 rows against four queries: `out[query][row]`.
 pub type BlockF32 = fn(&[&[f32]; 4], &[&[f32]; 4]) -> [[f32; 4]; 4];
-/// Four f32 rows against one query.
-pub type RowsF32 = fn(&[&[f32]; 4], &[f32]) -> [f32; 4];
+/// Four f32 rows against one query, while the four rows of the third
+/// argument are fetched, as [`RowsU8`].
+pub type RowsF32 = fn(&[&[f32]; 4], &[f32], &[&[f32]; 4]) -> [f32; 4];
 /// 32 u8 rows at a stride against a group of 32 laid-out queries: `out[row][query]`.
 pub type TileU8 = fn(&[u8], usize, &Panels, usize, &mut [[i32; TILE]; TILE]);
 
@@ -57,7 +58,7 @@ pub struct Kernels {
     pub rows_u8: RowsU8,
     /// 4 x 4 f32 pairs.
     pub block_f32: BlockF32,
-    /// 4 x 1 f32 pairs.
+    /// 4 x 1 f32 pairs, fetching ahead as `rows_u8`.
     pub rows_f32: RowsF32,
     /// 32 x 32 u8 pairs, where the CPU has AMX ([`crate::tiles`]).
     pub tile_u8: Option<TileU8>,
@@ -77,7 +78,7 @@ impl Kernels {
     /// The portable fallback, also the reference the SIMD kernels are tested against.
     pub fn scalar() -> Kernels {
         let (block_u8, rows_u8) = pairwise!(scalar::dot_u8_i8, u8, i8, i32, &[&[u8]; 4]);
-        let (block_f32, rows_f32) = pairwise!(scalar::dot_f32, f32, f32, f32);
+        let (block_f32, rows_f32) = pairwise!(scalar::dot_f32, f32, f32, f32, &[&[f32]; 4]);
         Kernels { name: "scalar", dot_u8_i8: scalar::dot_u8_i8, dot_f32: scalar::dot_f32, block_u8, rows_u8, block_f32, rows_f32, tile_u8: None }
     }
 
@@ -373,7 +374,7 @@ mod x86 {
         unsafe { avx512_f32::<4, 4>(&rows.map(|r| r.as_ptr()), &queries.map(|q| q.as_ptr()), len / 16) }
     }
 
-    pub fn rows_f32_avx512(rows: &[&[f32]; 4], q: &[f32]) -> [f32; 4] {
+    pub fn rows_f32_avx512(rows: &[&[f32]; 4], q: &[f32], _next: &[&[f32]; 4]) -> [f32; 4] {
         let len = q.len();
         assert!(len.is_multiple_of(16) && rows.iter().all(|r| r.len() == len));
         unsafe { avx512_f32::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 16)[0] }
@@ -418,7 +419,7 @@ mod x86 {
 
     pub fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
         assert!(a.len() == b.len() && a.len().is_multiple_of(16));
-        unsafe { avx2_f32::<1, 1>(&[a.as_ptr()], &[b.as_ptr()], a.len() / 16)[0][0] }
+        unsafe { avx2_f32::<1, 1>(&[a.as_ptr()], &[b.as_ptr()], a.len() / 16, None)[0][0] }
     }
 
     pub fn block_f32_avx2(rows: &[&[f32]; 4], queries: &[&[f32]; 4]) -> [[f32; 4]; 4] {
@@ -427,7 +428,8 @@ mod x86 {
         // 2 x 2 at a time: two accumulators a pair, 8 of them, fit beside the loads.
         let mut out = [[0.0; 4]; 4];
         for (r0, q0) in [(0, 0), (0, 2), (2, 0), (2, 2)] {
-            let part = unsafe { avx2_f32::<2, 2>(&[rows[r0].as_ptr(), rows[r0 + 1].as_ptr()], &[queries[q0].as_ptr(), queries[q0 + 1].as_ptr()], len / 16) };
+            let part =
+                unsafe { avx2_f32::<2, 2>(&[rows[r0].as_ptr(), rows[r0 + 1].as_ptr()], &[queries[q0].as_ptr(), queries[q0 + 1].as_ptr()], len / 16, None) };
             for (qi, row) in part.iter().enumerate() {
                 out[q0 + qi][r0..r0 + 2].copy_from_slice(row);
             }
@@ -435,25 +437,51 @@ mod x86 {
         out
     }
 
-    pub fn rows_f32_avx2(rows: &[&[f32]; 4], q: &[f32]) -> [f32; 4] {
+    pub fn rows_f32_avx2(rows: &[&[f32]; 4], q: &[f32], next: &[&[f32]; 4]) -> [f32; 4] {
         let len = q.len();
-        assert!(len.is_multiple_of(16) && rows.iter().all(|r| r.len() == len));
-        unsafe { avx2_f32::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 16)[0] }
+        assert!(len.is_multiple_of(16) && rows.iter().chain(next).all(|r| r.len() == len));
+        unsafe { avx2_f32::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 16, Some(&next.map(|r| r.as_ptr())))[0] }
     }
 
     /// R rows x Q queries of `steps` 16-float steps each. Two accumulators a
     /// pair (the even and the odd 8 floats of a step) hide the latency of
-    /// FMA; every pair is summed in the same order whatever R and Q.
+    /// FMA; every pair is summed in the same order whatever R and Q. With one
+    /// query, the rows `next` (as long) are fetched a line per step, as in `avx2_u8`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_f32<const R: usize, const Q: usize>(rows: &[*const f32; R], queries: &[*const f32; Q], steps: usize) -> [[f32; R]; Q] {
+    unsafe fn avx2_f32<const R: usize, const Q: usize>(
+        rows: &[*const f32; R],
+        queries: &[*const f32; Q],
+        steps: usize,
+        next: Option<&[*const f32; R]>,
+    ) -> [[f32; R]; Q] {
         let mut even = [[_mm256_setzero_ps(); R]; Q];
         let mut odd = [[_mm256_setzero_ps(); R]; Q];
-        for s in 0..steps {
-            for ri in 0..R {
+        // A macro, not a closure: the body keeps this function's target features.
+        macro_rules! step {
+            ($s:expr, $ri:expr) => {{
+                let (s, ri) = ($s, $ri);
                 let (r0, r1) = (_mm256_loadu_ps(rows[ri].add(s * 16)), _mm256_loadu_ps(rows[ri].add(s * 16 + 8)));
                 for qi in 0..Q {
                     even[qi][ri] = _mm256_fmadd_ps(r0, _mm256_loadu_ps(queries[qi].add(s * 16)), even[qi][ri]);
                     odd[qi][ri] = _mm256_fmadd_ps(r1, _mm256_loadu_ps(queries[qi].add(s * 16 + 8)), odd[qi][ri]);
+                }
+            }};
+        }
+        match next {
+            // One query: row by row, each read front to back, as `avx2_u8`.
+            Some(next) => {
+                for (ri, fetch) in next.iter().enumerate() {
+                    for s in 0..steps {
+                        _mm_prefetch(fetch.add(s * 16) as *const i8, _MM_HINT_NTA);
+                        step!(s, ri);
+                    }
+                }
+            }
+            None => {
+                for s in 0..steps {
+                    for ri in 0..R {
+                        step!(s, ri);
+                    }
                 }
             }
         }
@@ -508,7 +536,7 @@ mod tests {
                 let r: [&[u8]; 4] = [&rows[0], &rows[1], &rows[2], &rows[last]];
                 let fr: [&[f32]; 4] = [&frows[0], &frows[1], &frows[2], &frows[last]];
                 let (block, one) = ((k.block_u8)(&r, &q), (k.rows_u8)(&r, q[2], &r));
-                let (fblock, fone) = ((k.block_f32)(&fr, &fq), (k.rows_f32)(&fr, fq[1]));
+                let (fblock, fone) = ((k.block_f32)(&fr, &fq), (k.rows_f32)(&fr, fq[1], &fr));
                 for ri in 0..4 {
                     for qi in 0..4 {
                         assert_eq!(block[qi][ri], scalar::dot_u8_i8(r[ri], q[qi]), "{} {len}", k.name);

@@ -29,6 +29,8 @@ const CHUNK_BYTES: usize = 256 * 1024;
 /// How many groups of four rows ahead one u8 query's scan fetches (4 KiB of
 /// 512-byte rows): far enough to cover the memory's latency, within a chunk.
 const FETCH_AHEAD: usize = 2;
+/// The same for one f32 query (8 KiB of 2,048-byte rows).
+const FETCH_AHEAD_F32: usize = 1;
 /// Most sub-queries scanned in one pass.
 const MAX_BATCH: usize = 256;
 /// Fewest u8 queries scanned with the tile kernel, where the CPU has one:
@@ -604,7 +606,8 @@ fn score_chunk<K: Ord + Copy>(
             Queries::F32(qs) => {
                 let r = four(|i| rows.f32_row(at(i)));
                 if let [q] = qs[..] {
-                    let dots = (k.rows_f32)(&r, q);
+                    let next = four(|i| rows.f32_row(slots.get((g + FETCH_AHEAD_F32) * 4 + i).map_or(at(i), |&s| s as usize)));
+                    let dots = (k.rows_f32)(&r, q, &next);
                     offer(&mut scorers[0], 0, block, &norms, &four(|i| f64::from(dots[i])));
                     continue;
                 }
