@@ -6,7 +6,8 @@
 //! - `scan_u8/descriptor_set`: the same query through `FlatIndex`, what
 //!   `luna_matcher.DescriptorSet` scans, built outside luna-core (as in the
 //!   plugin helper), so its inlining across crates is measured too.
-//! - `dot_*`: one dot product, for every kernel this CPU runs (scalar included).
+//! - `dot/*`: one dot product, and the 4 x 4 block a batch scores per step
+//!   (u8 and f32), in the L1 cache, for every kernel this CPU runs (scalar included).
 //! - `list_1000/{in_1M_store,alone}`: one query against a 1,000-face list,
 //!   the list spread over a 1M-face store, then the same faces as the whole store.
 //! - `batch_u8/{32,256}x{100000,1000000}` (and `batch_f32`): that many queries
@@ -148,11 +149,14 @@ fn bench_dots(c: &mut Criterion) {
     let four: [&[u8]; 4] = std::array::from_fn(|i| &rows[i * 512..(i + 1) * 512]);
     let queries: Vec<Vec<i8>> = (0..4).map(|i| shifted.iter().map(|&q| q.wrapping_add(i)).collect()).collect();
     let queries: [&[i8]; 4] = std::array::from_fn(|i| &queries[i][..]);
+    let floats: Vec<Vec<f32>> = (0..4).map(|i| fa.iter().map(|&x| x + i as f32).collect()).collect();
+    let floats: [&[f32]; 4] = std::array::from_fn(|i| &floats[i][..]);
     let mut group = c.benchmark_group("dot");
     for k in Kernels::available() {
         group.bench_function(BenchmarkId::new("u8_512", k.name), |b| b.iter(|| (k.dot_u8_i8)(std::hint::black_box(four[0]), &shifted)));
         group.bench_function(BenchmarkId::new("f32_512", k.name), |b| b.iter(|| (k.dot_f32)(std::hint::black_box(&fa), &fb)));
         group.bench_function(BenchmarkId::new("u8_512_4x4", k.name), |b| b.iter(|| (k.block_u8)(std::hint::black_box(&four), &queries)));
+        group.bench_function(BenchmarkId::new("f32_512_4x4", k.name), |b| b.iter(|| (k.block_f32)(std::hint::black_box(&floats), &floats)));
     }
     group.finish();
 }
