@@ -50,11 +50,10 @@ pub struct Kernels {
     pub dot_f32: DotF32,
     /// 4 x 4 u8 pairs.
     pub block_u8: BlockU8,
-    /// 4 x 1 u8 pairs. One query's scan is bound by memory: the AVX2 kernel
-    /// fetches the next rows a line per 64 bytes scored, which keeps more of
-    /// them in flight than the hardware prefetcher alone (measured on Zen 3,
-    /// see the README); the AVX-512 one leaves them to the hardware
-    /// prefetcher (fetching ahead there measured no faster).
+    /// 4 x 1 u8 pairs. One query's scan is bound by memory: the kernels
+    /// fetch the next rows a line per 64 bytes scored, which keeps more of
+    /// them in flight than the hardware prefetcher alone (measured on Zen 3
+    /// with AVX2 and on Zen 5 with VNNI, see docs/benchmarks.md).
     pub rows_u8: RowsU8,
     /// 4 x 4 f32 pairs.
     pub block_f32: BlockF32,
@@ -173,31 +172,40 @@ mod x86 {
 
     pub fn dot_u8_i8_vnni(c: &[u8], q: &[i8]) -> i32 {
         assert!(c.len() == q.len() && c.len().is_multiple_of(64));
-        unsafe { vnni::<1, 1>(&[c.as_ptr()], &[q.as_ptr()], c.len() / 64)[0][0] }
+        unsafe { vnni::<1, 1>(&[c.as_ptr()], &[q.as_ptr()], c.len() / 64, None)[0][0] }
     }
 
     pub fn block_u8_vnni(rows: &[&[u8]; 4], queries: &[&[i8]; 4]) -> [[i32; 4]; 4] {
         let len = rows[0].len();
         assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len) && queries.iter().all(|q| q.len() == len));
-        unsafe { vnni::<4, 4>(&rows.map(|r| r.as_ptr()), &queries.map(|q| q.as_ptr()), len / 64) }
+        unsafe { vnni::<4, 4>(&rows.map(|r| r.as_ptr()), &queries.map(|q| q.as_ptr()), len / 64, None) }
     }
 
-    pub fn rows_u8_vnni(rows: &[&[u8]; 4], q: &[i8], _next: &[&[u8]; 4]) -> [i32; 4] {
+    pub fn rows_u8_vnni(rows: &[&[u8]; 4], q: &[i8], next: &[&[u8]; 4]) -> [i32; 4] {
         let len = q.len();
-        assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len));
-        unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64)[0] }
+        assert!(len.is_multiple_of(64) && rows.iter().chain(next).all(|r| r.len() == len));
+        unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64, Some(&next.map(|r| r.as_ptr())))[0] }
     }
 
     /// R rows x Q queries of `blocks` 64-byte blocks each: one accumulator per
-    /// pair, each row block loaded once for all queries.
+    /// pair, each row block loaded once for all queries. With one query, the
+    /// rows `next` (as long) are fetched a line per block scored, as `avx2_u8`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn vnni<const R: usize, const Q: usize>(rows: &[*const u8; R], queries: &[*const i8; Q], blocks: usize) -> [[i32; R]; Q] {
+    unsafe fn vnni<const R: usize, const Q: usize>(
+        rows: &[*const u8; R],
+        queries: &[*const i8; Q],
+        blocks: usize,
+        next: Option<&[*const u8; R]>,
+    ) -> [[i32; R]; Q] {
         let mut acc = [[_mm512_setzero_si512(); R]; Q];
         if Q == 1 {
             // One query: row by row, each read front to back: interleaving the
             // rows' blocks defeats the hardware prefetcher.
             for ri in 0..R {
                 for b in 0..blocks {
+                    if let Some(next) = next {
+                        _mm_prefetch(next[ri].add(b * 64) as *const i8, _MM_HINT_NTA);
+                    }
                     let r = _mm512_loadu_si512(rows[ri].add(b * 64) as *const __m512i);
                     acc[0][ri] = _mm512_dpbusd_epi32(acc[0][ri], r, _mm512_loadu_si512(queries[0].add(b * 64) as *const __m512i));
                 }
