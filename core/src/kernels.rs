@@ -57,7 +57,8 @@ pub struct Kernels {
     pub rows_u8: RowsU8,
     /// 4 x 4 f32 pairs.
     pub block_f32: BlockF32,
-    /// 4 x 1 f32 pairs, fetching ahead as `rows_u8`.
+    /// 4 x 1 f32 pairs. The AVX2 kernel fetches ahead as `rows_u8` (measured
+    /// on Zen 3); the AVX-512 one leaves the rows to the hardware prefetcher.
     pub rows_f32: RowsF32,
     /// 32 x 32 u8 pairs, where the CPU has AMX ([`crate::tiles`]).
     pub tile_u8: Option<TileU8>,

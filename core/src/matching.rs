@@ -584,13 +584,14 @@ fn score_chunk<K: Ord + Copy>(
     for (g, block) in slots.chunks(4).enumerate() {
         // A short tail repeats its last row; the repeats are not offered.
         let at = |i: usize| block[i.min(block.len() - 1)] as usize;
+        // Row i of the group `groups` on, to fetch meanwhile (near the chunk's end, row i again).
+        let ahead = |groups: usize, i: usize| slots.get((g + groups) * 4 + i).map_or(at(i), |&s| s as usize);
         let norms = four(|i| vectors.norms2[at(i)]);
         match queries {
             Queries::U8(qs, _) => {
                 let r = four(|i| rows.u8_row(at(i)));
                 if let [(q, sum)] = qs[..] {
-                    // Meanwhile the rows FETCH_AHEAD groups on are fetched (near the chunk's end, these again).
-                    let next = four(|i| rows.u8_row(slots.get((g + FETCH_AHEAD) * 4 + i).map_or(at(i), |&s| s as usize)));
+                    let next = four(|i| rows.u8_row(ahead(FETCH_AHEAD, i)));
                     let dots = (k.rows_u8)(&r, q, &next);
                     offer(&mut scorers[0], 0, block, &norms, &four(|i| f64::from(dots[i] - 128 * sum)));
                     continue;
@@ -606,7 +607,7 @@ fn score_chunk<K: Ord + Copy>(
             Queries::F32(qs) => {
                 let r = four(|i| rows.f32_row(at(i)));
                 if let [q] = qs[..] {
-                    let next = four(|i| rows.f32_row(slots.get((g + FETCH_AHEAD_F32) * 4 + i).map_or(at(i), |&s| s as usize)));
+                    let next = four(|i| rows.f32_row(ahead(FETCH_AHEAD_F32, i)));
                     let dots = (k.rows_f32)(&r, q, &next);
                     offer(&mut scorers[0], 0, block, &norms, &four(|i| f64::from(dots[i])));
                     continue;
