@@ -470,12 +470,12 @@ pub(crate) fn scan_many<K: Ord + Copy + Send>(
         }
         Dtype::F32 => Queries::F32(queries.iter().map(|q| q.0.f32_values().expect("an f32 query for an f32 version")).collect()),
     };
-    let fresh = || queries.iter().map(|&(q, limit, threshold)| Scorer::new(spec, q, limit, threshold)).collect::<Vec<_>>();
+    let fresh = || queries.iter().zip(takes_all).map(|(&(q, limit, threshold), &all)| Scorer::new(spec, q, limit, threshold, all)).collect::<Vec<_>>();
     (0..candidates.len().div_ceil(chunk))
         .into_par_iter()
         .fold(fresh, |mut scorers, c| {
             let slots = candidates.slots(c * chunk..((c + 1) * chunk).min(candidates.len()));
-            score_chunk(k, vectors, &slots, &prepared, takes_all, &pass, &key, &mut scorers);
+            score_chunk(k, vectors, &slots, &prepared, &pass, &key, &mut scorers);
             scorers
         })
         .reduce(fresh, |mut a, b| {
@@ -497,13 +497,11 @@ enum Queries<'a> {
 
 /// Score rows `slots` against every query: 32 rows by 32 queries with the
 /// tile kernel, else four rows by four queries.
-#[allow(clippy::too_many_arguments)]
 fn score_chunk<K: Ord + Copy>(
     k: &Kernels,
     vectors: &Vectors,
     slots: &[u32],
     queries: &Queries,
-    takes_all: &[bool],
     pass: &impl Fn(usize, usize) -> bool,
     key: &impl Fn(usize) -> K,
     scorers: &mut [Scorer<K>],
@@ -511,7 +509,7 @@ fn score_chunk<K: Ord + Copy>(
     let rows = &vectors.rows;
     // Query q's dot products with the rows `block` offered to its top.
     let offer = |scorer: &mut Scorer<K>, q: usize, block: &[u32], norms: &[f64], dots: &[f64]| {
-        if takes_all[q] && scorer.threshold.1.c == f64::NEG_INFINITY {
+        if scorer.every_row_passes {
             // Every row is a candidate and reaches the threshold: one test
             // over the whole block, free of branches, says which rows cannot
             // enter the top; only the others are looked at one by one.
@@ -544,6 +542,13 @@ fn score_chunk<K: Ord + Copy>(
             }
         }
         scorer.top.count(decided, passed);
+    };
+    // The same for four rows, unless one test rules them all out first:
+    // most blocks of a full top, at a multiply and a compare a row.
+    let offer4 = |scorer: &mut Scorer<K>, q: usize, block: &[u32], norms: &[f64; 4], row_norms: &[f64; 4], dots: [f64; 4]| {
+        if !scorer.passes_over(&dots, row_norms, block.len()) {
+            offer(scorer, q, block, norms, &dots);
+        }
     };
     if let (Queries::U8(qs, Some(panels)), Some(tile)) = (queries, k.tile_u8) {
         let stride = rows.row_bytes();
@@ -587,20 +592,21 @@ fn score_chunk<K: Ord + Copy>(
         // Row i of the group `groups` on, to fetch meanwhile (near the chunk's end, row i again).
         let ahead = |groups: usize, i: usize| slots.get((g + groups) * 4 + i).map_or(at(i), |&s| s as usize);
         let norms = four(|i| vectors.norms2[at(i)]);
+        let row_norms = four(|i| norms[i].sqrt());
         match queries {
             Queries::U8(qs, _) => {
                 let r = four(|i| rows.u8_row(at(i)));
                 if let [(q, sum)] = qs[..] {
                     let next = four(|i| rows.u8_row(ahead(FETCH_AHEAD, i)));
                     let dots = (k.rows_u8)(&r, q, &next);
-                    offer(&mut scorers[0], 0, block, &norms, &four(|i| f64::from(dots[i] - 128 * sum)));
+                    offer4(&mut scorers[0], 0, block, &norms, &row_norms, four(|i| f64::from(dots[i] - 128 * sum)));
                     continue;
                 }
                 for q0 in (0..qs.len()).step_by(4) {
                     let dots = (k.block_u8)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)].0));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
                         let sum = qs[q0 + qi].1;
-                        offer(&mut scorers[q0 + qi], q0 + qi, block, &norms, &four(|i| f64::from(d[i] - 128 * sum)));
+                        offer4(&mut scorers[q0 + qi], q0 + qi, block, &norms, &row_norms, four(|i| f64::from(d[i] - 128 * sum)));
                     }
                 }
             }
@@ -609,13 +615,13 @@ fn score_chunk<K: Ord + Copy>(
                 if let [q] = qs[..] {
                     let next = four(|i| rows.f32_row(ahead(FETCH_AHEAD_F32, i)));
                     let dots = (k.rows_f32)(&r, q, &next);
-                    offer(&mut scorers[0], 0, block, &norms, &four(|i| f64::from(dots[i])));
+                    offer4(&mut scorers[0], 0, block, &norms, &row_norms, four(|i| f64::from(dots[i])));
                     continue;
                 }
                 for q0 in (0..qs.len()).step_by(4) {
                     let dots = (k.block_f32)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)]));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
-                        offer(&mut scorers[q0 + qi], q0 + qi, block, &norms, &four(|i| f64::from(d[i])));
+                        offer4(&mut scorers[q0 + qi], q0 + qi, block, &norms, &row_norms, four(|i| f64::from(d[i])));
                     }
                 }
             }
@@ -668,13 +674,27 @@ struct Scorer<K> {
     threshold: (Bar, Bar),
     /// Surely below the worst of a full top.
     worst: Bar,
+    /// Every row is a candidate and reaches the threshold: only the top decides.
+    every_row_passes: bool,
+    /// `worst` as a bound on a dot product over a row's norm, when
+    /// `every_row_passes` (else -inf): see [`Bar::dot_bound`].
+    skip_below: f64,
 }
 
 impl<K: Ord + Copy> Scorer<K> {
-    fn new(spec: VersionSpec, query: &Query, limit: usize, threshold: f64) -> Self {
+    /// `takes_all`: every row is a candidate (no filter to check).
+    fn new(spec: VersionSpec, query: &Query, limit: usize, threshold: f64, takes_all: bool) -> Self {
         let norm2 = query.norm2();
         let (lo, hi) = spec.cosine_bounds(threshold);
-        let mut scorer = Scorer { top: TopK::new(limit, threshold), spec, norm2, threshold: (Bar::new(lo, norm2), Bar::new(hi, norm2)), worst: Bar::NONE };
+        let mut scorer = Scorer {
+            top: TopK::new(limit, threshold),
+            spec,
+            norm2,
+            threshold: (Bar::new(lo, norm2), Bar::new(hi, norm2)),
+            worst: Bar::NONE,
+            every_row_passes: takes_all && hi == f64::NEG_INFINITY,
+            skip_below: f64::NEG_INFINITY,
+        };
         scorer.raise_bar();
         scorer
     }
@@ -682,7 +702,24 @@ impl<K: Ord + Copy> Scorer<K> {
     fn raise_bar(&mut self) {
         if let Some(bar) = self.top.bar() {
             self.worst = Bar::new(self.spec.cosine_bounds(bar).0, self.norm2);
+            if self.every_row_passes {
+                self.skip_below = self.worst.dot_bound(self.norm2);
+            }
         }
+    }
+
+    /// Whether four rows (`rows` of them real, the rest repeats) are surely
+    /// below the worst of the full top; then they are counted, as
+    /// candidates that reached the threshold.
+    #[inline]
+    fn passes_over(&mut self, dots: &[f64; 4], row_norms: &[f64; 4], rows: usize) -> bool {
+        let b = self.skip_below;
+        // `&`, not `&&`: four compares in two vector instructions, no branch between them.
+        let skip = (dots[0] < b * row_norms[0]) & (dots[1] < b * row_norms[1]) & (dots[2] < b * row_norms[2]) & (dots[3] < b * row_norms[3]);
+        if skip {
+            self.top.count(rows as u64, rows as u64);
+        }
+        skip
     }
 
     /// Whether a candidate reaches the threshold, when its dot product
@@ -729,6 +766,18 @@ impl Bar {
 
     fn new(c: f64, norm2: f64) -> Bar {
         Bar { c, c2_norm2: c * c * norm2 }
+    }
+
+    /// A bound `b` such that `dot < b * row_norm` (the row's norm, not its
+    /// square) says [`Bar::below`], rounding included; -inf, which says
+    /// nothing, unless `c` is positive and finite. A NaN never passes it.
+    fn dot_bound(&self, norm2: f64) -> f64 {
+        // The margin covers the roundings of this product and the test's.
+        if self.c > 0.0 && self.c.is_finite() {
+            self.c * norm2.sqrt() * (1.0 - 1e-9)
+        } else {
+            f64::NEG_INFINITY
+        }
     }
 
     /// [`Bar::below`] for each row of a block (at most 64), as a bit mask.
