@@ -64,6 +64,19 @@ pub struct Kernels {
     pub tile_u8: Option<TileU8>,
 }
 
+/// Ask for the cache line at `at` to be brought into every level; a hint,
+/// which never faults, whatever the address; nothing on CPUs without one here.
+#[inline(always)]
+pub fn fetch_line(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing and never faults; SSE is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(at as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// Block kernels made of a one-pair kernel, for CPUs without a blocked one.
 macro_rules! pairwise {
     ($dot:path, $row:ty, $q:ty, $out:ty $(, $next:ty)?) => {

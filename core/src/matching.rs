@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::descriptor::{Dtype, VersionSpec};
 use crate::errors::{Error, ErrorCode, Result};
 use crate::index::{cosine, FaceAt, FaceEntry, FaceRecord, Index, Query, Vectors, VersionIndex};
-use crate::kernels::{kernels, Kernels};
+use crate::kernels::{fetch_line, kernels, Kernels};
 use crate::tiles::{Panels, TILE};
 
 /// Candidates scanned per chunk: small enough to stay in L2 across a batch.
@@ -596,13 +596,15 @@ fn score_chunk<K: Ord + Copy>(
         match queries {
             Queries::U8(qs, _) => {
                 let r = four(|i| rows.u8_row(at(i)));
+                let next = four(|i| rows.u8_row(ahead(FETCH_AHEAD, i)));
                 if let [(q, sum)] = qs[..] {
-                    let next = four(|i| rows.u8_row(ahead(FETCH_AHEAD, i)));
                     let dots = (k.rows_u8)(&r, q, &next);
                     offer4(&mut scorers[0], 0, block, &norms, &row_norms, four(|i| f64::from(dots[i] - 128 * sum)));
                     continue;
                 }
-                for q0 in (0..qs.len()).step_by(4) {
+                let fetch = Fetch::new(next, qs.len().div_ceil(4));
+                for (j, q0) in (0..qs.len()).step_by(4).enumerate() {
+                    fetch.share(j);
                     let dots = (k.block_u8)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)].0));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
                         let sum = qs[q0 + qi].1;
@@ -618,13 +620,45 @@ fn score_chunk<K: Ord + Copy>(
                     offer4(&mut scorers[0], 0, block, &norms, &row_norms, four(|i| f64::from(dots[i])));
                     continue;
                 }
-                for q0 in (0..qs.len()).step_by(4) {
+                let fetch = Fetch::new(four(|i| rows.u8_row(ahead(FETCH_AHEAD_F32, i))), qs.len().div_ceil(4));
+                for (j, q0) in (0..qs.len()).step_by(4).enumerate() {
+                    fetch.share(j);
                     let dots = (k.block_f32)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)]));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
                         offer4(&mut scorers[q0 + qi], q0 + qi, block, &norms, &row_norms, four(|i| f64::from(d[i])));
                     }
                 }
             }
+        }
+    }
+}
+
+/// The cache lines of the rows scored next, fetched a share at a time:
+/// each of a block's query groups fetches its share, so that they arrive
+/// while this block is scored. The hardware prefetcher alone left 4 x 4
+/// batches waiting on memory (32 queries: 0.75x the time for f32 and 0.8x
+/// for u8 with these fetches, on Zen 5).
+struct Fetch<'a> {
+    rows: [&'a [u8]; 4],
+    /// Cache lines a row.
+    lines: usize,
+    per_share: usize,
+}
+
+impl<'a> Fetch<'a> {
+    #[inline(always)]
+    fn new(rows: [&'a [u8]; 4], shares: usize) -> Self {
+        let lines = rows[0].len() / 64;
+        Fetch { rows, lines, per_share: (4 * lines).div_ceil(shares) }
+    }
+
+    /// Fetch share `j`. A division a line spaces the fetches out: 16 back
+    /// to back (32 f32 queries) stalled the kernel's own loads, 1.2x the time.
+    #[inline(always)]
+    fn share(&self, j: usize) {
+        let first = j * self.per_share;
+        for line in first..(first + self.per_share).min(4 * self.lines) {
+            fetch_line(self.rows[line / self.lines].as_ptr().wrapping_add(line % self.lines * 64));
         }
     }
 }
