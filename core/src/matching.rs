@@ -636,8 +636,8 @@ fn score_chunk<K: Ord + Copy>(
 /// The cache lines of the rows scored next, fetched a share at a time:
 /// each of a block's query groups fetches its share, so that they arrive
 /// while this block is scored. The hardware prefetcher alone left 4 x 4
-/// batches waiting on memory (32 queries: 0.75x the time for f32 and 0.8x
-/// for u8 with these fetches, on Zen 5).
+/// batches waiting on memory (32 queries, u8 or f32: 0.8x to 0.85x the
+/// time with these fetches, on Zen 5; 256 queries level).
 struct Fetch<'a> {
     rows: [&'a [u8]; 4],
     /// Cache lines a row.
