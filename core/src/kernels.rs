@@ -50,10 +50,11 @@ pub struct Kernels {
     pub dot_f32: DotF32,
     /// 4 x 4 u8 pairs.
     pub block_u8: BlockU8,
-    /// 4 x 1 u8 pairs. One query's scan is bound by memory: the kernels
-    /// fetch the next rows a line per 64 bytes scored, which keeps more of
-    /// them in flight than the hardware prefetcher alone (measured on Zen 3
-    /// with AVX2 and on Zen 5 with VNNI, see docs/benchmarks.md).
+    /// 4 x 1 u8 pairs. One query's scan is bound by memory: the AVX2 kernel
+    /// fetches the next rows a line per 64 bytes scored, which keeps more of
+    /// them in flight than the hardware prefetcher alone (measured on Zen 3);
+    /// the VNNI one does so only where that measured faster
+    /// ([`vnni_rows_fetch_ahead`]).
     pub rows_u8: RowsU8,
     /// 4 x 4 f32 pairs.
     pub block_f32: BlockF32,
@@ -109,19 +110,21 @@ impl Kernels {
         }
     }
 
+    /// AVX-512 kernels; with VNNI, `fetch_rows` says whether one u8
+    /// query's scan fetches the next rows itself ([`vnni_rows_fetch_ahead`]).
     #[cfg(target_arch = "x86_64")]
-    fn avx512(vnni: bool) -> Kernels {
+    fn avx512(vnni: bool, fetch_rows: bool) -> Kernels {
         let f32s = |k: Kernels| Kernels { dot_f32: x86::dot_f32_avx512, block_f32: x86::block_f32_avx512, rows_f32: x86::rows_f32_avx512, ..k };
-        if vnni {
-            let vnni =
-                Kernels { name: "avx512-vnni", dot_u8_i8: x86::dot_u8_i8_vnni, block_u8: x86::block_u8_vnni, rows_u8: x86::rows_u8_vnni, ..Kernels::avx2() };
-            if crate::tiles::available() {
-                return f32s(Kernels { name: "avx512-vnni+amx", tile_u8: Some(crate::tiles::tile_u8), ..vnni });
-            }
-            f32s(vnni)
-        } else {
-            f32s(Kernels { name: "avx512", ..Kernels::avx2() })
+        if !vnni {
+            return f32s(Kernels { name: "avx512", ..Kernels::avx2() });
         }
+        let (name, rows_u8): (_, RowsU8) = if fetch_rows { ("avx512-vnni+fetch", x86::rows_u8_vnni_fetching) } else { ("avx512-vnni", x86::rows_u8_vnni) };
+        let vnni = Kernels { name, dot_u8_i8: x86::dot_u8_i8_vnni, block_u8: x86::block_u8_vnni, rows_u8, ..Kernels::avx2() };
+        if crate::tiles::available() {
+            let name = if fetch_rows { "avx512-vnni+fetch+amx" } else { "avx512-vnni+amx" };
+            return f32s(Kernels { name, tile_u8: Some(crate::tiles::tile_u8), ..vnni });
+        }
+        f32s(vnni)
     }
 
     /// The fastest kernels this CPU supports.
@@ -130,7 +133,7 @@ impl Kernels {
         {
             let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
             if avx512 {
-                return Kernels::avx512(is_x86_feature_detected!("avx512vnni"));
+                return Kernels::avx512(is_x86_feature_detected!("avx512vnni"), vnni_rows_fetch_ahead());
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 return Kernels::avx2();
@@ -151,9 +154,28 @@ impl Kernels {
             if !all.iter().any(|k| k.name == best.name) {
                 all.push(best);
             }
+            // One u8 query's VNNI scan both ways, whichever this CPU runs.
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                all.push(Kernels::avx512(true, !vnni_rows_fetch_ahead()));
+            }
         }
         all
     }
+}
+
+/// Whether one u8 query's VNNI scan fetches the next rows itself: faster
+/// than the hardware prefetcher alone on Zen 5 (AMD family 26), slower on
+/// Zen 4 (family 25), not measured on other CPUs (docs/benchmarks.md).
+#[cfg(target_arch = "x86_64")]
+fn vnni_rows_fetch_ahead() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let vendor = __cpuid(0);
+    let amd = [vendor.ebx, vendor.edx, vendor.ecx] == [*b"Auth", *b"enti", *b"cAMD"].map(u32::from_le_bytes);
+    // CPUID leaf 1: the base family in bits 8-11, plus the extended family in bits 20-27 when the base is 15.
+    let signature = __cpuid(1).eax;
+    let base = (signature >> 8) & 0xf;
+    let family = if base == 0xf { base + ((signature >> 20) & 0xff) } else { base };
+    amd && family >= 26
 }
 
 /// The kernels the service uses, detected on first use.
@@ -195,7 +217,13 @@ mod x86 {
         unsafe { vnni::<4, 4>(&rows.map(|r| r.as_ptr()), &queries.map(|q| q.as_ptr()), len / 64, None) }
     }
 
-    pub fn rows_u8_vnni(rows: &[&[u8]; 4], q: &[i8], next: &[&[u8]; 4]) -> [i32; 4] {
+    pub fn rows_u8_vnni(rows: &[&[u8]; 4], q: &[i8], _next: &[&[u8]; 4]) -> [i32; 4] {
+        let len = q.len();
+        assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len));
+        unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64, None)[0] }
+    }
+
+    pub fn rows_u8_vnni_fetching(rows: &[&[u8]; 4], q: &[i8], next: &[&[u8]; 4]) -> [i32; 4] {
         let len = q.len();
         assert!(len.is_multiple_of(64) && rows.iter().chain(next).all(|r| r.len() == len));
         unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64, Some(&next.map(|r| r.as_ptr())))[0] }
