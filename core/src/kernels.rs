@@ -118,7 +118,8 @@ impl Kernels {
         if !vnni {
             return f32s(Kernels { name: "avx512", ..Kernels::avx2() });
         }
-        let (name, rows_u8): (_, RowsU8) = if fetch_rows { ("avx512-vnni+fetch", x86::rows_u8_vnni_fetching) } else { ("avx512-vnni", x86::rows_u8_vnni) };
+        let (name, rows_u8): (_, RowsU8) =
+            if fetch_rows { ("avx512-vnni+fetch", x86::rows_u8_vnni::<true>) } else { ("avx512-vnni", x86::rows_u8_vnni::<false>) };
         let vnni = Kernels { name, dot_u8_i8: x86::dot_u8_i8_vnni, block_u8: x86::block_u8_vnni, rows_u8, ..Kernels::avx2() };
         if crate::tiles::available() {
             let name = if fetch_rows { "avx512-vnni+fetch+amx" } else { "avx512-vnni+amx" };
@@ -217,16 +218,12 @@ mod x86 {
         unsafe { vnni::<4, 4>(&rows.map(|r| r.as_ptr()), &queries.map(|q| q.as_ptr()), len / 64, None) }
     }
 
-    pub fn rows_u8_vnni(rows: &[&[u8]; 4], q: &[i8], _next: &[&[u8]; 4]) -> [i32; 4] {
-        let len = q.len();
-        assert!(len.is_multiple_of(64) && rows.iter().all(|r| r.len() == len));
-        unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64, None)[0] }
-    }
-
-    pub fn rows_u8_vnni_fetching(rows: &[&[u8]; 4], q: &[i8], next: &[&[u8]; 4]) -> [i32; 4] {
+    /// With `FETCH`, the rows `next` are fetched as these are scored.
+    pub fn rows_u8_vnni<const FETCH: bool>(rows: &[&[u8]; 4], q: &[i8], next: &[&[u8]; 4]) -> [i32; 4] {
         let len = q.len();
         assert!(len.is_multiple_of(64) && rows.iter().chain(next).all(|r| r.len() == len));
-        unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64, Some(&next.map(|r| r.as_ptr())))[0] }
+        let next = next.map(|r| r.as_ptr());
+        unsafe { vnni::<4, 1>(&rows.map(|r| r.as_ptr()), &[q.as_ptr()], len / 64, FETCH.then_some(&next))[0] }
     }
 
     /// R rows x Q queries of `blocks` 64-byte blocks each: one accumulator per
