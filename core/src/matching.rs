@@ -586,6 +586,11 @@ fn score_chunk<K: Ord + Copy>(
         }
         return;
     }
+    // A batch's skip tests read two dense columns, each query's bound and
+    // the rows it skipped, not its scorer: a batch's scorers overflow the L1
+    // cache the rows and the queries pass through. Counted once a chunk.
+    let mut bounds: Vec<f64> = scorers.iter().map(|s| s.skip_below).collect();
+    let mut skipped = vec![0u64; scorers.len()];
     for (g, block) in slots.chunks(4).enumerate() {
         // A short tail repeats its last row; the repeats are not offered.
         let at = |i: usize| block[i.min(block.len() - 1)] as usize;
@@ -593,6 +598,15 @@ fn score_chunk<K: Ord + Copy>(
         let ahead = |groups: usize, i: usize| slots.get((g + groups) * 4 + i).map_or(at(i), |&s| s as usize);
         let norms = four(|i| vectors.norms2[at(i)]);
         let row_norms = four(|i| norms[i].sqrt());
+        // `offer4` of a batch's query q, its scorer left alone while the rows are skipped.
+        let mut batch4 = |scorers: &mut [Scorer<K>], q: usize, dots: [f64; 4]| {
+            if all_below(bounds[q], &dots, &row_norms) {
+                skipped[q] += block.len() as u64;
+            } else {
+                offer(&mut scorers[q], q, block, &norms, &dots);
+                bounds[q] = scorers[q].skip_below;
+            }
+        };
         match queries {
             Queries::U8(qs, _) => {
                 let r = four(|i| rows.u8_row(at(i)));
@@ -608,7 +622,7 @@ fn score_chunk<K: Ord + Copy>(
                     let dots = (k.block_u8)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)].0));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
                         let sum = qs[q0 + qi].1;
-                        offer4(&mut scorers[q0 + qi], q0 + qi, block, &norms, &row_norms, four(|i| f64::from(d[i] - 128 * sum)));
+                        batch4(scorers, q0 + qi, four(|i| f64::from(d[i] - 128 * sum)));
                     }
                 }
             }
@@ -625,11 +639,15 @@ fn score_chunk<K: Ord + Copy>(
                     fetch.share(j);
                     let dots = (k.block_f32)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)]));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
-                        offer4(&mut scorers[q0 + qi], q0 + qi, block, &norms, &row_norms, four(|i| f64::from(d[i])));
+                        batch4(scorers, q0 + qi, four(|i| f64::from(d[i])));
                     }
                 }
             }
         }
+    }
+    // Skipped rows were candidates that reached the threshold, below the top.
+    for (scorer, &n) in scorers.iter_mut().zip(&skipped) {
+        scorer.top.count(n, n);
     }
 }
 
@@ -747,9 +765,7 @@ impl<K: Ord + Copy> Scorer<K> {
     /// candidates that reached the threshold.
     #[inline]
     fn passes_over(&mut self, dots: &[f64; 4], row_norms: &[f64; 4], rows: usize) -> bool {
-        let b = self.skip_below;
-        // `&`, not `&&`: four compares in two vector instructions, no branch between them.
-        let skip = (dots[0] < b * row_norms[0]) & (dots[1] < b * row_norms[1]) & (dots[2] < b * row_norms[2]) & (dots[3] < b * row_norms[3]);
+        let skip = all_below(self.skip_below, dots, row_norms);
         if skip {
             self.top.count(rows as u64, rows as u64);
         }
@@ -784,6 +800,14 @@ impl<K: Ord + Copy> Scorer<K> {
             self.raise_bar();
         }
     }
+}
+
+/// Whether each of four dot products is under `b` times its row's norm
+/// ([`Scorer::skip_below`]).
+#[inline(always)]
+fn all_below(b: f64, dots: &[f64; 4], row_norms: &[f64; 4]) -> bool {
+    // `&`, not `&&`: four compares in two vector instructions, no branch between them.
+    (dots[0] < b * row_norms[0]) & (dots[1] < b * row_norms[1]) & (dots[2] < b * row_norms[2]) & (dots[3] < b * row_norms[3])
 }
 
 /// A cosine bound, squared and scaled by the query's squared norm, so that a
