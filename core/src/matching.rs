@@ -543,13 +543,6 @@ fn score_chunk<K: Ord + Copy>(
         }
         scorer.top.count(decided, passed);
     };
-    // The same for four rows, unless one test rules them all out first:
-    // most blocks of a full top, at a multiply and a compare a row.
-    let offer4 = |scorer: &mut Scorer<K>, q: usize, block: &[u32], norms: &[f64; 4], row_norms: &[f64; 4], dots: [f64; 4]| {
-        if !scorer.passes_over(&dots, row_norms, block.len()) {
-            offer(scorer, q, block, norms, &dots);
-        }
-    };
     if let (Queries::U8(qs, Some(panels)), Some(tile)) = (queries, k.tile_u8) {
         let stride = rows.row_bytes();
         let mut staging = Vec::new();
@@ -586,9 +579,11 @@ fn score_chunk<K: Ord + Copy>(
         }
         return;
     }
-    // A batch's skip tests read two dense columns, each query's bound and
-    // the rows it skipped, not its scorer: a batch's scorers overflow the L1
-    // cache the rows and the queries pass through. Counted once a chunk.
+    // Four rows at a time, unless one test rules them all out first (most
+    // blocks of a full top, at a multiply and a compare a row). The test
+    // reads two dense columns, each query's bound and the rows it skipped,
+    // not its scorer: a batch's scorers overflow the L1 cache the rows and
+    // the queries pass through. Counted once a chunk.
     let mut bounds: Vec<f64> = scorers.iter().map(|s| s.skip_below).collect();
     let mut skipped = vec![0u64; scorers.len()];
     for (g, block) in slots.chunks(4).enumerate() {
@@ -598,8 +593,8 @@ fn score_chunk<K: Ord + Copy>(
         let ahead = |groups: usize, i: usize| slots.get((g + groups) * 4 + i).map_or(at(i), |&s| s as usize);
         let norms = four(|i| vectors.norms2[at(i)]);
         let row_norms = four(|i| norms[i].sqrt());
-        // `offer4` of a batch's query q, its scorer left alone while the rows are skipped.
-        let mut batch4 = |scorers: &mut [Scorer<K>], q: usize, dots: [f64; 4]| {
+        // Query q's dots with the block: its scorer left alone while the rows are skipped.
+        let mut offer4 = |scorers: &mut [Scorer<K>], q: usize, dots: [f64; 4]| {
             if all_below(bounds[q], &dots, &row_norms) {
                 skipped[q] += block.len() as u64;
             } else {
@@ -613,7 +608,7 @@ fn score_chunk<K: Ord + Copy>(
                 let next = four(|i| rows.u8_row(ahead(FETCH_AHEAD, i)));
                 if let [(q, sum)] = qs[..] {
                     let dots = (k.rows_u8)(&r, q, &next);
-                    offer4(&mut scorers[0], 0, block, &norms, &row_norms, four(|i| f64::from(dots[i] - 128 * sum)));
+                    offer4(scorers, 0, four(|i| f64::from(dots[i] - 128 * sum)));
                     continue;
                 }
                 let fetch = Fetch::new(next, qs.len().div_ceil(4));
@@ -622,7 +617,7 @@ fn score_chunk<K: Ord + Copy>(
                     let dots = (k.block_u8)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)].0));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
                         let sum = qs[q0 + qi].1;
-                        batch4(scorers, q0 + qi, four(|i| f64::from(d[i] - 128 * sum)));
+                        offer4(scorers, q0 + qi, four(|i| f64::from(d[i] - 128 * sum)));
                     }
                 }
             }
@@ -631,7 +626,7 @@ fn score_chunk<K: Ord + Copy>(
                 if let [q] = qs[..] {
                     let next = four(|i| rows.f32_row(ahead(FETCH_AHEAD_F32, i)));
                     let dots = (k.rows_f32)(&r, q, &next);
-                    offer4(&mut scorers[0], 0, block, &norms, &row_norms, four(|i| f64::from(dots[i])));
+                    offer4(scorers, 0, four(|i| f64::from(dots[i])));
                     continue;
                 }
                 let fetch = Fetch::new(four(|i| rows.u8_row(ahead(FETCH_AHEAD_F32, i))), qs.len().div_ceil(4));
@@ -639,7 +634,7 @@ fn score_chunk<K: Ord + Copy>(
                     fetch.share(j);
                     let dots = (k.block_f32)(&r, &four(|i| qs[(q0 + i).min(qs.len() - 1)]));
                     for (qi, d) in dots.iter().enumerate().take(qs.len() - q0) {
-                        batch4(scorers, q0 + qi, four(|i| f64::from(d[i])));
+                        offer4(scorers, q0 + qi, four(|i| f64::from(d[i])));
                     }
                 }
             }
@@ -760,18 +755,6 @@ impl<K: Ord + Copy> Scorer<K> {
         }
     }
 
-    /// Whether four rows (`rows` of them real, the rest repeats) are surely
-    /// below the worst of the full top; then they are counted, as
-    /// candidates that reached the threshold.
-    #[inline]
-    fn passes_over(&mut self, dots: &[f64; 4], row_norms: &[f64; 4], rows: usize) -> bool {
-        let skip = all_below(self.skip_below, dots, row_norms);
-        if skip {
-            self.top.count(rows as u64, rows as u64);
-        }
-        skip
-    }
-
     /// Whether a candidate reaches the threshold, when its dot product
     /// decides that and keeps it out of the top; None when only its exact
     /// similarity can tell.
@@ -803,7 +786,7 @@ impl<K: Ord + Copy> Scorer<K> {
 }
 
 /// Whether each of four dot products is under `b` times its row's norm
-/// ([`Scorer::skip_below`]).
+/// ([`Scorer::skip_below`]): then the four rows stay out of the top.
 #[inline(always)]
 fn all_below(b: f64, dots: &[f64; 4], row_norms: &[f64; 4]) -> bool {
     // `&`, not `&&`: four compares in two vector instructions, no branch between them.
