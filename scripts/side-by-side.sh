@@ -34,9 +34,11 @@ serve() {
 }
 
 # random_list URL FACES: FACES seeded random u8 faces imported through URL
-# into a new list; its id in $list.
+# into a new list; its id in $list, the import's directory (for the bench's
+# --imported, which checks answers against it) in $imported.
 random_list() {
   "$VIRTUAL_ENV/bin/python" -c "import numpy, sys; numpy.save(sys.argv[1], numpy.random.default_rng(7).integers(0, 256, ($2, 512), dtype=numpy.uint8))" "$work/faces.npy"
   target/release/luna-matcher import --url "$1" --list NEW --account-id 6d3f2a5e-1111-4222-8333-444455556666 --out "$work/import" "$work/faces.npy" >/dev/null
+  imported=$work/import
   list=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["list_id"])' "$work/import/summary.json")
 }

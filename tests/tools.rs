@@ -487,3 +487,61 @@ fn bench_passes_through_an_honest_proxy() {
     assert_eq!(code, 0, "{output}");
     assert_eq!(results["passed"], json!(true));
 }
+
+#[test]
+fn bench_checks_answers_about_a_list_an_import_loaded() {
+    let s = Service::spawn(&[], "");
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("gallery.npy");
+    // float32 rows, row 10 holding a NaN: the import rejects it, and the bench must not count it.
+    let mut x = 7u64;
+    let mut floats: Vec<f32> = (0..600 * 512)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (x >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    floats[9 * 512 + 3] = f32::NAN;
+    write_npy(&npy, "<f4", 600, 512, &floats.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<_>>());
+    let imported = dir.path().join("import");
+    let (code, stdout, stderr) =
+        run(&["import", "--url", &url(&s), "--list", "NEW", "--account-id", ACCOUNT, "--out", imported.to_str().unwrap(), "--quiet", npy.to_str().unwrap()]);
+    assert_eq!(code, 3, "one row rejected and skipped: {stdout}{stderr}");
+    let list = summary(&imported)["list_id"].as_str().unwrap().to_owned();
+    let bench = |url: &str, out: &str| {
+        let out = dir.path().join(out);
+        let mut args = bench_args(url, &out, "0.3");
+        args.extend(["--imported", imported.to_str().unwrap(), "--shapes", "one,refs", "--concurrency", "1,2"].map(str::to_owned));
+        let (code, stdout, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        (code, format!("{stdout}{stderr}"), out)
+    };
+
+    let (code, output, out) = bench(&url(&s), "honest");
+    assert_eq!(code, 0, "{output}");
+    let points = results(&out)["points"].as_array().unwrap().clone();
+    assert_eq!(points.len(), 4, "{points:?}");
+    for p in &points {
+        assert_eq!((p["data"].as_str(), p["dtype"].as_str(), p["list_size"].as_u64()), (Some(list.as_str()), Some("f32"), Some(599)), "{p}");
+        assert!(p["checked"].as_u64().unwrap() > 0, "{p}");
+        assert_eq!((p["wrong"].as_u64(), p["errors"].as_u64()), (Some(0), Some(0)), "{p}");
+    }
+
+    // The same list through a double that puts the third face first: caught.
+    let proxy = Proxy::start(
+        &url(&s),
+        Tamper::Match(|v| {
+            let result = &mut v[0]["matches"][0]["result"];
+            result[0]["face"]["face_id"] = result[2]["face"]["face_id"].clone();
+        }),
+    );
+    let (code, output, _) = bench(&proxy.url, "tampered");
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("wrong answer"), "{output}");
+
+    // A face joined the list since: its answers can no longer be known here.
+    let face = json!({"account_id": ACCOUNT, "descriptor": {"data": b64(&floats[..512].iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<_>>()), "version": 1000}, "lists": [list]});
+    assert_eq!(s.call("POST", "/1/faces", Some(&face)).status, 201);
+    let (code, output, _) = bench(&url(&s), "changed");
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("600 faces") && output.contains("changed since"), "{output}");
+}

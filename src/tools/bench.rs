@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::client::Api;
 use super::import::{self, Format, ListChoice, OnBadRow, Plan};
+use super::imported::{self, Imported};
 use super::input::Source;
 use super::journal::State;
 use super::load::{self, Until};
@@ -43,6 +44,10 @@ pub struct BenchArgs {
     /// Existing lists instead, as LIST_ID or LIST_ID:VERSION (their answers cannot be checked)
     #[arg(long)]
     pub list: Vec<String>,
+    /// Lists loaded by `luna-matcher import` instead, as its --out directories: answers are
+    /// checked against the files it read (named as it was given them: run where it ran)
+    #[arg(long, value_name = "DIR")]
+    pub imported: Vec<PathBuf>,
     /// Request shapes: one (reference vs one list), refs (--refs references), sets (--sets candidate sets), raw (/1/matcher/raw)
     #[arg(long, value_delimiter = ',', default_value = "one,refs,sets,raw")]
     pub shapes: Vec<Shape>,
@@ -399,8 +404,9 @@ fn machine() -> Machine {
     Machine { cpus: std::thread::available_parallelism().map_or(1, |n| n.get()), cpu, os: std::env::consts::OS.to_owned() }
 }
 
-/// The lists to match against: existing ones, or synthetic ones imported
-/// now (or by an earlier run into the same service: the journal says).
+/// The lists to match against: existing ones, ones an import loaded, or
+/// synthetic ones imported now (or by an earlier run into the same
+/// service: the journal says).
 async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, Vec<Setup>), String> {
     let failed = |e: super::client::Failure| format!("{}: {e}", api.url());
     let mut datas = Vec::new();
@@ -410,7 +416,27 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
         let (info, _) = api.list(list_id).await.map_err(failed)?.ok_or_else(|| format!("list {list_id} is not on {}", api.url()))?;
         datas.push(Data::Existing { list_id, version, spec, size: info.face_count });
     }
-    if !args.list.is_empty() {
+    for dir in &args.imported {
+        let read = dir.clone();
+        let imported = tokio::task::spawn_blocking(move || imported::read(&read)).await.map_err(|e| e.to_string())??;
+        let size = imported.gallery.spec.size;
+        let (info, _) = api
+            .list(imported.list_id)
+            .await
+            .map_err(failed)?
+            .ok_or_else(|| format!("list {} of {} is not on {}", imported.list_id, dir.display(), api.url()))?;
+        if info.face_count != size {
+            return Err(format!(
+                "list {} has {} faces, the import in {} stored {size}: it was changed since",
+                imported.list_id,
+                info.face_count,
+                dir.display()
+            ));
+        }
+        let Imported { list_id, version, gallery, faces } = imported;
+        datas.push(Data::Known { label: list_id.to_string(), list_id, version, gallery: Arc::new(gallery), faces: Arc::new(faces) });
+    }
+    if !args.list.is_empty() || !args.imported.is_empty() {
         return Ok((datas, setup));
     }
     for &spec in &args.synthetic {
@@ -450,7 +476,8 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
         println!("{}: list {} ({} faces imported in {:.1} s, {:.0} faces/s)", spec.label(), s.list_id, s.faces, s.seconds, s.faces_per_s);
         setup.push(Setup { data: spec.label(), list_id: s.list_id, faces: spec.size, imported: s.faces, seconds: s.seconds, faces_per_s: s.faces_per_s });
         let rows = ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
-        datas.push(Data::Synthetic { gallery, list_id: s.list_id, faces: Arc::new(Known { ids, rows }) });
+        let version = synthetic::version_of(spec.dtype);
+        datas.push(Data::Known { label: spec.label(), list_id: s.list_id, version, gallery, faces: Arc::new(Known { ids, rows }) });
     }
     Ok((datas, setup))
 }

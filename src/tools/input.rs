@@ -51,6 +51,9 @@ pub enum Item {
 pub struct InputInfo {
     pub name: String,
     pub rows: u64,
+    /// The `--descriptor-version` a .npy file's rows were read as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descriptor_version: Option<u32>,
 }
 
 /// Rows to import, read in order, any number of times.
@@ -148,8 +151,9 @@ impl Files {
             } else {
                 return Err(err("not a .npy array, an SDK descriptor (dp\\0\\0...) or JSON lines of faces".into()));
             };
+            let descriptor_version = if matches!(kind, Kind::Npy { .. }) { version } else { None };
             inputs.push(Input { path: path.clone(), kind });
-            info.push(InputInfo { name, rows });
+            info.push(InputInfo { name, rows, descriptor_version });
         }
         if let Some(extra) = metas.next() {
             return Err(format!("--meta {}: there are more --meta files than .npy inputs", extra.display()));

@@ -249,7 +249,7 @@ mod tests {
             list_id: Uuid::nil(),
             account_id: Uuid::nil(),
             since: None,
-            inputs: vec![InputInfo { name: "a".into(), rows: 10 }],
+            inputs: vec![InputInfo { name: "a".into(), rows: 10, descriptor_version: None }],
         };
         let journal = Journal::create(&path, &header).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();

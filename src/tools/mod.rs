@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod exact;
 pub mod import;
+pub mod imported;
 pub mod input;
 pub mod journal;
 pub mod load;

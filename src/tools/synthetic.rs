@@ -134,7 +134,7 @@ pub struct Synthetic {
 
 impl Synthetic {
     pub fn new(gallery: Arc<Gallery>, seed: u64) -> Synthetic {
-        let inputs = vec![InputInfo { name: format!("synthetic {} seed {seed}", gallery.spec.label()), rows: gallery.spec.size }];
+        let inputs = vec![InputInfo { name: format!("synthetic {} seed {seed}", gallery.spec.label()), rows: gallery.spec.size, descriptor_version: None }];
         Synthetic { gallery, inputs }
     }
 }

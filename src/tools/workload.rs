@@ -20,11 +20,24 @@ const POOL: usize = 16;
 
 /// What a point matches against.
 pub enum Data {
-    Synthetic { gallery: Arc<Gallery>, list_id: Uuid, faces: Arc<Known> },
-    Existing { list_id: Uuid, version: Option<u32>, spec: VersionSpec, size: u64 },
+    /// A list whose faces are known here (synthetic, or read back from an
+    /// import), of one version: its answers are checked.
+    Known {
+        label: String,
+        list_id: Uuid,
+        version: u32,
+        gallery: Arc<Gallery>,
+        faces: Arc<Known>,
+    },
+    Existing {
+        list_id: Uuid,
+        version: Option<u32>,
+        spec: VersionSpec,
+        size: u64,
+    },
 }
 
-/// The faces of a synthetic list: its rows' ids, and each id's row.
+/// The faces of a known list: its rows' ids, and each id's row.
 pub struct Known {
     pub ids: Vec<Uuid>,
     pub rows: HashMap<Uuid, usize>,
@@ -55,10 +68,7 @@ pub fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut Rng
         _ => (1, 1),
     };
     let (list_id, spec, version, size, label) = match data {
-        Data::Synthetic { gallery, list_id, .. } => {
-            let s = gallery.spec;
-            (*list_id, synthetic::spec_of(s.dtype), Some(synthetic::version_of(s.dtype)), s.size, s.label())
-        }
+        Data::Known { label, list_id, version, gallery, .. } => (*list_id, gallery.vectors.spec, Some(*version), gallery.spec.size, label.clone()),
         Data::Existing { list_id, version, spec, size } => (*list_id, *spec, *version, *size, list_id.to_string()),
     };
     let mut bodies = Vec::new();
@@ -67,7 +77,7 @@ pub fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut Rng
         // Probes near a face of the list, so each answer has one clear best match.
         let probes: Vec<Vec<u8>> = (0..references)
             .map(|_| match data {
-                Data::Synthetic { gallery, .. } => {
+                Data::Known { gallery, .. } => {
                     let row = rng.below(gallery.vectors.len());
                     synthetic::near(spec.dtype, gallery.vectors.payload(row), rng)
                 }
@@ -89,7 +99,7 @@ pub fn faces_workload(data: &Data, shape: Shape, args: &BenchArgs, rng: &mut Rng
         let body = serde_json::json!({"references": refs, "candidates": vec![set; sets]});
         bodies.push(Bytes::from(serde_json::to_vec(&body).expect("JSON")));
         checks.push(match data {
-            Data::Synthetic { gallery, faces, .. } => {
+            Data::Known { gallery, faces, .. } => {
                 let references = probes
                     .iter()
                     .map(|p| {
