@@ -9,7 +9,7 @@
 //! restarted plugin gets a fresh thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -128,10 +128,18 @@ fn serve(py: Python<'_>, mut queue: Receiver<(u64, Job)>, shared: &Shared) {
     // SAFETY: a plain query of the calling thread's id.
     shared.thread.store(unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64, Ordering::Release);
     loop {
-        // The receiver is not Sync: it goes along while the GIL is let go.
-        let next;
-        (next, queue) = py.detach(move || (queue.recv(), queue));
-        let Ok((serial, job)) = next else { return };
+        // A call queued already runs without letting the GIL go in between:
+        // under load, calls follow each other without a hand-over each.
+        let next = match queue.try_recv() {
+            Err(TryRecvError::Empty) => {
+                // The receiver is not Sync: it goes along while the GIL is let go.
+                let next;
+                (next, queue) = py.detach(move || (queue.recv(), queue));
+                next.ok()
+            }
+            next => next.ok(),
+        };
+        let Some((serial, job)) = next else { return };
         if shared.retired.load(Ordering::Acquire) {
             return;
         }
