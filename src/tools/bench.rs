@@ -413,25 +413,14 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
     let mut setup = Vec::new();
     for list in &args.list {
         let (list_id, version, spec) = parse_list(list)?;
-        let (info, _) = api.list(list_id).await.map_err(failed)?.ok_or_else(|| format!("list {list_id} is not on {}", api.url()))?;
-        datas.push(Data::Existing { list_id, version, spec, size: info.face_count });
+        datas.push(Data::Existing { list_id, version, spec, size: face_count(api, list_id).await? });
     }
     for dir in &args.imported {
         let read = dir.clone();
         let imported = tokio::task::spawn_blocking(move || imported::read(&read)).await.map_err(|e| e.to_string())??;
-        let size = imported.gallery.spec.size;
-        let (info, _) = api
-            .list(imported.list_id)
-            .await
-            .map_err(failed)?
-            .ok_or_else(|| format!("list {} of {} is not on {}", imported.list_id, dir.display(), api.url()))?;
-        if info.face_count != size {
-            return Err(format!(
-                "list {} has {} faces, the import in {} stored {size}: it was changed since",
-                imported.list_id,
-                info.face_count,
-                dir.display()
-            ));
+        let (size, faces) = (imported.gallery.spec.size, face_count(api, imported.list_id).await?);
+        if faces != size {
+            return Err(format!("list {} has {faces} faces, the import in {} stored {size}: it was changed since", imported.list_id, dir.display()));
         }
         let Imported { list_id, version, gallery, faces } = imported;
         datas.push(Data::Known { label: list_id.to_string(), list_id, version, gallery: Arc::new(gallery), faces: Arc::new(faces) });
@@ -469,17 +458,22 @@ async fn prepare(api: &Api, args: &BenchArgs, dir: &Path) -> Result<(Vec<Data>, 
             return Err(format!("importing {}: {why}", spec.label()));
         }
         let ids: Vec<Uuid> = outcome.face_ids.iter().map(|id| id.expect("a complete import has every face")).collect();
-        let (info, _) = api.list(s.list_id).await.map_err(failed)?.ok_or_else(|| format!("list {} is gone", s.list_id))?;
-        if info.face_count != spec.size {
-            return Err(format!("list {} has {} faces, not {}: it was changed; remove {}", s.list_id, info.face_count, spec.size, out.display()));
+        let faces = face_count(api, s.list_id).await?;
+        if faces != spec.size {
+            return Err(format!("list {} has {faces} faces, not {}: it was changed; remove {}", s.list_id, spec.size, out.display()));
         }
         println!("{}: list {} ({} faces imported in {:.1} s, {:.0} faces/s)", spec.label(), s.list_id, s.faces, s.seconds, s.faces_per_s);
         setup.push(Setup { data: spec.label(), list_id: s.list_id, faces: spec.size, imported: s.faces, seconds: s.seconds, faces_per_s: s.faces_per_s });
-        let rows = ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
         let version = synthetic::version_of(spec.dtype);
-        datas.push(Data::Known { label: spec.label(), list_id: s.list_id, version, gallery, faces: Arc::new(Known { ids, rows }) });
+        datas.push(Data::Known { label: spec.label(), list_id: s.list_id, version, gallery, faces: Arc::new(Known::new(ids)) });
     }
     Ok((datas, setup))
+}
+
+/// The face count of a list to match against; an error when the service does not have it.
+async fn face_count(api: &Api, list_id: Uuid) -> Result<u64, String> {
+    let listed = api.list(list_id).await.map_err(|e| format!("{}: {e}", api.url()))?;
+    listed.map(|(info, _)| info.face_count).ok_or_else(|| format!("list {list_id} is not on {}", api.url()))
 }
 
 /// `LIST_ID` or `LIST_ID:VERSION`, and the version's spec (default: the default version's).

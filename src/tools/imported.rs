@@ -3,9 +3,9 @@
 //! service acknowledged for its row, so that answers about the list can be
 //! checked as a synthetic list's are.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use luna_core::index::Vectors;
 use uuid::Uuid;
 
 use super::input::{self, Files, Item, Source};
@@ -38,7 +38,7 @@ pub fn read(dir: &Path) -> Result<Imported, String> {
         return Err(format!("{shown}: its input files changed since the import"));
     }
     let versions = input::versions();
-    let mut gallery: Option<(u32, Gallery)> = None;
+    let mut rows: Option<(u32, Vectors)> = None;
     let mut ids = Vec::new();
     let mut failed = None;
     let acknowledged = |index: u64| state.face_ids[index as usize];
@@ -46,15 +46,11 @@ pub fn read(dir: &Path) -> Result<Imported, String> {
         let Item::Row(row) = item else { return true };
         let Some(id) = acknowledged(row.index) else { return true };
         let added = versions.parse(&row.face.data, row.face.version).map_err(|e| e.detail).and_then(|d| {
-            let (version, gallery) = gallery.get_or_insert_with(|| {
-                let spec = *versions.get(d.version).expect("a parsed version is in the table");
-                (d.version, Gallery { spec: ListSpec { dtype: spec.dtype, size: 0 }, vectors: luna_core::index::Vectors::new(spec) })
-            });
+            let (version, vectors) = rows.get_or_insert_with(|| (d.version, Vectors::new(*versions.get(d.version).expect("a parsed version is in the table"))));
             if *version != d.version {
                 return Err(format!("version {} beside version {version}: the bench matches one version a list", d.version));
             }
-            gallery.vectors.push(&d.payload);
-            gallery.spec.size += 1;
+            vectors.push(&d.payload);
             Ok(())
         });
         match added {
@@ -66,7 +62,7 @@ pub fn read(dir: &Path) -> Result<Imported, String> {
     if let Some(e) = failed {
         return Err(format!("{shown}: {e}"));
     }
-    let (version, gallery) = gallery.ok_or_else(|| format!("{shown}: the import stored no face"))?;
-    let rows: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
-    Ok(Imported { list_id: state.header.list_id, version, gallery, faces: Known { ids, rows } })
+    let (version, vectors) = rows.ok_or_else(|| format!("{shown}: the import stored no face"))?;
+    let gallery = Gallery { spec: ListSpec { dtype: vectors.spec.dtype, size: vectors.len() as u64 }, vectors };
+    Ok(Imported { list_id: state.header.list_id, version, gallery, faces: Known::new(ids) })
 }

@@ -43,6 +43,14 @@ pub struct Known {
     pub rows: HashMap<Uuid, usize>,
 }
 
+impl Known {
+    /// The faces whose ids are `ids`, row by row.
+    pub fn new(ids: Vec<Uuid>) -> Known {
+        let rows = ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
+        Known { ids, rows }
+    }
+}
+
 /// Requests of one shape against one data set, and how to check their answers.
 pub struct Workload {
     pub shape: Shape,
